@@ -1,0 +1,3 @@
+"""station-agent: the daemon that runs inside an EV charging station."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,300 @@
+"""Configuration: one TOML file, parsed with tomllib and validated by pydantic models.
+
+Every error names the file, the key path and what is wrong; the CLI turns a
+:class:`~agent.errors.ConfigError` into exit status 78 (EX_CONFIG).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.errors import ConfigError
+from agent.identifiers import is_evse_id, is_operator_id, is_station_id
+
+DEFAULT_CONFIG_PATH = Path("/etc/station-agent/config.toml")
+EX_CONFIG = 78
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StationConfig(_Strict):
+    id: str
+    operator_id: str
+    location: str = Field(min_length=1, max_length=255)
+    state_dir: Path = Path("/var/lib/station-agent")
+    control_socket: Path = Path("/run/station-agent/control.sock")
+    boot_id_file: Path = Path("/proc/sys/kernel/random/boot_id")
+
+    @field_validator("id")
+    @classmethod
+    def _station_id(cls, v: str) -> str:
+        if not is_station_id(v):
+            raise ValueError(
+                f"station id {v!r} must match ^[A-Za-z0-9._-]{{1,64}}$ "
+                "(it is an MQTT topic segment: no '/', '+' or '#')"
+            )
+        return v
+
+    @field_validator("operator_id")
+    @classmethod
+    def _operator_id(cls, v: str) -> str:
+        if not is_operator_id(v):
+            raise ValueError(f"{v!r} is not an OICP OperatorID (e.g. 'DE*ICE')")
+        return v
+
+
+class MqttConfig(_Strict):
+    url: str = "mqtt://127.0.0.1:1883"
+    topic_prefix: str = "stations"
+    auth_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    cdr_retry_initial_s: float = Field(default=5.0, gt=0)
+    cdr_retry_max_s: float = Field(default=300.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"{v!r}: scheme must be mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError(f"{v!r}: no host")
+        try:
+            _ = parts.port
+        except ValueError as err:
+            raise ValueError(f"{v!r}: bad port") from err
+        return v
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or any(c in v for c in "+#") or v.startswith("/") or v.endswith("/"):
+            raise ValueError(f"{v!r}: must be non-empty, without '+', '#' or leading/trailing '/'")
+        return v
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+
+class AuthConfig(_Strict):
+    stop_with_same_token: bool = True
+    connection_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+
+
+class StoreConfig(_Strict):
+    retention_days: int = Field(default=90, ge=1, le=3650)
+    meter_interval_s: float = Field(default=60.0, gt=0)
+
+
+class RfidConfig(_Strict):
+    driver: Literal["sim", "pn532", "none"] = "sim"
+    path: str | None = None
+    poll_interval_s: float = Field(default=0.1, gt=0, le=10)
+    debounce_s: float = Field(default=2.0, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> RfidConfig:
+        if self.driver == "pn532" and not self.path:
+            raise ValueError("driver 'pn532' needs path (e.g. 'tty:S0:pn532' or '/dev/ttyS0')")
+        return self
+
+
+class DisplayConfig(_Strict):
+    driver: Literal["sim", "png", "terminal", "framebuffer", "none"] = "sim"
+    path: Path | None = None  # png: output file
+    device: str = "/dev/fb0"  # framebuffer
+    width: int = Field(default=800, ge=64, le=8192)
+    height: int = Field(default=480, ge=64, le=8192)
+
+
+class QrConfig(_Strict):
+    driver: Literal["none", "sim", "files", "camera"] = "none"
+    url_template: str = "http://m.intercharge.eu/qr?evseid={evse_id}"
+    debounce_s: float = Field(default=5.0, ge=0)
+    directory: Path | None = None  # files driver
+    device: str = "0"  # camera: V4L2 index or path
+    width: int = 640
+    height: int = 480
+    scan_fps: float = Field(default=5.0, gt=0, le=60)
+
+    @field_validator("url_template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if "{evse_id}" not in v:
+            raise ValueError("url_template must contain '{evse_id}'")
+        return v
+
+
+class SimRelayConfig(_Strict):
+    driver: Literal["sim"] = "sim"
+    log_file: Path | None = None  # one line per switch, for tests that kill the daemon
+
+
+class SimMeterConfig(_Strict):
+    driver: Literal["sim"] = "sim"
+    power_kw: float = Field(default=11.0, ge=0, le=1000)
+    initial_kwh: float = Field(default=0.0, ge=0)
+    time_factor: float = Field(default=1.0, gt=0, le=3600)  # sim seconds per real second
+
+
+class SimPlugConfig(_Strict):
+    driver: Literal["sim"] = "sim"
+    plugged: bool = False
+
+
+RelayConfig = Annotated[SimRelayConfig, Field(discriminator="driver")]
+MeterConfig = Annotated[SimMeterConfig, Field(discriminator="driver")]
+PlugConfig = Annotated[SimPlugConfig, Field(discriminator="driver")]
+
+
+class EvseConfig(_Strict):
+    id: str
+    relay: RelayConfig = Field(default_factory=SimRelayConfig)
+    meter: MeterConfig = Field(default_factory=SimMeterConfig)
+    plug: PlugConfig = Field(default_factory=SimPlugConfig)
+
+    @field_validator("id")
+    @classmethod
+    def _evse_id(cls, v: str) -> str:
+        if not is_evse_id(v):
+            raise ValueError(f"{v!r} is not an OICP EvseID (e.g. 'DE*ICE*E000001*1')")
+        return v
+
+
+class AgentConfig(_Strict):
+    station: StationConfig
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    rfid: RfidConfig = Field(default_factory=RfidConfig)
+    display: DisplayConfig = Field(default_factory=DisplayConfig)
+    qr: QrConfig = Field(default_factory=QrConfig)
+    evse: list[EvseConfig] = Field(min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _unique_evses(self) -> AgentConfig:
+        seen: set[str] = set()
+        for e in self.evse:
+            if e.id in seen:
+                raise ValueError(f"EVSE id {e.id!r} appears twice")
+            seen.add(e.id)
+        return self
+
+    @property
+    def topic_root(self) -> str:
+        return f"{self.mqtt.topic_prefix}/{self.station.id}"
+
+    def evse_ids(self) -> list[str]:
+        return [e.id for e in self.evse]
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "(top level)"
+
+
+def format_validation_error(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration ({err.error_count()} problem(s))"]
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in ("sim",)))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {_loc(loc)}: {msg}")
+    return "\n".join(lines)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: no such file") from err
+    except PermissionError as err:
+        raise ConfigError(f"{path}: permission denied") from err
+    except IsADirectoryError as err:
+        raise ConfigError(f"{path}: is a directory, not a TOML file") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text: {err}") from err
+
+
+def load_raw(path: Path, _depth: int = 0) -> dict[str, Any]:
+    """Read a TOML file and resolve ``include`` (a board profile) underneath it."""
+    data = _read_toml(path)
+    include = data.pop("include", None)
+    if include is None:
+        return data
+    if _depth >= 3:
+        raise ConfigError(f"{path}: include: nested too deeply")
+    if not isinstance(include, str):
+        raise ConfigError(f"{path}: include: must be a file path string")
+    inc = Path(include)
+    candidates = [inc] if inc.is_absolute() else [path.parent / inc, Path.cwd() / inc]
+    for cand in candidates:
+        if cand.is_file():
+            return _deep_merge(load_raw(cand, _depth + 1), data)
+    raise ConfigError(f"{path}: include: {include!r} not found (looked in {path.parent} and cwd)")
+
+
+def _apply_evse_defaults(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    defaults = data.pop("evse_defaults", None)
+    if defaults is None:
+        return data
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{path}: evse_defaults: must be a table")
+    evses = data.get("evse")
+    if isinstance(evses, list):
+        data["evse"] = [
+            _deep_merge(defaults, e) if isinstance(e, dict) else e for e in evses
+        ]
+    return data
+
+
+def parse_config(data: dict[str, Any], path: Path) -> AgentConfig:
+    try:
+        return AgentConfig.model_validate(_apply_evse_defaults(dict(data), path))
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(path, err)) from err
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> AgentConfig:
+    data = load_raw(path)
+    if overrides:
+        data = _deep_merge(data, overrides)
+    return parse_config(data, path)

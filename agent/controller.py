@@ -1,0 +1,889 @@
+"""The controller: owns the EVSE state machines and carries out their actions.
+
+One thread (the daemon's main loop) runs everything that touches state: driver threads, the MQTT
+network thread and the control socket only ``post()`` items into a queue. Order of effects for
+every action: commit to the store first, then switch hardware, then publish.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Protocol
+
+from agent import __version__
+from agent.clock import Clock, rfc3339
+from agent.config import AgentConfig, EvseConfig
+from agent.errors import AgentError, DriverError, ProtocolError, StoreError
+from agent.link import Inbound, LinkChange
+from agent.messages import (
+    AuthRequest,
+    AuthStatus,
+    Cdr,
+    CommandResponse,
+    CommandStatus,
+    EvseState,
+    EvseStatus,
+    OfflineStatus,
+    QrToken,
+    RemoteStart,
+    RemoteStop,
+    RfidToken,
+    SessionEvent,
+    SessionEventKind,
+    SetAvailability,
+    StatusMessage,
+    StopReason,
+    dump,
+    load_json_object,
+    parse_auth_response,
+    parse_cdr_ack,
+    parse_command,
+    token_for_record,
+    token_key,
+)
+from agent.privacy import mask
+from agent.session import (
+    Action,
+    AdoptSession,
+    AnyToken,
+    Authorize,
+    AuthResult,
+    AuthTimeout,
+    BeginCharging,
+    CancelTimer,
+    CommandResult,
+    ConnectionTimeout,
+    DropSession,
+    EndSession,
+    Event,
+    Evse,
+    FaultCleared,
+    FaultRaised,
+    Ignored,
+    Notify,
+    OpenRelay,
+    PlugIn,
+    PlugOut,
+    Policy,
+    ReleaseSession,
+    RemoteStartCmd,
+    RemoteStopCmd,
+    RequestAuth,
+    SessionInfo,
+    SetAvailable,
+    StartTimer,
+    Timer,
+    TokenPresented,
+    step,
+)
+from agent.store import Store
+from drivers.display.base import Display, EvseScreen
+from drivers.meter.base import Meter, MeterReading
+from drivers.plug.base import PlugSensor
+from drivers.relay.base import Relay
+from drivers.rfid.base import CardRead, RfidReader
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+    def publish(self, suffix: str, payload: bytes, *, retain: bool = False) -> bool: ...
+
+
+# ---------------------------------------------------------------------------- queue items
+@dataclass(frozen=True)
+class CardTapped:
+    read: CardRead
+
+
+@dataclass(frozen=True)
+class QrScanned:
+    payload: str
+
+
+@dataclass(frozen=True)
+class PlugChanged:
+    evse_id: str
+    plugged: bool
+
+
+@dataclass
+class ControlCall:
+    """A control-socket request, answered from the main loop."""
+
+    request: dict[str, Any]
+    reply: dict[str, Any] | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+Item = CardTapped | QrScanned | PlugChanged | Inbound | LinkChange | ControlCall | Shutdown
+ControlHandler = Callable[["Controller", dict[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class EvseRuntime:
+    config: EvseConfig
+    relay: Relay
+    meter: Meter
+    plug: PlugSensor
+    state: Evse
+    timers: dict[Timer, int] = field(default_factory=dict)
+    message: str | None = None
+    last_meter_store: float = 0.0
+    last_energy_kwh: float | None = None
+
+
+@dataclass(frozen=True)
+class StationDrivers:
+    rfid: RfidReader
+    display: Display
+    relays: dict[str, Relay]
+    meters: dict[str, Meter]
+    plugs: dict[str, PlugSensor]
+
+
+DEFAULT_MESSAGES = {
+    EvseState.AVAILABLE: "Tap your card or scan the QR code",
+    EvseState.PREPARING: "Tap your card",
+    EvseState.AUTHORIZING: "Authorising...",
+    EvseState.AUTHORIZED: "Plug in your car",
+    EvseState.CHARGING: "Charging",
+    EvseState.FINISHING: "Unplug your car",
+    EvseState.UNAVAILABLE: "Out of service",
+    EvseState.FAULTED: "Fault - out of service",
+}
+
+
+class Controller:
+    def __init__(
+        self,
+        config: AgentConfig,
+        drivers: StationDrivers,
+        store: Store,
+        link: Publisher,
+        *,
+        clock: Clock,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        boot_id: str | None = None,
+        qr_payload: Callable[[str], str] | None = None,
+    ) -> None:
+        self.config = config
+        self.drivers = drivers
+        self.store = store
+        self.link = link
+        self.clock = clock
+        self.new_id = new_id
+        self.boot_id = boot_id
+        self.policy = Policy(stop_with_same_token=config.auth.stop_with_same_token)
+        self.queue: queue.Queue[Item] = queue.Queue()
+        self.evses: dict[str, EvseRuntime] = {}
+        for ec in config.evse:
+            self.evses[ec.id] = EvseRuntime(
+                config=ec,
+                relay=drivers.relays[ec.id],
+                meter=drivers.meters[ec.id],
+                plug=drivers.plugs[ec.id],
+                state=Evse(evse_id=ec.id),
+            )
+        self._qr_payload = qr_payload
+        self._pending_auth: dict[str, str] = {}  # request_id -> evse_id
+        self._timers: list[tuple[float, int, str, Timer, str]] = []
+        self._timer_seq = itertools.count()
+        self._last_status: str | None = None
+        self._control_handlers: dict[str, ControlHandler] = {}
+        self._running = False
+        self._last_housekeeping = 0.0
+        self._last_purge: float | None = None
+        self.station_faults: dict[str, str] = {}
+        self.started_at = clock.now()
+
+    # ------------------------------------------------------------------ wiring
+    def post(self, item: Item) -> None:
+        """Thread-safe: hand an item to the main loop."""
+        self.queue.put(item)
+
+    def on_card(self, read: CardRead) -> None:
+        self.post(CardTapped(read))
+
+    def on_plug(self, evse_id: str) -> Callable[[bool], None]:
+        def cb(plugged: bool) -> None:
+            self.post(PlugChanged(evse_id, plugged))
+
+        return cb
+
+    def register_control(self, name: str, handler: ControlHandler) -> None:
+        self._control_handlers[name] = handler
+
+    # ------------------------------------------------------------------ start-up
+    def start(self) -> None:
+        """Open every relay first, then read the store and recover, then start the drivers."""
+        for rt in self.evses.values():
+            self._open_relay(rt, "start-up")
+        available = self.store.availability()
+        for evse_id, rt in self.evses.items():
+            if not available.get(evse_id, True):
+                rt.state = replace(rt.state, available=False, phase=EvseState.UNAVAILABLE)
+        self._recover_sessions()
+        for evse_id, rt in self.evses.items():
+            rt.plug.start(self.on_plug(evse_id))
+            if rt.plug.is_plugged():
+                self.post(PlugChanged(evse_id, True))
+        self.drivers.rfid.start(self.on_card)
+        self._refresh_display()
+
+    def _recover_sessions(self) -> None:
+        """Sessions left open by a crash or power cut end with their last persisted facts."""
+        for row in self.store.open_sessions():
+            power_loss = bool(self.boot_id and row.boot_id and row.boot_id != self.boot_id)
+            if row.state == "charging":
+                reason = StopReason.POWER_LOSS if power_loss else StopReason.OTHER
+                end = row.meter_last_at or row.updated_at
+                meter_stop = row.meter_last_kwh if row.meter_last_kwh is not None else 0.0
+                self._finish_record(row.session_id, reason, end, meter_stop)
+                log.warning(
+                    "session %s was charging when the agent stopped: ended (%s)",
+                    row.session_id,
+                    reason.value,
+                )
+            else:
+                self.store.end_session(row.session_id, end=row.updated_at, reason="other")
+                log.warning("session %s was waiting when the agent stopped: cancelled",
+                            row.session_id)
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, stop: threading.Event | None = None, on_tick: Callable[[], None] | None = None,
+            ) -> None:
+        self._running = True
+        while self._running and not (stop is not None and stop.is_set()):
+            timeout = self._next_timeout()
+            try:
+                item = self.queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if item is not None:
+                self.handle(item)
+            self._fire_timers()
+            self._housekeeping()
+            if on_tick is not None:
+                on_tick()
+
+    def drain(self) -> None:
+        """Process everything queued (tests)."""
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            self.handle(item)
+        self._fire_timers()
+
+    def shutdown(self) -> None:
+        self._running = False
+        self.drivers.rfid.stop()
+        for rt in self.evses.values():
+            self._open_relay(rt, "shutdown")
+            rt.plug.stop()
+
+    def _next_timeout(self) -> float:
+        now = self.clock.monotonic()
+        nxt = 1.0
+        if self._timers:
+            nxt = min(nxt, max(0.0, self._timers[0][0] - now))
+        return nxt
+
+    # ------------------------------------------------------------------ dispatch
+    def handle(self, item: Item) -> None:
+        try:
+            if isinstance(item, CardTapped):
+                self._on_card(item.read)
+            elif isinstance(item, PlugChanged):
+                self._on_plug(item.evse_id, item.plugged)
+            elif isinstance(item, Inbound):
+                self._on_inbound(item)
+            elif isinstance(item, LinkChange):
+                self._on_link(item)
+            elif isinstance(item, ControlCall):
+                self._on_control(item)
+            elif isinstance(item, QrScanned):
+                self._on_qr(item.payload)
+            elif isinstance(item, Shutdown):
+                self._running = False
+        except StoreError as err:
+            log.critical("store failure: %s; opening every relay", err)
+            self.station_faults["store"] = str(err)
+            for rt in self.evses.values():
+                self._open_relay(rt, "store failure")
+                self.dispatch(rt.config.id, FaultRaised("store_failure"))
+        self._publish_status()
+        self._refresh_display()
+
+    def dispatch(self, evse_id: str, event: Event) -> None:
+        rt = self.evses[evse_id]
+        before = rt.state
+        rt.state, actions = step(self.policy, rt.state, event)
+        if rt.state.phase != before.phase:
+            rt.message = None
+            log.info("%s: %s -> %s (%s)", evse_id, before.phase.value, rt.state.phase.value,
+                     type(event).__name__)
+        for action in actions:
+            self._execute(rt, action)
+        self._rebind_floating()
+
+    def _execute(self, rt: EvseRuntime, action: Action) -> None:
+        evse_id = rt.config.id
+        if isinstance(action, RequestAuth):
+            self._request_auth(rt, action)
+        elif isinstance(action, StartTimer):
+            self._start_timer(rt, action.timer, action.key)
+        elif isinstance(action, CancelTimer):
+            rt.timers.pop(action.timer, None)
+        elif isinstance(action, Authorize):
+            self._authorize(rt, action.session)
+        elif isinstance(action, BeginCharging):
+            self._begin_charging(rt, action.session_id)
+        elif isinstance(action, EndSession):
+            self._end_session(rt, action.session_id, action.reason)
+        elif isinstance(action, DropSession):
+            self._drop_session(rt, action)
+        elif isinstance(action, OpenRelay):
+            self._open_relay(rt, "state change")
+        elif isinstance(action, CommandResult):
+            self._command_result(action.command_id, action.accepted, action.reason)
+        elif isinstance(action, Notify):
+            rt.message = action.message
+            self.drivers.display.show_message(action.message)
+        elif isinstance(action, Ignored):
+            log.info("%s: %s", evse_id, action.reason)
+
+    # ------------------------------------------------------------------ actions
+    def _request_auth(self, rt: EvseRuntime, action: RequestAuth) -> None:
+        self._pending_auth[action.request_id] = rt.config.id
+        msg = AuthRequest(
+            request_id=action.request_id,
+            evse_id=None if action.floating else rt.config.id,
+            token=action.token,
+            ts=self.clock.now(),
+        )
+        if not self.link.publish("auth/req", dump(msg)):
+            log.warning("auth request %s not sent: link down", action.request_id)
+
+    def _start_timer(self, rt: EvseRuntime, timer: Timer, key: str) -> None:
+        seconds = (
+            self.config.mqtt.auth_timeout_s
+            if timer is Timer.AUTH
+            else self.config.auth.connection_timeout_s
+        )
+        seq = next(self._timer_seq)
+        rt.timers[timer] = seq
+        heapq.heappush(self._timers, (self.clock.monotonic() + seconds, seq, rt.config.id, timer,
+                                      key))
+
+    def _fire_timers(self) -> None:
+        now = self.clock.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, seq, evse_id, timer, key = heapq.heappop(self._timers)
+            rt = self.evses[evse_id]
+            if rt.timers.get(timer) != seq:
+                continue  # cancelled or replaced
+            del rt.timers[timer]
+            if timer is Timer.AUTH:
+                self._pending_auth.pop(key, None)
+                log.warning("%s: no auth answer within %.1f s", evse_id,
+                            self.config.mqtt.auth_timeout_s)
+                self.dispatch(evse_id, AuthTimeout(key))
+            else:
+                self.dispatch(evse_id, ConnectionTimeout(key))
+            self._publish_status()
+            self._refresh_display()
+
+    def _session_event(self, session_id: str, evse_id: str, kind: SessionEventKind,
+                       reason: str | None = None) -> None:
+        msg = SessionEvent(session_id=session_id, evse_id=evse_id, event=kind,
+                           ts=self.clock.now(), reason=reason)
+        self.link.publish("session", dump(msg))
+
+    def _authorize(self, rt: EvseRuntime, session: SessionInfo) -> None:
+        token = token_for_record(session.token).model_dump(exclude_none=True)
+        self.store.insert_session(
+            session_id=session.session_id,
+            evse_id=rt.config.id,
+            token=token,
+            contract_id=session.contract_id,
+            start=self.clock.now(),
+            boot_id=self.boot_id,
+        )
+        log.info("%s: session %s authorised for %s", rt.config.id, session.session_id,
+                 mask(session.token_key.split(":", 1)[1]))
+        self._session_event(session.session_id, rt.config.id, SessionEventKind.AUTHORIZED)
+
+    def _read_meter(self, rt: EvseRuntime) -> MeterReading | None:
+        try:
+            reading = rt.meter.read()
+        except DriverError as err:
+            log.error("%s: meter read failed: %s", rt.config.id, err)
+            return None
+        rt.last_energy_kwh = reading.energy_kwh
+        return reading
+
+    def _begin_charging(self, rt: EvseRuntime, session_id: str) -> None:
+        reading = self._read_meter(rt)
+        if reading is None:
+            self.dispatch(rt.config.id, FaultRaised("meter_failed"))
+            return
+        now = self.clock.now()
+        self.store.mark_charging(session_id, now, reading.energy_kwh, evse_id=rt.config.id)
+        rt.last_meter_store = self.clock.monotonic()
+        try:
+            rt.relay.close()
+        except DriverError as err:
+            log.error("%s: relay did not close: %s", rt.config.id, err)
+            self.dispatch(rt.config.id, FaultRaised("relay_failed"))
+            return
+        log.info("%s: charging, session %s, meter %.3f kWh", rt.config.id, session_id,
+                 reading.energy_kwh)
+        self._session_event(session_id, rt.config.id, SessionEventKind.STARTED)
+
+    def _open_relay(self, rt: EvseRuntime, why: str) -> None:
+        try:
+            rt.relay.open()
+        except DriverError as err:
+            log.critical("%s: relay did not open (%s): %s", rt.config.id, why, err)
+
+    def _end_session(self, rt: EvseRuntime, session_id: str, reason: StopReason) -> None:
+        self._open_relay(rt, f"session end ({reason.value})")
+        reading = self._read_meter(rt)
+        row = self.store.get_session(session_id)
+        if row is None:
+            log.error("%s: session %s not in the store", rt.config.id, session_id)
+            return
+        meter_stop = reading.energy_kwh if reading is not None else row.meter_last_kwh
+        self._finish_record(session_id, reason, self.clock.now(), meter_stop or 0.0,
+                            evse_id=rt.config.id)
+
+    def _finish_record(self, session_id: str, reason: StopReason, end: datetime,
+                       meter_stop: float, *, evse_id: str | None = None) -> None:
+        """Persist the end of a charging session with its CDR (one transaction), then tell the
+        backend: the 'stopped' event (when ``evse_id`` is given) and the CDR itself."""
+        row = self.store.get_session(session_id)
+        if row is None:
+            return
+        meter_start = row.meter_start_kwh if row.meter_start_kwh is not None else meter_stop
+        meter_stop = max(meter_stop, meter_start)
+        cdr = Cdr(
+            session_id=session_id,
+            evse_id=row.evse_id,
+            operator_id=self.config.station.operator_id,
+            location=self.config.station.location,
+            contract_id=row.contract_id,
+            token=row.token,  # type: ignore[arg-type]
+            session_start=row.session_start,
+            session_end=end,
+            charging_start=row.charging_start,
+            charging_end=end if row.charging_start is not None else None,
+            meter_start_kwh=meter_start,
+            meter_stop_kwh=meter_stop,
+            energy_kwh=meter_stop - meter_start,
+            stop_reason=reason,
+        )
+        payload = dump(cdr).decode()
+        self.store.end_session(session_id, end=end, reason=reason.value,
+                               meter_stop_kwh=meter_stop, cdr_payload=payload)
+        log.info("session %s ended (%s): %.3f kWh, CDR queued", session_id, reason.value,
+                 cdr.energy_kwh)
+        if evse_id is not None:
+            self._session_event(session_id, evse_id, SessionEventKind.STOPPED, reason.value)
+        self._send_cdr(session_id, payload)
+
+    def _send_cdr(self, session_id: str, payload: str) -> None:
+        if self.link.publish("cdr", payload.encode()):
+            self.store.mark_attempt(session_id, self.clock.now())
+
+    def _drop_session(self, rt: EvseRuntime, action: DropSession) -> None:
+        session = action.session
+        if session.request_id is not None:
+            self._pending_auth.pop(session.request_id, None)
+        if self.store.get_session(session.session_id) is not None:
+            self.store.end_session(session.session_id, end=self.clock.now(), reason=action.reason)
+        self._session_event(session.session_id, rt.config.id, action.event, action.reason)
+
+    def _command_result(self, command_id: str, accepted: bool, reason: str | None) -> None:
+        msg = CommandResponse(
+            command_id=command_id,
+            status=CommandStatus.ACCEPTED if accepted else CommandStatus.REJECTED,
+            reason=reason,
+        )
+        payload = dump(msg)
+        self.store.save_command(command_id, payload.decode(), self.clock.now())
+        if not accepted:
+            log.info("command %s rejected: %s", command_id, reason)
+        self.link.publish("cmd/res", payload)
+
+    def _reject_unstored(self, command_id: str, reason: str) -> None:
+        msg = CommandResponse(command_id=command_id, status=CommandStatus.REJECTED, reason=reason)
+        self.link.publish("cmd/res", dump(msg))
+
+    # ------------------------------------------------------------------ floating authorisations
+    def _rebind_floating(self) -> None:
+        """A tap that could not be tied to one EVSE follows the car: move it to the plugged EVSE."""
+        for holder in self.evses.values():
+            s = holder.state.session
+            if holder.state.phase is not EvseState.AUTHORIZED or s is None or not s.floating:
+                continue
+            target = next(
+                (rt for rt in self.evses.values()
+                 if rt is not holder and rt.state.phase is EvseState.PREPARING),
+                None,
+            )
+            if target is None:
+                continue
+            log.info("floating session %s moves from %s to %s", s.session_id,
+                     holder.config.id, target.config.id)
+            self.dispatch(holder.config.id, ReleaseSession(s.session_id))
+            self.dispatch(target.config.id, AdoptSession(s))
+            return
+
+    # ------------------------------------------------------------------ inputs
+    def _on_card(self, read: CardRead) -> None:
+        try:
+            token: AnyToken = RfidToken(uid=read.uid, card_type=read.card_type.value)
+        except ValueError:
+            log.warning("card with malformed UID %s ignored", mask(read.uid))
+            return
+        log.info("card %s (%s) presented", mask(read.uid), read.card_type.value)
+        self.drivers.display.show_message("Reading card...")
+        self._present(token)
+
+    def _on_qr(self, payload: str) -> None:
+        log.info("QR payload of %d characters received (not handled in this build)", len(payload))
+
+    def _present(self, token: AnyToken) -> None:
+        key = token_key(token)
+        evse_id, floating = self._route_token(key)
+        if evse_id is None:
+            log.info("token %s: no EVSE free for it", mask(key.split(":", 1)[1]))
+            self.drivers.display.show_message("No free charge point")
+            return
+        self.dispatch(
+            evse_id,
+            TokenPresented(token=token, token_key=key, session_id=self.new_id(),
+                           request_id=self.new_id(), floating=floating),
+        )
+
+    def _route_token(self, key: str) -> tuple[str | None, bool]:
+        states = [(rt.config.id, rt.state) for rt in self.evses.values()]
+        for evse_id, st in states:  # the holder's own session: stop or ignore there
+            if st.session is not None and st.session.token_key == key:
+                return evse_id, False
+        if len(states) == 1:
+            return states[0][0], False
+        waiting = [e for e, st in states if st.phase is EvseState.PREPARING]
+        if len(waiting) == 1:
+            return waiting[0], False
+        free = [e for e, st in states if st.phase is EvseState.AVAILABLE]
+        if free:
+            return free[0], True
+        if waiting:
+            return waiting[0], False
+        finishing = [e for e, st in states if st.phase is EvseState.FINISHING]
+        return (finishing[0], False) if finishing else (None, False)
+
+    def _on_plug(self, evse_id: str, plugged: bool) -> None:
+        rt = self.evses.get(evse_id)
+        if rt is None:
+            return
+        if rt.state.plugged == plugged:
+            return
+        log.info("%s: car %s", evse_id, "plugged in" if plugged else "unplugged")
+        self.dispatch(evse_id, PlugIn() if plugged else PlugOut())
+
+    def raise_fault(self, evse_id: str, fault: str) -> None:
+        self.dispatch(evse_id, FaultRaised(fault))
+
+    def clear_fault(self, evse_id: str) -> None:
+        self.dispatch(evse_id, FaultCleared())
+
+    # ------------------------------------------------------------------ MQTT
+    def _on_link(self, change: LinkChange) -> None:
+        if not change.connected:
+            log.warning("backend link down (%s)", change.reason)
+            return
+        self._last_status = None  # republish on every (re)connect
+        self._publish_status()
+        self.resend_outbox(force=True)
+
+    def _on_inbound(self, msg: Inbound) -> None:
+        try:
+            data = load_json_object(msg.payload)
+        except ProtocolError as err:
+            log.warning("rejected %s payload: %s", msg.suffix, err)
+            self._reject_if_command(msg, None, str(err))
+            return
+        try:
+            if msg.suffix == "auth/res":
+                self._on_auth_response(data)
+            elif msg.suffix == "cdr/ack":
+                self._on_cdr_ack(data)
+            elif msg.suffix == "cmd/req":
+                self._on_command(data)
+            else:
+                log.warning("message on unexpected topic %s ignored", msg.suffix)
+        except ProtocolError as err:
+            log.warning("rejected %s payload: %s", msg.suffix, err)
+            self._reject_if_command(msg, data, str(err))
+
+    def _reject_if_command(self, msg: Inbound, data: dict[str, Any] | None, reason: str) -> None:
+        if msg.suffix != "cmd/req" or data is None:
+            return
+        cid = data.get("command_id")
+        if isinstance(cid, str) and 0 < len(cid) <= 64:
+            self._reject_unstored(cid, reason)
+
+    def _on_auth_response(self, data: dict[str, Any]) -> None:
+        res = parse_auth_response(data)
+        evse_id = self._pending_auth.pop(res.request_id, None)
+        if evse_id is None:
+            log.warning("auth response for unknown or stale request %s ignored", res.request_id)
+            return
+        contract_id = res.contract_id
+        if contract_id is None:
+            session = self.evses[evse_id].state.session
+            if session is not None and not isinstance(session.token, RfidToken):
+                contract_id = getattr(session.token, "contract_id", None)
+        accepted = res.status is AuthStatus.ACCEPTED
+        if res.expires_at is not None and res.expires_at <= self.clock.now():
+            accepted = False
+        log.info("%s: auth %s for request %s", evse_id, res.status.value, res.request_id)
+        self.drivers.display.show_message("Card accepted" if accepted else "Card rejected")
+        self.dispatch(evse_id, AuthResult(res.request_id, accepted, res.status.value, contract_id))
+
+    def _on_cdr_ack(self, data: dict[str, Any]) -> None:
+        ack = parse_cdr_ack(data)
+        outcome = self.store.ack_cdr(ack.session_id, self.clock.now())
+        if outcome == "acked":
+            log.info("CDR %s acknowledged", ack.session_id)
+        else:
+            log.info("CDR ack for %s ignored (%s)", ack.session_id, outcome)
+
+    def _on_command(self, data: dict[str, Any]) -> None:
+        cid = data.get("command_id")
+        if isinstance(cid, str):
+            previous = self.store.command_response(cid)
+            if previous is not None:
+                log.info("command %s replayed: same answer, no action", cid)
+                self.link.publish("cmd/res", previous.encode())
+                return
+        cmd = parse_command(data)
+        if isinstance(cmd, RemoteStart):
+            self._remote_start(cmd)
+        elif isinstance(cmd, RemoteStop):
+            self._remote_stop(cmd)
+        elif isinstance(cmd, SetAvailability):
+            self._set_availability(cmd)
+
+    def _remote_start(self, cmd: RemoteStart) -> None:
+        if cmd.evse_id not in self.evses:
+            self._command_result(cmd.command_id, False, f"unknown evse_id {cmd.evse_id}")
+            return
+        session_id = cmd.session_id or self.new_id()
+        if self.store.get_session(session_id) is not None:
+            self._command_result(cmd.command_id, False, "session_id already used")
+            return
+        self.dispatch(cmd.evse_id, RemoteStartCmd(cmd.command_id, cmd.contract_id, session_id))
+
+    def _remote_stop(self, cmd: RemoteStop) -> None:
+        for evse_id, rt in self.evses.items():
+            if rt.state.session is not None and rt.state.session.session_id == cmd.session_id:
+                self.dispatch(evse_id, RemoteStopCmd(cmd.command_id, cmd.session_id))
+                return
+        self._command_result(cmd.command_id, False, "unknown session_id")
+
+    def _set_availability(self, cmd: SetAvailability) -> None:
+        if cmd.evse_id not in self.evses:
+            self._command_result(cmd.command_id, False, f"unknown evse_id {cmd.evse_id}")
+            return
+        self.store.set_availability(cmd.evse_id, cmd.available)
+        self.dispatch(cmd.evse_id, SetAvailable(cmd.available, cmd.command_id))
+
+    # ------------------------------------------------------------------ outbox
+    def resend_outbox(self, *, force: bool = False) -> int:
+        """Send pending CDRs oldest first: all of them on reconnect, else those due by back-off."""
+        if not self.link.connected:
+            return 0
+        now = self.clock.now()
+        sent = 0
+        for entry in self.store.pending_cdrs(limit=1000):
+            if not force and entry.last_attempt_at is not None:
+                backoff = min(
+                    self.config.mqtt.cdr_retry_initial_s * 2 ** max(0, entry.attempts - 1),
+                    self.config.mqtt.cdr_retry_max_s,
+                )
+                if (now - entry.last_attempt_at).total_seconds() < backoff:
+                    continue
+            if not self.link.publish("cdr", entry.payload.encode()):
+                break
+            self.store.mark_attempt(entry.session_id, now)
+            sent += 1
+        return sent
+
+    # ------------------------------------------------------------------ housekeeping
+    def _housekeeping(self) -> None:
+        mono = self.clock.monotonic()
+        if mono - self._last_housekeeping < 1.0:
+            return
+        self._last_housekeeping = mono
+        try:
+            for rt in self.evses.values():
+                session = rt.state.session
+                if rt.state.phase is EvseState.CHARGING and session is not None:
+                    if mono - rt.last_meter_store >= self.config.store.meter_interval_s:
+                        reading = self._read_meter(rt)
+                        if reading is not None:
+                            self.store.record_meter(session.session_id, self.clock.now(),
+                                                    reading.energy_kwh)
+                            rt.last_meter_store = mono
+                    else:
+                        self._read_meter(rt)
+            self.resend_outbox()
+            if self._last_purge is None or mono - self._last_purge >= 86400:
+                self._last_purge = mono
+                purged = self.store.purge(self.clock.now(), self.config.store.retention_days)
+                if any(purged.values()):
+                    log.info("retention purge: %s", purged)
+        except StoreError as err:
+            log.critical("store failure during housekeeping: %s", err)
+        self._refresh_display()
+
+    # ------------------------------------------------------------------ status & display
+    def status(self) -> StatusMessage:
+        evses = []
+        for evse_id, rt in self.evses.items():
+            st = rt.state
+            evses.append(EvseStatus(
+                evse_id=evse_id,
+                state=st.phase,
+                session_id=st.session.session_id if st.session else None,
+                plugged=st.plugged,
+                relay_closed=rt.relay.is_closed(),
+                fault=st.fault,
+            ))
+        faults = sorted(self.station_faults)
+        health = self.drivers.rfid.health()
+        if not health.ok:
+            faults.append(f"rfid:{health.fault}")
+        return StatusMessage(station_id=self.config.station.id, ts=self.clock.now(),
+                             version=__version__, evses=evses, faults=faults)
+
+    def _publish_status(self) -> None:
+        status = self.status()
+        key = json.dumps(status.model_dump(mode="json", exclude={"ts"}), sort_keys=True)
+        if key == self._last_status:
+            return
+        if self.link.publish("status", dump(status), retain=True):
+            self._last_status = key
+
+    def offline_payload(self) -> bytes:
+        return dump(OfflineStatus(station_id=self.config.station.id))
+
+    def _refresh_display(self) -> None:
+        for evse_id, rt in self.evses.items():
+            st = rt.state
+            message = rt.message or DEFAULT_MESSAGES[st.phase]
+            if st.phase is EvseState.CHARGING and rt.message is None and st.session is not None:
+                row_energy = self._session_energy(rt)
+                if row_energy is not None:
+                    message = f"Charging {row_energy:.1f} kWh"
+            if st.phase is EvseState.FAULTED and st.fault:
+                message = f"Fault: {st.fault}"
+            screen = EvseScreen(
+                evse_id=evse_id, state=st.phase.value, message=message,
+                qr_payload=self._qr_payload(evse_id) if self._qr_payload else None,
+            )
+            try:
+                self.drivers.display.show(screen)
+            except DriverError as err:
+                log.error("display failed: %s", err)
+
+    def _session_energy(self, rt: EvseRuntime) -> float | None:
+        session = rt.state.session
+        if session is None or rt.last_energy_kwh is None:
+            return None
+        row = self.store.get_session(session.session_id)
+        if row is None or row.meter_start_kwh is None:
+            return None
+        return max(0.0, rt.last_energy_kwh - row.meter_start_kwh)
+
+    # ------------------------------------------------------------------ control socket
+    def _on_control(self, call: ControlCall) -> None:
+        name = call.request.get("cmd")
+        handler = self._control_handlers.get(name) if isinstance(name, str) else None
+        try:
+            if handler is None:
+                call.reply = {"ok": False, "error": f"unknown control command {name!r}"}
+            else:
+                call.reply = {"ok": True, "result": handler(self, call.request)}
+        except AgentError as err:
+            call.reply = {"ok": False, "error": str(err)}
+        except (KeyError, TypeError, ValueError) as err:
+            call.reply = {"ok": False, "error": f"bad request: {err}"}
+        finally:
+            call.done.set()
+
+    def sessions_view(self, limit: int = 50) -> list[dict[str, Any]]:
+        out = []
+        for row in self.store.recent_sessions(limit):
+            token = dict(row.token)
+            out.append({
+                "session_id": row.session_id,
+                "evse_id": row.evse_id,
+                "state": row.state,
+                "token": {k: (mask(str(v)) if k in ("uid", "contract_id") else v)
+                          for k, v in token.items()},
+                "contract_id": mask(row.contract_id) if row.contract_id else None,
+                "session_start": rfc3339(row.session_start),
+                "charging_start": rfc3339(row.charging_start) if row.charging_start else None,
+                "session_end": rfc3339(row.session_end) if row.session_end else None,
+                "energy_kwh": (round(row.meter_last_kwh - row.meter_start_kwh, 3)
+                               if row.meter_last_kwh is not None
+                               and row.meter_start_kwh is not None else None),
+                "stop_reason": row.stop_reason,
+            })
+        return out
+
+    def outbox_view(self) -> dict[str, Any]:
+        pending, oldest = self.store.outbox_stats()
+        entries = []
+        for e in self.store.pending_cdrs(limit=200):
+            cdr = json.loads(e.payload)
+            entries.append({
+                "session_id": e.session_id,
+                "evse_id": cdr.get("evse_id"),
+                "energy_kwh": cdr.get("energy_kwh"),
+                "token": {k: (mask(str(v)) if k in ("uid", "contract_id") else v)
+                          for k, v in cdr.get("token", {}).items()},
+                "created_at": rfc3339(e.created_at),
+                "attempts": e.attempts,
+                "last_attempt_at": rfc3339(e.last_attempt_at) if e.last_attempt_at else None,
+            })
+        return {"pending": pending, "oldest": rfc3339(oldest) if oldest else None,
+                "entries": entries}
+
+
+def make_qr_token(contract_id: str, pin: str | None) -> QrToken:
+    return QrToken(contract_id=contract_id, pin=pin)

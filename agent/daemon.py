@@ -1,0 +1,154 @@
+"""``station-agent run``: wire config, drivers, store, MQTT link, controller and control socket."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from agent.clock import Clock, SystemClock
+from agent.config import AgentConfig
+from agent.control import ControlServer
+from agent.controller import Controller, Shutdown
+from agent.errors import AgentError
+from agent.hardware import build_drivers
+from agent.link import MqttLink
+from agent.messages import OfflineStatus, dump
+from agent.store import Store
+from drivers.rfid.base import CardType
+
+log = logging.getLogger(__name__)
+
+
+def read_boot_id(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError as err:
+        log.warning("cannot read boot id from %s: %s", path, err)
+        return None
+
+
+# ---------------------------------------------------------------------------- control commands
+def _evse_arg(ctl: Controller, req: dict[str, Any]) -> str:
+    evse_id = req.get("evse_id")
+    if evse_id is None:
+        if len(ctl.evses) != 1:
+            raise ValueError(
+                f"this station has {len(ctl.evses)} EVSEs: name one of {', '.join(ctl.evses)}"
+            )
+        return next(iter(ctl.evses))
+    if evse_id not in ctl.evses:
+        raise ValueError(f"unknown EVSE {evse_id!r} (known: {', '.join(ctl.evses)})")
+    return str(evse_id)
+
+
+def _sim_device(device: object, kind: str, method: str) -> Any:
+    if not type(device).__name__.startswith("Sim") or not hasattr(device, method):
+        raise ValueError(f"the {kind} is not a sim driver ({type(device).__name__}); "
+                         "sim commands only drive simulated devices")
+    return getattr(device, method)
+
+
+def _status(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
+    out = ctl.status().model_dump(mode="json")
+    out["link"] = {"connected": ctl.link.connected, "url": ctl.config.mqtt.url}
+    pending, oldest = ctl.store.outbox_stats()
+    out["outbox"] = {"pending": pending, "oldest": oldest.isoformat() if oldest else None}
+    out["rfid"] = ctl.drivers.rfid.info()
+    return out
+
+
+def _sim_tap(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
+    from agent.identifiers import normalize_uid
+
+    uid = normalize_uid(str(req.get("uid", "")))
+    tap = _sim_device(ctl.drivers.rfid, "RFID reader", "tap")
+    card_type = CardType(req.get("card_type", CardType.UNKNOWN.value))
+    tap(uid, card_type)
+    return {"tapped": uid}
+
+
+def _sim_plug(plugged: bool) -> Any:
+    def handler(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
+        evse_id = _evse_arg(ctl, req)
+        setter = _sim_device(ctl.evses[evse_id].plug, "plug sensor", "set")
+        setter(plugged)
+        return {"evse_id": evse_id, "plugged": plugged}
+
+    return handler
+
+
+def _sessions(ctl: Controller, req: dict[str, Any]) -> list[dict[str, Any]]:
+    return ctl.sessions_view(int(req.get("limit", 50)))
+
+
+def _outbox(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
+    return ctl.outbox_view()
+
+
+def _outbox_retry(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
+    if not ctl.link.connected:
+        raise ValueError("backend link is down: CDRs are re-sent automatically on reconnect")
+    return {"sent": ctl.resend_outbox(force=True)}
+
+
+def register_control_commands(ctl: Controller) -> None:
+    ctl.register_control("status", _status)
+    ctl.register_control("sim.tap", _sim_tap)
+    ctl.register_control("sim.plug", _sim_plug(True))
+    ctl.register_control("sim.unplug", _sim_plug(False))
+    ctl.register_control("sessions", _sessions)
+    ctl.register_control("outbox", _outbox)
+    ctl.register_control("outbox.retry", _outbox_retry)
+
+
+# ---------------------------------------------------------------------------- run
+def run(config: AgentConfig, clock: Clock | None = None) -> int:
+    clock = clock or SystemClock()
+    drivers = build_drivers(config, clock)
+    for evse_id, relay in drivers.relays.items():  # safe state before anything else
+        try:
+            relay.open()
+        except AgentError as err:
+            log.critical("%s: cannot open relay at start-up: %s", evse_id, err)
+    store = Store(config.station.state_dir)
+    store.open()
+    link = MqttLink(
+        config.mqtt,
+        client_id=config.station.id,
+        root=config.topic_root,
+        will_payload=dump(OfflineStatus(station_id=config.station.id)),
+    )
+    ctl = Controller(
+        config, drivers, store, link, clock=clock,
+        boot_id=read_boot_id(config.station.boot_id_file),
+    )
+    register_control_commands(ctl)
+    control = ControlServer(config.station.control_socket, ctl)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+        threading.Thread(target=ctl.post, args=(Shutdown(),), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        ctl.start()
+        control.start()
+        link.start(ctl.post)
+        log.info("station %s up: %d EVSE(s), broker %s, control socket %s",
+                 config.station.id, len(ctl.evses), config.mqtt.url,
+                 config.station.control_socket)
+        ctl.run(stop)
+    finally:
+        ctl.shutdown()
+        link.stop(ctl.offline_payload())
+        control.stop()
+        store.close()
+        log.info("station %s stopped", config.station.id)
+    return 0
+

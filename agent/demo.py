@@ -1,0 +1,142 @@
+"""``station-agent demo``: a whole charging story on one machine, told as a timeline.
+
+Starts Mosquitto on a free loopback port (or uses ``--broker``), the backend simulator, and the
+agent as a child process with the simulated station config; plays one session on every EVSE
+through the control socket (tap, plug, charge, stop); ends with the acknowledged CDRs.
+Exit status 0 only if every CDR was acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from agent.backend_sim import BackendSim, Received
+from agent.broker import Mosquitto
+from agent.config import load_config
+from agent.control import ControlError, call
+from agent.errors import AgentError
+
+DEMO_CARDS = ["04A224B2C13C80", "E3F1A27B", "04112233445566", "0A0B0C0D"]
+
+
+def default_config() -> Path:
+    here = Path(__file__).resolve().parent.parent / "hardware" / "simulated.toml"
+    return here if here.exists() else Path.cwd() / "hardware" / "simulated.toml"
+
+
+class Timeline:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def say(self, who: str, text: str) -> None:
+        print(f"{time.monotonic() - self.t0:7.3f}s  {who:<8} {text}", flush=True)
+
+    def backend(self, rec: Received) -> None:
+        d = rec.data if isinstance(rec.data, dict) else {}
+        if rec.suffix == "auth/req":
+            tok = d.get("token", {})
+            self.say("station", f"auth/req  {tok.get('type')} {tok.get('uid') or tok.get('contract_id')}"
+                     f" for {d.get('evse_id') or 'any free EVSE'}")
+        elif rec.suffix == "session":
+            extra = f" ({d['reason']})" if d.get("reason") else ""
+            self.say("station", f"session   {d.get('event')}{extra} on {d.get('evse_id')}")
+        elif rec.suffix == "cdr":
+            self.say("station", f"cdr       {d.get('session_id')} {d.get('energy_kwh')} kWh")
+        elif rec.suffix == "status":
+            states = ", ".join(f"{e['evse_id'][-1]}:{e['state']}" for e in d.get("evses", []))
+            self.say("station", f"status    {'online' if d.get('online') else 'OFFLINE'} {states}")
+
+
+def _wait(pred: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AgentError(f"demo: timed out waiting for {what}")
+
+
+def _evse_state(sock: Path, evse_id: str) -> str:
+    st = call(sock, {"cmd": "status"})
+    return next(e["state"] for e in st["evses"] if e["evse_id"] == evse_id)
+
+
+def run_demo(config: Path | None = None, broker: str | None = None, seconds: float = 3.0) -> int:
+    config = config or default_config()
+    cfg = load_config(config)
+    tl = Timeline()
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="station-demo-")))
+        if broker is None:
+            mosq = Mosquitto()
+            mosq.start()
+            stack.callback(mosq.close)
+            broker = mosq.url
+            tl.say("demo", f"Mosquitto started on {broker}")
+        backend = BackendSim(broker, prefix=cfg.mqtt.topic_prefix, on_message=tl.backend)
+        backend.start()
+        stack.callback(backend.stop)
+        tl.say("demo", "backend simulator connected (accepts every token, acks every CDR)")
+        sock = tmp / "control.sock"
+        log = (tmp / "agent.log").open("wb")
+        stack.callback(log.close)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", "--config", str(config), "--broker",
+             broker, "--state-dir", str(tmp / "state"), "--socket", str(sock)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+
+        def stop_agent() -> None:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+
+        stack.callback(stop_agent)
+        _wait(lambda: sock.exists() or proc.poll() is not None, 15, "the agent to start")
+        if proc.poll() is not None:
+            print((tmp / "agent.log").read_text(), file=sys.stderr)
+            return 1
+        _wait(lambda: call(sock, {"cmd": "status"})["link"]["connected"], 15, "the MQTT link")
+        tl.say("demo", f"agent running: station {cfg.station.id}, {len(cfg.evse)} EVSE(s)")
+        session_ids = []
+        try:
+            for i, ec in enumerate(cfg.evse):
+                uid = DEMO_CARDS[i % len(DEMO_CARDS)]
+                tl.say("driver", f"plugs the car into {ec.id}")
+                call(sock, {"cmd": "sim.plug", "evse_id": ec.id})
+                _wait(lambda ec=ec: _evse_state(sock, ec.id) == "preparing", 5, "preparing")
+                tl.say("driver", f"taps card {uid}")
+                call(sock, {"cmd": "sim.tap", "uid": uid})
+                _wait(lambda ec=ec: _evse_state(sock, ec.id) == "charging", 10, "charging")
+                tl.say("demo", f"relay closed on {ec.id}; charging for {seconds:.1f} s")
+                time.sleep(seconds)
+                tl.say("driver", f"taps card {uid} again to stop, then unplugs")
+                call(sock, {"cmd": "sim.tap", "uid": uid})
+                _wait(lambda ec=ec: _evse_state(sock, ec.id) == "finishing", 10, "finishing")
+                call(sock, {"cmd": "sim.unplug", "evse_id": ec.id})
+                rec = backend.wait_for(lambda r: r.suffix == "cdr" and r.data.get("evse_id")
+                                       == ec.id and r.data["session_id"] not in session_ids, 10)
+                session_ids.append(rec.data["session_id"])
+            _wait(lambda: call(sock, {"cmd": "outbox"})["pending"] == 0, 15, "CDR acks")
+        except (AgentError, ControlError, TimeoutError) as err:
+            print(f"demo failed: {err}", file=sys.stderr)
+            print((tmp / "agent.log").read_text()[-4000:], file=sys.stderr)
+            return 1
+        tl.say("demo", "every CDR acknowledged by the backend; the CDRs:")
+        for sid in session_ids:
+            print(json.dumps(backend.cdrs[sid], indent=2))
+        stop_agent()
+        acked = len(session_ids) == len(cfg.evse)
+        print(f"\n{len(session_ids)} session(s), {len(session_ids)} CDR(s) acknowledged, "
+              f"{backend.cdr_duplicates} duplicate(s)")
+        return 0 if acked else 1

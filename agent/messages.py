@@ -1,0 +1,363 @@
+"""MQTT contract v1 as typed data.
+
+Every message is a pydantic model; ``python -m agent.messages --export DIR`` writes their JSON
+Schemas (the copies in ``agent/schemas`` are checked against the models by the tests).
+Incoming messages are validated strictly: no type coercion, no unknown fields.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_serializer,
+)
+
+from agent.clock import rfc3339
+from agent.errors import ProtocolError
+
+CONTRACT_VERSION = 1
+MAX_PAYLOAD_BYTES = 64 * 1024
+SESSION_ID_PATTERN = r"^[A-Za-z0-9]{8}(-[A-Za-z0-9]{4}){3}-[A-Za-z0-9]{12}$"
+UID_PATTERN = r"^([0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})$"
+
+SessionId = Annotated[str, Field(pattern=SESSION_ID_PATTERN)]
+Id64 = Annotated[str, Field(min_length=1, max_length=64)]
+ContractIdStr = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class EvseState(StrEnum):
+    AVAILABLE = "available"
+    PREPARING = "preparing"
+    AUTHORIZING = "authorizing"
+    AUTHORIZED = "authorized"
+    CHARGING = "charging"
+    FINISHING = "finishing"
+    UNAVAILABLE = "unavailable"
+    FAULTED = "faulted"
+
+
+class AuthStatus(StrEnum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    BLOCKED = "blocked"
+    EXPIRED = "expired"
+    UNKNOWN = "unknown"
+
+
+class SessionEventKind(StrEnum):
+    AUTHORIZED = "authorized"
+    STARTED = "started"
+    STOPPED = "stopped"
+    TIMEOUT = "timeout"
+    REJECTED = "rejected"
+
+
+class StopReason(StrEnum):
+    LOCAL = "local"
+    REMOTE = "remote"
+    EV_DISCONNECTED = "ev_disconnected"
+    POWER_LOSS = "power_loss"
+    FAULT = "fault"
+    DEAUTHORIZED = "deauthorized"
+    OTHER = "other"
+
+
+class CommandStatus(StrEnum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
+class _Out(BaseModel):
+    """Station -> backend. Timestamps serialise as RFC 3339 with milliseconds and offset."""
+
+    model_config = ConfigDict(extra="forbid")
+    v: Literal[1] = 1
+
+    @field_serializer("*", when_used="json")
+    def _ser(self, value: Any) -> Any:
+        if isinstance(value, datetime):
+            return rfc3339(value)
+        return value
+
+
+class _In(BaseModel):
+    """Backend -> station: strict types, unknown fields rejected."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    v: Literal[1]
+
+
+# ---------------------------------------------------------------- tokens
+class RfidToken(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["rfid"] = "rfid"
+    uid: Annotated[str, Field(pattern=UID_PATTERN)]
+    card_type: str | None = None
+
+
+class QrToken(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["qr"] = "qr"
+    contract_id: ContractIdStr
+    pin: Annotated[str, Field(max_length=32)] | None = Field(default=None, repr=False)
+
+
+class RemoteToken(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["remote"] = "remote"
+    contract_id: ContractIdStr
+
+
+Token = Annotated[RfidToken | QrToken | RemoteToken, Field(discriminator="type")]
+TOKEN_ADAPTER: TypeAdapter[RfidToken | QrToken | RemoteToken] = TypeAdapter(Token)
+
+
+def token_key(token: RfidToken | QrToken | RemoteToken) -> str:
+    """What identifies the holder, for 'same card stops the session'."""
+    if isinstance(token, RfidToken):
+        return f"rfid:{token.uid}"
+    return f"contract:{token.contract_id}"
+
+
+def token_for_record(token: RfidToken | QrToken | RemoteToken) -> RfidToken | QrToken | RemoteToken:
+    """The token as stored and put in CDRs: never with a PIN."""
+    if isinstance(token, QrToken) and token.pin is not None:
+        return QrToken(contract_id=token.contract_id)
+    return token
+
+
+# ---------------------------------------------------------------- station -> backend
+class EvseStatus(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    evse_id: str
+    state: EvseState
+    session_id: str | None
+    plugged: bool
+    relay_closed: bool
+    fault: str | None
+
+
+class StatusMessage(_Out):
+    station_id: str
+    online: Literal[True] = True
+    ts: datetime
+    version: str
+    evses: list[EvseStatus]
+    faults: list[str] = Field(default_factory=list)  # station-wide faults (reader, store, ...)
+
+
+class OfflineStatus(_Out):
+    """The retained last will."""
+
+    station_id: str
+    online: Literal[False] = False
+
+
+class AuthRequest(_Out):
+    request_id: str
+    evse_id: str | None
+    token: Token
+    ts: datetime
+
+
+class SessionEvent(_Out):
+    session_id: str
+    evse_id: str
+    event: SessionEventKind
+    ts: datetime
+    reason: str | None = None
+
+
+class Cdr(_Out):
+    session_id: str
+    evse_id: str
+    operator_id: str
+    location: str
+    contract_id: str | None
+    token: Token
+    session_start: datetime
+    session_end: datetime
+    charging_start: datetime | None
+    charging_end: datetime | None
+    meter_start_kwh: float
+    meter_stop_kwh: float
+    energy_kwh: float
+    stop_reason: StopReason
+
+    @field_serializer("meter_start_kwh", "meter_stop_kwh", "energy_kwh")
+    def _kwh(self, value: float) -> float:
+        return round(value, 3)
+
+
+class CommandResponse(_Out):
+    command_id: str
+    status: CommandStatus
+    reason: str | None = None
+
+
+# ---------------------------------------------------------------- backend -> station
+class AuthResponse(_In):
+    request_id: Id64
+    status: AuthStatus
+    contract_id: ContractIdStr | None = None
+    expires_at: datetime | None = None
+
+
+class CdrAck(_In):
+    session_id: SessionId
+
+
+class _Command(_In):
+    command_id: Id64
+    ts: datetime | None = None
+
+
+class RemoteStart(_Command):
+    command: Literal["remote_start"]
+    evse_id: Id64
+    contract_id: ContractIdStr
+    session_id: SessionId | None = None
+
+
+class RemoteStop(_Command):
+    command: Literal["remote_stop"]
+    session_id: SessionId
+
+
+class SetAvailability(_Command):
+    command: Literal["set_availability"]
+    evse_id: Id64
+    available: bool
+
+
+Command = Annotated[RemoteStart | RemoteStop | SetAvailability, Field(discriminator="command")]
+COMMAND_ADAPTER: TypeAdapter[RemoteStart | RemoteStop | SetAvailability] = TypeAdapter(Command)
+COMMAND_NAMES = ("remote_start", "remote_stop", "set_availability")
+
+
+# ---------------------------------------------------------------- decoding
+def load_json_object(payload: bytes) -> dict[str, Any]:
+    """Size check, UTF-8, JSON, an object, and ``v == 1``; raises ProtocolError saying why."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        text = payload.decode("utf-8")
+        data = json.loads(text)
+    except UnicodeDecodeError as err:
+        raise ProtocolError(f"payload is not UTF-8: {err}") from err
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ProtocolError(f"payload is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ProtocolError(f"payload must be a JSON object, got {type(data).__name__}")
+    if "v" not in data:
+        raise ProtocolError("field 'v' is missing")
+    if data["v"] != CONTRACT_VERSION or isinstance(data["v"], bool):
+        raise ProtocolError(f"unsupported contract version v={data['v']!r} (expected 1)")
+    return data
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors()[:5]:
+        loc = ".".join(str(p) for p in e["loc"]) or "(payload)"
+        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_auth_response(data: dict[str, Any]) -> AuthResponse:
+    try:
+        return AuthResponse.model_validate_json(json.dumps(data))
+    except ValidationError as err:
+        raise ProtocolError(describe_validation_error(err)) from err
+
+
+def parse_cdr_ack(data: dict[str, Any]) -> CdrAck:
+    try:
+        return CdrAck.model_validate_json(json.dumps(data))
+    except ValidationError as err:
+        raise ProtocolError(describe_validation_error(err)) from err
+
+
+def parse_command(data: dict[str, Any]) -> RemoteStart | RemoteStop | SetAvailability:
+    name = data.get("command")
+    if name not in COMMAND_NAMES:
+        raise ProtocolError(f"unknown command {name!r} (known: {', '.join(COMMAND_NAMES)})")
+    try:
+        return COMMAND_ADAPTER.validate_json(json.dumps(data))
+    except ValidationError as err:
+        raise ProtocolError(describe_validation_error(err)) from err
+
+
+OPTIONAL_FIELDS = frozenset({"reason", "card_type", "pin"})
+
+
+def dump(msg: BaseModel) -> bytes:
+    """JSON bytes of a message; optional fields that are unset are left out, not null."""
+    data = msg.model_dump(mode="json")
+    return json.dumps(_prune(data), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _prune(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _prune(v) for k, v in value.items()
+                if not (v is None and k in OPTIONAL_FIELDS)}
+    if isinstance(value, list):
+        return [_prune(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- schema export
+SCHEMAS: dict[str, Any] = {
+    "status": StatusMessage,
+    "status-offline": OfflineStatus,
+    "auth-req": AuthRequest,
+    "auth-res": AuthResponse,
+    "session": SessionEvent,
+    "cdr": Cdr,
+    "cdr-ack": CdrAck,
+    "cmd-req": COMMAND_ADAPTER,
+    "cmd-res": CommandResponse,
+}
+
+
+def json_schema(name: str) -> dict[str, Any]:
+    model = SCHEMAS[name]
+    schema: dict[str, Any]
+    if isinstance(model, TypeAdapter):
+        schema = model.json_schema(mode="validation")
+    else:
+        mode = "validation" if issubclass(model, _In) else "serialization"
+        schema = model.model_json_schema(mode=mode)
+    schema["$id"] = f"station-agent/v1/{name}.json"
+    return schema
+
+
+def export_schemas(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in SCHEMAS:
+        p = directory / f"{name}.json"
+        p.write_text(json.dumps(json_schema(name), indent=2, sort_keys=True) + "\n")
+        out.append(p)
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover - developer tool
+    target = Path(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[1] == "--export" else None
+    if target is None:
+        print("usage: python -m agent.messages --export DIR", file=sys.stderr)
+        raise SystemExit(2)
+    for path in export_schemas(target):
+        print(path)

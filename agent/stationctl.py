@@ -1,0 +1,141 @@
+"""``stationctl``: the technician's CLI. Talks to the running daemon over its control socket."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent.config import DEFAULT_CONFIG_PATH, EX_CONFIG, StationConfig, load_config
+from agent.control import ControlError, call
+from agent.errors import ConfigError
+
+DEFAULT_SOCKET = StationConfig.model_fields["control_socket"].default
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def _status_text(st: dict[str, Any]) -> str:
+    link = st.get("link", {})
+    outbox = st.get("outbox", {})
+    lines = [
+        f"station {st['station_id']}  version {st['version']}  "
+        f"backend {'connected' if link.get('connected') else 'DISCONNECTED'} ({link.get('url')})",
+        f"outbox: {outbox.get('pending', 0)} CDR(s) pending"
+        + (f", oldest {outbox['oldest']}" if outbox.get("oldest") else ""),
+    ]
+    if st.get("faults"):
+        lines.append("faults: " + ", ".join(st["faults"]))
+    for e in st["evses"]:
+        lines.append(
+            f"  {e['evse_id']:<24} {e['state']:<12} plugged={'yes' if e['plugged'] else 'no':<3} "
+            f"relay={'closed' if e['relay_closed'] else 'open':<6} "
+            f"session={e['session_id'] or '-'}" + (f"  FAULT {e['fault']}" if e["fault"] else "")
+        )
+    return "\n".join(lines)
+
+
+def _sessions_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no sessions"
+    out = [f"{'session':<36} {'evse':<20} {'state':<10} {'kWh':>8} {'reason':<16} start"]
+    for r in rows:
+        kwh = "-" if r["energy_kwh"] is None else f"{r['energy_kwh']:.3f}"
+        out.append(f"{r['session_id']:<36} {r['evse_id']:<20} {r['state']:<10} {kwh:>8} "
+                   f"{r['stop_reason'] or '-':<16} {r['session_start']}")
+    return "\n".join(out)
+
+
+def _outbox_text(ob: dict[str, Any]) -> str:
+    out = [f"{ob['pending']} CDR(s) pending" + (f", oldest {ob['oldest']}" if ob["oldest"]
+                                                  else "")]
+    for e in ob["entries"]:
+        out.append(f"  {e['session_id']}  {e['evse_id']}  {e['energy_kwh']} kWh  "
+                   f"token {e['token']}  attempts {e['attempts']}  created {e['created_at']}")
+    return "\n".join(out)
+
+
+def _run(args: argparse.Namespace) -> int:
+    sock: Path = args.socket
+    c = args.command
+    if c == "config":
+        try:
+            cfg = load_config(args.path)
+        except ConfigError as err:
+            print(f"stationctl: {err}", file=sys.stderr)
+            return EX_CONFIG
+        print(f"{args.path}: OK (station {cfg.station.id}, {len(cfg.evse)} EVSE(s))")
+        return 0
+    if c == "status":
+        st = call(sock, {"cmd": "status"})
+        _print_json(st) if args.json else print(_status_text(st))
+    elif c == "sim":
+        if args.sim_command == "tap":
+            res = call(sock, {"cmd": "sim.tap", "uid": args.uid, "card_type": args.card_type})
+            print(f"tapped {res['tapped']}")
+        else:
+            res = call(sock, {"cmd": f"sim.{args.sim_command}", "evse_id": args.evse_id})
+            print(f"{res['evse_id']}: {'plugged' if res['plugged'] else 'unplugged'}")
+    elif c == "sessions":
+        rows = call(sock, {"cmd": "sessions", "limit": args.limit})
+        _print_json(rows) if args.json else print(_sessions_text(rows))
+    elif c == "outbox":
+        if args.action == "retry":
+            res = call(sock, {"cmd": "outbox.retry"})
+            print(f"re-sent {res['sent']} CDR(s)")
+        else:
+            ob = call(sock, {"cmd": "outbox"})
+            _print_json(ob) if args.json else print(_outbox_text(ob))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", type=Path, default=DEFAULT_SOCKET,
+                        help=f"control socket (default {DEFAULT_SOCKET})")
+    p = argparse.ArgumentParser(prog="stationctl", description=__doc__, parents=[common])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("status", parents=[common], help="station and EVSE state")
+    s.add_argument("--json", action="store_true")
+
+    sim = sub.add_parser("sim", parents=[common], help="drive the sim drivers of a running daemon")
+    simsub = sim.add_subparsers(dest="sim_command", required=True)
+    tap = simsub.add_parser("tap", parents=[common], help="present a card to the sim reader")
+    tap.add_argument("uid")
+    tap.add_argument("--card-type", default="unknown",
+                     choices=["unknown", "mifare_classic", "ultralight", "iso_dep"])
+    for name in ("plug", "unplug"):
+        sp = simsub.add_parser(name, parents=[common], help=f"{name} the car (sim plug sensor)")
+        sp.add_argument("evse_id", nargs="?")
+
+    ss = sub.add_parser("sessions", parents=[common], help="recent sessions (tokens masked)")
+    ss.add_argument("--json", action="store_true")
+    ss.add_argument("--limit", type=int, default=50)
+
+    ob = sub.add_parser("outbox", parents=[common], help="CDRs waiting for the backend's ack")
+    ob.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
+    ob.add_argument("--json", action="store_true")
+
+    cfg = sub.add_parser("config", parents=[common], help="configuration tools")
+    cfgsub = cfg.add_subparsers(dest="config_command", required=True)
+    chk = cfgsub.add_parser("check", help="validate a config file (exit 78 if invalid)")
+    chk.add_argument("path", type=Path, nargs="?", default=DEFAULT_CONFIG_PATH)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ControlError as err:
+        print(f"stationctl: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,402 @@
+"""SQLite store: sessions, the CDR outbox, replayed commands, EVSE settings.
+
+WAL journal, ``synchronous=FULL``: a commit is on disk before the call returns. Every state that
+matters is committed here before the outside world (relay, MQTT) is told. The connection belongs
+to the daemon's main thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from agent.clock import parse_rfc3339, rfc3339
+from agent.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "station-agent.sqlite3"
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE sessions (
+        session_id      TEXT PRIMARY KEY,
+        evse_id         TEXT NOT NULL,
+        token           TEXT NOT NULL,        -- JSON; never a PIN
+        contract_id     TEXT,
+        state           TEXT NOT NULL CHECK (state IN ('authorized', 'charging', 'ended')),
+        offline         INTEGER NOT NULL DEFAULT 0,
+        session_start   TEXT NOT NULL,
+        charging_start  TEXT,
+        charging_end    TEXT,
+        session_end     TEXT,
+        meter_start_kwh REAL,
+        meter_last_kwh  REAL,
+        meter_last_at   TEXT,
+        stop_reason     TEXT,
+        boot_id         TEXT,
+        updated_at      TEXT NOT NULL
+    );
+    CREATE INDEX sessions_open ON sessions(state) WHERE state != 'ended';
+    CREATE TABLE outbox (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id      TEXT NOT NULL UNIQUE REFERENCES sessions(session_id),
+        payload         TEXT NOT NULL,
+        created_at      TEXT NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        last_attempt_at TEXT,
+        acked_at        TEXT
+    );
+    CREATE INDEX outbox_pending ON outbox(seq) WHERE acked_at IS NULL;
+    CREATE TABLE commands (
+        command_id  TEXT PRIMARY KEY,
+        response    TEXT NOT NULL,
+        received_at TEXT NOT NULL
+    );
+    CREATE TABLE evse_settings (
+        evse_id   TEXT PRIMARY KEY,
+        available INTEGER NOT NULL
+    );
+    """,
+}
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    session_id: str
+    evse_id: str
+    token: dict[str, Any]
+    contract_id: str | None
+    state: str
+    offline: bool
+    session_start: datetime
+    charging_start: datetime | None
+    charging_end: datetime | None
+    session_end: datetime | None
+    meter_start_kwh: float | None
+    meter_last_kwh: float | None
+    meter_last_at: datetime | None
+    stop_reason: str | None
+    boot_id: str | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    seq: int
+    session_id: str
+    payload: str
+    created_at: datetime
+    attempts: int
+    last_attempt_at: datetime | None
+
+
+def _ts(value: str | None) -> datetime | None:
+    return None if value is None else parse_rfc3339(value)
+
+
+class Store:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / DB_NAME
+        self._db: sqlite3.Connection | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._db = db
+            self._migrate()
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot open store {self.path}: {err}") from err
+        except OSError as err:
+            raise StoreError(f"cannot create state directory {self.path.parent}: {err}") from err
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("store is not open")
+        return self._db
+
+    def _migrate(self) -> None:
+        current = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {current}, newer than this agent's "
+                f"{SCHEMA_VERSION}: refusing to touch it"
+            )
+        if current == SCHEMA_VERSION:
+            return
+        with self._tx():
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for stmt in _split_sql(_MIGRATIONS[version]):
+                    self.db.execute(stmt)
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        log.info("store %s migrated from schema %d to %d", self.path, current, SCHEMA_VERSION)
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    def integrity_ok(self) -> bool:
+        try:
+            row = self.db.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.Error:
+            return False
+        return bool(row and row[0] == "ok")
+
+    # ------------------------------------------------------------------ sessions
+    def insert_session(
+        self,
+        *,
+        session_id: str,
+        evse_id: str,
+        token: dict[str, Any],
+        contract_id: str | None,
+        start: datetime,
+        offline: bool = False,
+        boot_id: str | None = None,
+    ) -> None:
+        if "pin" in token:
+            raise StoreError("refusing to store a PIN")
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO sessions (session_id, evse_id, token, contract_id, state, offline,"
+                " session_start, boot_id, updated_at) VALUES (?, ?, ?, ?, 'authorized', ?, ?, ?, ?)",
+                (
+                    session_id,
+                    evse_id,
+                    json.dumps(token, sort_keys=True),
+                    contract_id,
+                    int(offline),
+                    rfc3339(start),
+                    boot_id,
+                    rfc3339(start),
+                ),
+            )
+
+    def mark_charging(
+        self, session_id: str, ts: datetime, meter_kwh: float, *, evse_id: str | None = None
+    ) -> None:
+        """Charging started (on ``evse_id``, which may differ for a floating authorisation)."""
+        with self._tx():
+            self.db.execute(
+                "UPDATE sessions SET state='charging', charging_start=?, meter_start_kwh=?,"
+                " meter_last_kwh=?, meter_last_at=?, updated_at=?, evse_id=COALESCE(?, evse_id)"
+                " WHERE session_id=?",
+                (rfc3339(ts), meter_kwh, meter_kwh, rfc3339(ts), rfc3339(ts), evse_id,
+                 session_id),
+            )
+
+    def record_meter(self, session_id: str, ts: datetime, meter_kwh: float) -> None:
+        with self._tx():
+            self.db.execute(
+                "UPDATE sessions SET meter_last_kwh=?, meter_last_at=?, updated_at=?"
+                " WHERE session_id=? AND state='charging'",
+                (meter_kwh, rfc3339(ts), rfc3339(ts), session_id),
+            )
+
+    def end_session(
+        self,
+        session_id: str,
+        *,
+        end: datetime,
+        reason: str,
+        meter_stop_kwh: float | None = None,
+        cdr_payload: str | None = None,
+    ) -> None:
+        """End a session and queue its CDR in one transaction."""
+        with self._tx():
+            self.db.execute(
+                "UPDATE sessions SET state='ended', session_end=?, stop_reason=?,"
+                " charging_end=CASE WHEN charging_start IS NOT NULL THEN ? END,"
+                " meter_last_kwh=COALESCE(?, meter_last_kwh), updated_at=? WHERE session_id=?",
+                (rfc3339(end), reason, rfc3339(end), meter_stop_kwh, rfc3339(end), session_id),
+            )
+            if cdr_payload is not None:
+                self.db.execute(
+                    "INSERT INTO outbox (session_id, payload, created_at) VALUES (?, ?, ?)",
+                    (session_id, cdr_payload, rfc3339(end)),
+                )
+
+    def get_session(self, session_id: str) -> SessionRow | None:
+        row = self.db.execute(
+            f"SELECT {_SESSION_COLS} FROM sessions WHERE session_id=?", (session_id,)
+        ).fetchone()
+        return None if row is None else _session(row)
+
+    def open_sessions(self) -> list[SessionRow]:
+        rows = self.db.execute(
+            f"SELECT {_SESSION_COLS} FROM sessions WHERE state != 'ended' ORDER BY session_start"
+        ).fetchall()
+        return [_session(r) for r in rows]
+
+    def recent_sessions(self, limit: int = 50) -> list[SessionRow]:
+        rows = self.db.execute(
+            f"SELECT {_SESSION_COLS} FROM sessions ORDER BY session_start DESC, rowid DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [_session(r) for r in rows]
+
+    # ------------------------------------------------------------------ outbox
+    def pending_cdrs(self, limit: int = 100) -> list[OutboxEntry]:
+        rows = self.db.execute(
+            "SELECT seq, session_id, payload, created_at, attempts, last_attempt_at FROM outbox"
+            " WHERE acked_at IS NULL ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [
+            OutboxEntry(r[0], r[1], r[2], parse_rfc3339(r[3]), r[4], _ts(r[5])) for r in rows
+        ]
+
+    def mark_attempt(self, session_id: str, ts: datetime) -> None:
+        with self._tx():
+            self.db.execute(
+                "UPDATE outbox SET attempts=attempts+1, last_attempt_at=? WHERE session_id=?",
+                (rfc3339(ts), session_id),
+            )
+
+    def ack_cdr(self, session_id: str, ts: datetime) -> str:
+        """Returns 'acked', 'duplicate' (already acked) or 'unknown'."""
+        with self._tx():
+            row = self.db.execute(
+                "SELECT acked_at FROM outbox WHERE session_id=?", (session_id,)
+            ).fetchone()
+            if row is None:
+                return "unknown"
+            if row[0] is not None:
+                return "duplicate"
+            self.db.execute(
+                "UPDATE outbox SET acked_at=? WHERE session_id=?", (rfc3339(ts), session_id)
+            )
+            return "acked"
+
+    def outbox_stats(self) -> tuple[int, datetime | None]:
+        row = self.db.execute(
+            "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE acked_at IS NULL"
+        ).fetchone()
+        return int(row[0]), _ts(row[1])
+
+    # ------------------------------------------------------------------ commands
+    def command_response(self, command_id: str) -> str | None:
+        row = self.db.execute(
+            "SELECT response FROM commands WHERE command_id=?", (command_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def save_command(self, command_id: str, response: str, ts: datetime) -> None:
+        with self._tx():
+            self.db.execute(
+                "INSERT OR IGNORE INTO commands (command_id, response, received_at) VALUES (?,?,?)",
+                (command_id, response, rfc3339(ts)),
+            )
+
+    # ------------------------------------------------------------------ settings
+    def availability(self) -> dict[str, bool]:
+        rows = self.db.execute("SELECT evse_id, available FROM evse_settings").fetchall()
+        return {r[0]: bool(r[1]) for r in rows}
+
+    def set_availability(self, evse_id: str, available: bool) -> None:
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO evse_settings (evse_id, available) VALUES (?, ?)"
+                " ON CONFLICT(evse_id) DO UPDATE SET available=excluded.available",
+                (evse_id, int(available)),
+            )
+
+    # ------------------------------------------------------------------ retention
+    def purge(self, now: datetime, retention_days: int) -> dict[str, int]:
+        """Delete acknowledged CDRs, ended sessions and commands older than the retention.
+
+        Undelivered CDRs (and their sessions) are kept until delivered, however old.
+        """
+        cutoff = rfc3339(now - timedelta(days=retention_days))
+        with self._tx():
+            cdrs = self.db.execute(
+                "DELETE FROM outbox WHERE acked_at IS NOT NULL AND acked_at < ?", (cutoff,)
+            ).rowcount
+            sessions = self.db.execute(
+                "DELETE FROM sessions WHERE state='ended' AND session_end < ?"
+                " AND session_id NOT IN (SELECT session_id FROM outbox)",
+                (cutoff,),
+            ).rowcount
+            commands = self.db.execute(
+                "DELETE FROM commands WHERE received_at < ?", (cutoff,)
+            ).rowcount
+        return {"cdrs": cdrs, "sessions": sessions, "commands": commands}
+
+
+_SESSION_COLS = (
+    "session_id, evse_id, token, contract_id, state, offline, session_start, charging_start,"
+    " charging_end, session_end, meter_start_kwh, meter_last_kwh, meter_last_at, stop_reason,"
+    " boot_id, updated_at"
+)
+
+
+def _session(r: tuple[Any, ...]) -> SessionRow:
+    return SessionRow(
+        session_id=r[0],
+        evse_id=r[1],
+        token=json.loads(r[2]),
+        contract_id=r[3],
+        state=r[4],
+        offline=bool(r[5]),
+        session_start=parse_rfc3339(r[6]),
+        charging_start=_ts(r[7]),
+        charging_end=_ts(r[8]),
+        session_end=_ts(r[9]),
+        meter_start_kwh=r[10],
+        meter_last_kwh=r[11],
+        meter_last_at=_ts(r[12]),
+        stop_reason=r[13],
+        boot_id=r[14],
+        updated_at=parse_rfc3339(r[15]),
+    )
+
+
+def _split_sql(script: str) -> list[str]:
+    """Statements of a migration script (comments removed first; no ';' inside literals)."""
+    text = "\n".join(ln.split("--", 1)[0] for ln in script.splitlines())
+    return [stmt.strip() for stmt in text.split(";") if stmt.strip()]
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error; sqlite errors become StoreError."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot begin transaction: {err}") from err
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+        if exc is None:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as err:
+                self._db.execute("ROLLBACK")
+                raise StoreError(f"commit failed: {err}") from err
+            return False
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error as rb_err:
+            log.error("rollback failed after %s: %s", exc, rb_err)
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"store write failed: {exc}") from exc
+        return False

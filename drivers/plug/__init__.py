@@ -1,0 +1,1 @@
+"""Plug (vehicle connected) sensors."""

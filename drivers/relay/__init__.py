@@ -1,0 +1,1 @@
+"""Contactor relays."""

@@ -1,0 +1,1 @@
+"""RFID card readers."""

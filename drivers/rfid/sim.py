@@ -1,0 +1,41 @@
+"""Simulated RFID reader: ``tap()`` presents a card as if it had been read."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from drivers.health import Health
+from drivers.rfid.base import CardCallback, CardRead, CardType
+
+log = logging.getLogger(__name__)
+
+
+class SimRfidReader:
+    def __init__(self) -> None:
+        self._on_card: CardCallback | None = None
+        self._lock = threading.Lock()
+        self.taps = 0
+
+    def start(self, on_card: CardCallback) -> None:
+        with self._lock:
+            self._on_card = on_card
+
+    def stop(self) -> None:
+        with self._lock:
+            self._on_card = None
+
+    def tap(self, uid: str, card_type: CardType = CardType.UNKNOWN) -> None:
+        with self._lock:
+            callback = self._on_card
+            self.taps += 1
+        if callback is None:
+            log.warning("sim reader tapped while not started; ignored")
+            return
+        callback(CardRead(uid=uid, card_type=card_type))
+
+    def health(self) -> Health:
+        return Health.healthy()
+
+    def info(self) -> dict[str, object]:
+        return {"driver": "sim", "taps": self.taps, "connected": True}
