@@ -45,13 +45,19 @@ class ControlServer:
                 raise AgentError(f"{self.path} exists and is not a socket; refusing to replace it")
             self.path.unlink()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # bind and listen under a temporary name, then rename: the socket path appears only
+        # once it accepts connections (clients never see "connection refused" at start-up)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
         old = os.umask(0o117)  # created 0660: owner and group only
         try:
-            sock.bind(str(self.path))
+            sock.bind(str(tmp))
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o660)
-        sock.listen(8)
+        os.chmod(tmp, 0o660)
+        sock.listen(16)
+        os.replace(tmp, self.path)
         sock.settimeout(0.5)
         self._sock = sock
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)

@@ -42,6 +42,7 @@ from agent.messages import (
     SetAvailability,
     StatusMessage,
     StopReason,
+    check_version,
     dump,
     load_json_object,
     parse_auth_response,
@@ -636,6 +637,7 @@ class Controller:
             self._reject_if_command(msg, None, str(err))
             return
         try:
+            check_version(data)
             if msg.suffix == "auth/res":
                 self._on_auth_response(data)
             elif msg.suffix == "cdr/ack":
@@ -847,8 +849,11 @@ class Controller:
 
     def sessions_view(self, limit: int = 50) -> list[dict[str, Any]]:
         out = []
+        live = {rt.state.session.session_id: rt.last_energy_kwh for rt in self.evses.values()
+                if rt.state.session is not None and rt.state.phase is EvseState.CHARGING}
         for row in self.store.recent_sessions(limit):
             token = dict(row.token)
+            last_kwh = live.get(row.session_id) or row.meter_last_kwh
             out.append({
                 "session_id": row.session_id,
                 "evse_id": row.evse_id,
@@ -859,8 +864,8 @@ class Controller:
                 "session_start": rfc3339(row.session_start),
                 "charging_start": rfc3339(row.charging_start) if row.charging_start else None,
                 "session_end": rfc3339(row.session_end) if row.session_end else None,
-                "energy_kwh": (round(row.meter_last_kwh - row.meter_start_kwh, 3)
-                               if row.meter_last_kwh is not None
+                "energy_kwh": (round(last_kwh - row.meter_start_kwh, 3)
+                               if last_kwh is not None
                                and row.meter_start_kwh is not None else None),
                 "stop_reason": row.stop_reason,
             })

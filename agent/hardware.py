@@ -19,9 +19,9 @@ def build_rfid(cfg: RfidConfig, clock: Clock) -> RfidReader:
 
         return SimRfidReader()
     if cfg.driver == "none":
-        from drivers.rfid.sim import SimRfidReader
+        from drivers.rfid.null import NullRfidReader
 
-        return SimRfidReader()
+        return NullRfidReader()
     raise ConfigError(f"rfid.driver {cfg.driver!r} is not available in this build")
 
 

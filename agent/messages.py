@@ -248,7 +248,7 @@ COMMAND_NAMES = ("remote_start", "remote_stop", "set_availability")
 
 # ---------------------------------------------------------------- decoding
 def load_json_object(payload: bytes) -> dict[str, Any]:
-    """Size check, UTF-8, JSON, an object, and ``v == 1``; raises ProtocolError saying why."""
+    """Size check, UTF-8, JSON and an object; raises ProtocolError saying why."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
@@ -260,11 +260,14 @@ def load_json_object(payload: bytes) -> dict[str, Any]:
         raise ProtocolError(f"payload is not valid JSON: {err}") from err
     if not isinstance(data, dict):
         raise ProtocolError(f"payload must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def check_version(data: dict[str, Any]) -> None:
     if "v" not in data:
         raise ProtocolError("field 'v' is missing")
     if data["v"] != CONTRACT_VERSION or isinstance(data["v"], bool):
         raise ProtocolError(f"unsupported contract version v={data['v']!r} (expected 1)")
-    return data
 
 
 def describe_validation_error(err: ValidationError) -> str:

@@ -94,10 +94,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # --socket is accepted before or after the sub-command; SUPPRESS keeps a sub-parser from
+    # resetting a value given earlier on the line
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--socket", type=Path, default=DEFAULT_SOCKET,
+    common.add_argument("--socket", type=Path, default=argparse.SUPPRESS,
                         help=f"control socket (default {DEFAULT_SOCKET})")
-    p = argparse.ArgumentParser(prog="stationctl", description=__doc__, parents=[common])
+    p = argparse.ArgumentParser(prog="stationctl", description=__doc__)
+    p.add_argument("--socket", type=Path, default=DEFAULT_SOCKET,
+                   help=f"control socket (default {DEFAULT_SOCKET})")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("status", parents=[common], help="station and EVSE state")
