@@ -1,0 +1,550 @@
+"""PN532 RFID reader on a serial line (HSU/UART), through nfcpy's PN532 driver and pyserial.
+
+A poll thread senses ISO 14443-A 106 kbps targets once every ``poll_interval_s`` (one short
+``sense(RemoteTarget("106A"), iterations=1)`` per poll, not ``connect()``'s 5 x 0.5 s loop),
+reports each new card once through the callback and heals itself: any failure of the reader
+(no answer, garbage, the tty vanishing) closes it and reopens it with exponential back-off
+(``open_backoff_initial_s`` doubling to ``open_backoff_max_s``) while :meth:`Pn532Reader.health`
+reports ``reader_unavailable``. Only :meth:`Pn532Reader.stop` ends the thread. When the chip
+does not answer at 115200 baud, the driver also tries to switch it back from the high speed
+nfcpy leaves it at when a process dies or a close fails (otherwise only a power cycle helps).
+
+``path`` is either a filesystem path of the serial device (``/dev/ttyUSB0``,
+``/dev/serial/by-id/usb-...``, a pty symlink from :mod:`drivers.rfid.pn532_sim`) or an nfcpy
+device string (``tty:USB0:pn532``, ``tty:AMA0``, ``com:COM3:pn532``). Both are opened the same
+way nfcpy's ``ContactlessFrontend.open()`` opens a tty - ``nfc.clf.transport.TTY(device)`` and
+``nfc.clf.pn532.init()`` - and the device is then driven by a real ``ContactlessFrontend``.
+
+Debounce (times from the injected clock): a card that stays on the reader is reported once; the
+same UID coming back within ``debounce_s`` after it left is ignored; a different card is
+reported at once. A card lying on the reader through a reader outage is not reported again.
+
+nfcpy is imported lazily (in :meth:`Pn532Reader.start`), so this module imports without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import importlib
+import logging
+import re
+import struct
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, cast
+
+from agent.clock import Clock, SystemClock
+from agent.errors import DriverError
+from agent.privacy import mask
+from drivers.health import Health
+from drivers.rfid.base import CardCallback, CardRead, CardType
+from drivers.rfid.pn532_frames import (
+    ACK,
+    CMD_SET_SERIAL_BAUDRATE,
+    FrameError,
+    FrameParser,
+    encode_command,
+    encode_response,
+)
+
+logger = logging.getLogger(__name__)
+
+FAULT_UNAVAILABLE = "reader_unavailable"
+FAULT_STOPPED = "reader_stopped"
+
+_MIFARE_CLASSIC_SAKS = frozenset({0x08, 0x18, 0x09, 0x88})
+# Speeds nfcpy may have left the chip at (it takes the highest one stty accepts).
+_RESCUE_BAUDS = (921600, 460800, 230400)
+_BR_115200 = 4  # SetSerialBaudrate parameter for 115200 baud
+_BAUD_RESPONSE_LEN = len(encode_response(CMD_SET_SERIAL_BAUDRATE))
+_PPS_WINDOW_S = 5.0
+_JOIN_TIMEOUT_S = 5.0
+# nfcpy's device-string syntax (nfc/clf/transport.py); a string with a slash is a plain path.
+_NFCPY_PATH = re.compile(r"^(tty|com)(?::|)([a-zA-Z0-9-]+|)(?::|)([a-zA-Z0-9]+|)$")
+
+
+def card_type_from_sak(sak: int) -> CardType:
+    """Map an ISO 14443-3 SAK (SEL_RES) to the card family the station cares about."""
+    if sak in _MIFARE_CLASSIC_SAKS:
+        return CardType.MIFARE_CLASSIC
+    if sak == 0x00:
+        return CardType.ULTRALIGHT
+    if sak & 0x20:
+        return CardType.ISO_DEP
+    return CardType.UNKNOWN
+
+
+def _describe(err: BaseException) -> str:
+    """E.g. ``OSError: [Errno 5] ...`` or ``termios.error: (5, ...)``."""
+    cls = type(err)
+    module = cls.__module__.rsplit(".", 1)[-1]
+    name = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+    return f"{name}: {err or repr(err)}"
+
+
+@dataclass
+class _Waiter:
+    """A one-shot waiter for :meth:`Pn532Reader.read_once`, fed by the poll loop."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    card: CardRead | None = None
+    seen_at: float = 0.0
+
+
+@dataclass
+class _Nfc:
+    """The lazily imported nfcpy pieces."""
+
+    nfc: ModuleType
+    clf: ModuleType
+    transport: ModuleType
+    pn532: ModuleType
+    serial: ModuleType
+    expected: tuple[type[BaseException], ...]
+
+
+class Pn532Reader:
+    """PN532 on a serial port; implements :class:`drivers.rfid.base.RfidReader`."""
+
+    def __init__(  # noqa: PLR0917 - the positional signature is the configured contract
+        self,
+        path: str,
+        poll_interval_s: float = 0.1,
+        debounce_s: float = 2.0,
+        clock: Clock | None = None,
+        open_backoff_initial_s: float = 0.5,
+        open_backoff_max_s: float = 30.0,
+    ) -> None:
+        if not path:
+            raise ValueError("path must not be empty")
+        if poll_interval_s <= 0 or open_backoff_initial_s <= 0:
+            raise ValueError("poll_interval_s and open_backoff_initial_s must be positive")
+        if debounce_s < 0 or open_backoff_max_s < open_backoff_initial_s:
+            raise ValueError("debounce_s must be >= 0 and open_backoff_max_s >= the initial one")
+        self._path = path
+        self._poll_interval = poll_interval_s
+        self._debounce = debounce_s
+        self._clock: Clock = clock or SystemClock()
+        self._backoff_initial = open_backoff_initial_s
+        self._backoff_max = open_backoff_max_s
+
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop_event = threading.Event()
+        self._on_card: CardCallback = _ignore_card
+        self._nfc: _Nfc | None = None
+        # Owned by the poll thread:
+        self._clf: Any = None  # nfc.ContactlessFrontend
+        self._transport: Any = None  # nfc.clf.transport.TTY
+        self._present_uid: str | None = None
+        self._left_uid: str | None = None
+        self._left_at = 0.0
+        # Shared, guarded by _lock:
+        self._health = Health(ok=False, fault=FAULT_STOPPED, detail=f"PN532 at {path}: not started")
+        self._connected = False
+        self._firmware: str | None = None
+        self._last_error: str | None = None
+        self._open_seconds: float | None = None
+        self._poll_times: deque[float] = deque()
+        self._polling_since: float | None = None
+        self._waiters: list[_Waiter] = []
+
+    # ------------------------------------------------------------------ RfidReader
+
+    def start(self, on_card: CardCallback) -> None:
+        """Start the poll thread (returns at once; the reader is opened in the thread).
+
+        Raises :class:`DriverError` if nfcpy/pyserial are missing or ``path`` is not a path
+        this driver can open.
+        """
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                raise DriverError(f"PN532 reader at {self._path} is already running")
+        self._check_path()
+        self._nfc = _import_nfc()
+        self._on_card = on_card
+        self._stop_event = threading.Event()
+        with self._lock:
+            self._health = Health(
+                ok=False, fault=FAULT_UNAVAILABLE, detail=f"PN532 at {self._path}: opening"
+            )
+            self._poll_times.clear()
+            self._polling_since = None
+        thread = threading.Thread(
+            target=self._run, args=(self._stop_event,), name="pn532-reader", daemon=True
+        )
+        self._thread = thread
+        thread.start()
+
+    def stop(self) -> None:
+        """Stop polling and close the reader. Idempotent."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stop_event.set()
+        thread.join(timeout=_JOIN_TIMEOUT_S)
+        if thread.is_alive():  # a blocked serial call; the daemon thread ends with it
+            logger.error("PN532 poll thread did not stop within %.0f s", _JOIN_TIMEOUT_S)
+        self._thread = None
+        with self._lock:
+            self._connected = False
+            self._health = Health(
+                ok=False, fault=FAULT_STOPPED, detail=f"PN532 at {self._path}: stopped"
+            )
+
+    def health(self) -> Health:
+        with self._lock:
+            return self._health
+
+    def info(self) -> dict[str, object]:
+        with self._lock:
+            return {
+                "driver": "pn532",
+                "path": self._path,
+                "firmware": self._firmware,
+                "polls_per_second": round(self._polls_per_second(time.monotonic()), 1),
+                "last_error": self._last_error,
+                "connected": self._connected,
+                "open_seconds": self._open_seconds,
+            }
+
+    # ------------------------------------------------------------------ diagnostics
+
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def read_once(self, timeout_s: float) -> tuple[CardRead, float] | None:
+        """Wait up to ``timeout_s`` for a card in the field; return it and the seconds it took.
+
+        Diagnostic helper (``stationctl rfid read``): it sees every card the poll loop senses,
+        including a card already lying on the reader or one the debounce would suppress, and
+        it does not consume or alter the ``on_card`` events. If the reader is not running it is
+        started (with no callback) for the duration of the call.
+        """
+        started_here = False
+        if not self.running:
+            self.start(_ignore_card)
+            started_here = True
+        waiter = _Waiter()
+        t0 = time.monotonic()
+        with self._lock:
+            self._waiters.append(waiter)
+        try:
+            if not waiter.event.wait(timeout_s) or waiter.card is None:
+                return None
+            return waiter.card, waiter.seen_at - t0
+        finally:
+            with self._lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            if started_here:
+                self.stop()
+
+    # ------------------------------------------------------------------ the poll thread
+
+    def _run(self, stop: threading.Event) -> None:
+        nfc = self._nfc
+        assert nfc is not None
+        failures = 0
+        next_poll = time.monotonic()
+        try:
+            while not stop.is_set():
+                if self._clf is None:
+                    if failures and stop.wait(self._backoff(failures)):
+                        break
+                    try:
+                        self._open(nfc)
+                    except nfc.expected as err:
+                        failures += 1
+                        self._failed(err, failures, during="open")
+                        continue
+                    except Exception as err:
+                        logger.exception("unexpected error opening PN532 at %s", self._path)
+                        failures += 1
+                        self._failed(err, failures, during="open")
+                        continue
+                    self._opened(failures)
+                    next_poll = time.monotonic()
+                delay = next_poll - time.monotonic()
+                if delay > 0 and stop.wait(delay):
+                    break
+                next_poll = time.monotonic() + self._poll_interval
+                try:
+                    found = self._sense(nfc)
+                except nfc.expected as err:
+                    failures += 1
+                    self._failed(err, failures, during="poll")
+                    self._close()
+                    continue
+                except Exception as err:
+                    logger.exception("unexpected error polling PN532 at %s", self._path)
+                    failures += 1
+                    self._failed(err, failures, during="poll")
+                    self._close()
+                    continue
+                failures = 0
+                try:
+                    self._polled(found)
+                except Exception:  # a bug in the debounce/reporting must not end polling
+                    logger.exception("error handling a poll result from %s", self._path)
+        finally:
+            self._close()
+            logger.info("PN532 poll thread for %s stopped", self._path)
+
+    def _backoff(self, failures: int) -> float:
+        exponent = min(failures - 1, 32)  # no float overflow after days of outage
+        return min(self._backoff_initial * 2.0**exponent, self._backoff_max)
+
+    def _device(self, nfc: _Nfc) -> str:
+        """Resolve ``path`` to the device pyserial opens (nfcpy strings via nfcpy's own search)."""
+        if "/" in self._path:
+            return self._path
+        found = nfc.transport.TTY.find(self._path)
+        devices = cast("list[str]", found[0]) if found else []
+        if not devices:
+            raise FileNotFoundError(f"no serial device matches {self._path!r}")
+        return devices[0]
+
+    def _open(self, nfc: _Nfc) -> None:
+        t0 = time.monotonic()
+        device_path = self._device(nfc)
+        try:
+            device, transport = self._init(nfc, device_path)
+        except OSError as err:
+            # No (valid) answer at 115200: the chip may still be at the high speed nfcpy
+            # switched it to (the owning process died, or its close failed on a hung chip).
+            if err.errno not in (errno.ETIMEDOUT, errno.ENODEV) or not self._reset_baud(
+                nfc, device_path
+            ):
+                raise
+            device, transport = self._init(nfc, device_path)
+        clf = nfc.nfc.ContactlessFrontend()
+        clf.device = device  # what ContactlessFrontend.open() does after its search
+        self._clf, self._transport = clf, transport
+        firmware = str(device.chipset_name)
+        opened = time.monotonic() - t0
+        with self._lock:
+            self._firmware = re.sub(r"^(PN5\w\w)v", r"\1 v", firmware)
+            self._open_seconds = opened
+        logger.debug("opened %s (%s) in %.3f s", self._path, firmware, opened)
+
+    def _init(self, nfc: _Nfc, device_path: str) -> tuple[Any, Any]:
+        """nfcpy's tty open: TTY transport at 115200, then pn532.init (may go to 921600)."""
+        transport = nfc.transport.TTY(device_path)
+        ok = False
+        try:
+            device = nfc.pn532.init(transport)
+            device._path = device_path
+            ok = True
+        finally:
+            if not ok:
+                self._close_transport(transport)
+        return device, transport
+
+    def _reset_baud(self, nfc: _Nfc, device_path: str) -> bool:
+        """Try to bring a PN532 stranded at a high UART speed back to 115200.
+
+        nfcpy only switches the chip back to 115200 in a clean close; after a crash, a kill or
+        a close that failed, nfcpy's 115200 wake-up is noise to the chip and every later open
+        fails until a power cycle. Send SetSerialBaudrate(115200) at each speed nfcpy uses.
+        """
+        command = bytes(10) + encode_command(CMD_SET_SERIAL_BAUDRATE, bytes([_BR_115200]))
+        failures: tuple[type[BaseException], ...] = (*nfc.expected, FrameError)
+        for baud in _RESCUE_BAUDS:
+            try:
+                port = nfc.serial.Serial(device_path, baud, timeout=0.1)
+            except nfc.expected as err:
+                logger.debug("baud reset: cannot open %s: %s", self._path, _describe(err))
+                return False
+            try:
+                port.reset_input_buffer()
+                port.write(command)
+                parser = FrameParser()
+                parser.feed(port.read(len(ACK) + _BAUD_RESPONSE_LEN))
+                frames = parser.frames()
+                if any(f.code == CMD_SET_SERIAL_BAUDRATE + 1 for f in frames):
+                    port.write(ACK)  # the chip switches on this ACK
+                    port.flush()
+                    time.sleep(0.005)
+                    logger.warning(
+                        "PN532 at %s was stuck at %d baud; set it back to 115200", self._path, baud
+                    )
+                    return True
+            except failures as err:
+                logger.debug("baud reset at %d on %s: %s", baud, self._path, _describe(err))
+            finally:
+                with contextlib.suppress(*nfc.expected):
+                    port.close()
+        return False
+
+    def _sense(self, nfc: _Nfc) -> tuple[str, int] | None:
+        target = self._clf.sense(nfc.clf.RemoteTarget("106A"), iterations=1, interval=0.0)
+        if target is None:
+            return None
+        sdd_res, sel_res = target.sdd_res, target.sel_res
+        if sdd_res is None or sel_res is None:
+            logger.debug("ignoring 106A target without UID (Type 1 tag?): %s", target)
+            return None
+        uid = bytes(sdd_res).hex().upper()
+        if len(uid) not in (8, 14, 20):
+            logger.warning("ignoring card with a %d-byte UID %s", len(uid) // 2, mask(uid))
+            return None
+        return uid, int(sel_res[0])
+
+    def _polled(self, found: tuple[str, int] | None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._poll_times.append(now)
+            while self._poll_times and self._poll_times[0] < now - _PPS_WINDOW_S:
+                self._poll_times.popleft()
+            if self._polling_since is None:
+                self._polling_since = now
+        if found is None:
+            if self._present_uid is not None:
+                self._left_uid, self._left_at = self._present_uid, self._clock.monotonic()
+                self._present_uid = None
+            return
+        uid, sak = found
+        card = CardRead(uid=uid, card_type=card_type_from_sak(sak))
+        self._feed_waiters(card, now)
+        if uid == self._present_uid:
+            return  # still on the reader
+        previous, self._present_uid = self._present_uid, uid
+        if previous is not None:  # swapped without a gap: the old card left now
+            self._left_uid, self._left_at = previous, self._clock.monotonic()
+        if uid == self._left_uid and self._clock.monotonic() - self._left_at < self._debounce:
+            logger.debug("card %s back within %.1f s, not reported", mask(uid), self._debounce)
+            return
+        logger.info("card %s (%s, SAK 0x%02X)", mask(uid), card.card_type.value, sak)
+        try:
+            self._on_card(card)
+        except Exception:
+            logger.exception("card callback failed for %s", mask(uid))
+
+    def _feed_waiters(self, card: CardRead, seen_at: float) -> None:
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.card, waiter.seen_at = card, seen_at
+            waiter.event.set()
+
+    def _opened(self, failures: int) -> None:
+        with self._lock:
+            self._connected = True
+            self._health = Health.healthy()
+            firmware = self._firmware
+        if failures:
+            logger.info(
+                "PN532 at %s is back (%s) after %d failed attempt(s)",
+                self._path,
+                firmware,
+                failures,
+            )
+        else:
+            logger.info("PN532 at %s opened (%s)", self._path, firmware)
+
+    def _failed(self, err: BaseException, failures: int, during: str) -> None:
+        delay = self._backoff(failures)
+        text = _describe(err)
+        detail = f"PN532 at {self._path} failed during {during}: {text}; retrying in {delay:g} s"
+        with self._lock:
+            self._connected = False
+            self._last_error = text
+            self._health = Health(ok=False, fault=FAULT_UNAVAILABLE, detail=detail)
+        if failures == 1:  # first failure of a series; the retries log at debug level
+            logger.warning("%s", detail)
+        else:
+            logger.debug("%s", detail)
+
+    def _close(self) -> None:
+        clf, transport = self._clf, self._transport
+        self._clf = self._transport = None
+        nfc = self._nfc
+        if clf is not None and nfc is not None:
+            try:
+                clf.close()  # ACK, back to 115200 baud, PowerDown; nfcpy swallows IOError only
+            except nfc.expected as err:
+                logger.debug("closing PN532 at %s: %s", self._path, _describe(err))
+        if transport is not None:
+            self._close_transport(transport)
+        with self._lock:
+            self._connected = False
+
+    def _close_transport(self, transport: Any) -> None:
+        """Close nfcpy's TTY transport even when the tty is dead (its flush raises then)."""
+        nfc = self._nfc
+        expected: tuple[type[BaseException], ...] = nfc.expected if nfc else (OSError,)
+        try:
+            transport.close()
+        except expected as err:
+            logger.debug("closing %s: %s", self._path, _describe(err))
+        serial_port = getattr(transport, "tty", None)
+        if serial_port is not None:
+            try:
+                serial_port.close()
+            except expected as err:
+                logger.debug("closing serial port %s: %s", self._path, _describe(err))
+            transport.tty = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _polls_per_second(self, now: float) -> float:
+        if self._polling_since is None or not self._connected:
+            return 0.0
+        recent = [t for t in self._poll_times if t >= now - _PPS_WINDOW_S]
+        span = min(_PPS_WINDOW_S, now - self._polling_since)
+        return len(recent) / span if span > 0 else 0.0
+
+    def _check_path(self) -> None:
+        if "/" in self._path:
+            return
+        match = _NFCPY_PATH.match(self._path)
+        if match is None or not match.group(2):
+            raise DriverError(
+                f"PN532 path {self._path!r} is neither a device path (/dev/ttyUSB0) nor an nfcpy "
+                "serial device string (tty:USB0:pn532)"
+            )
+        if match.group(3) not in ("", "pn532"):
+            raise DriverError(
+                f"PN532 path {self._path!r} names the nfcpy driver {match.group(3)!r}, not pn532"
+            )
+
+
+def _ignore_card(_card: CardRead) -> None:
+    return None
+
+
+def _import_nfc() -> _Nfc:
+    try:
+        import termios  # noqa: PLC0415 - POSIX only, imported with nfcpy
+
+        nfc = importlib.import_module("nfc")
+        clf = importlib.import_module("nfc.clf")
+        transport = importlib.import_module("nfc.clf.transport")
+        pn532 = importlib.import_module("nfc.clf.pn532")
+        pn53x = importlib.import_module("nfc.clf.pn53x")
+        serial = importlib.import_module("serial")
+    except (ImportError, OSError) as err:
+        raise DriverError(
+            "the PN532 driver needs nfcpy and pyserial: pip install 'station-agent[rfid]' "
+            f"({_describe(err)})"
+        ) from err
+    expected: tuple[type[BaseException], ...] = (
+        OSError,  # IOError from nfcpy (EIO, ETIMEDOUT, ENODEV), pyserial's SerialException
+        termios.error,  # pyserial on a vanished tty; not an OSError
+        cast("type[BaseException]", clf.Error),  # nfc.clf.Error and its subclasses
+        cast("type[BaseException]", pn53x.Chipset.Error),  # error status or 0x7F frame
+        # nfcpy indexing/unpacking a short or malformed chip response:
+        IndexError,
+        ValueError,
+        struct.error,
+    )
+    return _Nfc(
+        nfc=nfc, clf=clf, transport=transport, pn532=pn532, serial=serial, expected=expected
+    )
