@@ -98,11 +98,18 @@ class MqttConfig(_Strict):
 class AuthConfig(_Strict):
     stop_with_same_token: bool = True
     connection_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    # what the station decides on its own when the backend does not answer:
+    # local_list = tokens on the local list or in the auth cache; accept_all = free vend
+    offline_policy: Literal["local_list", "accept_all", "reject"] = "local_list"
+    local_first: bool = False  # start at once on a local accept, confirm in the background
+    cache_size: int = Field(default=1000, ge=0, le=1_000_000)
 
 
 class StoreConfig(_Strict):
     retention_days: int = Field(default=90, ge=1, le=3650)
     meter_interval_s: float = Field(default=60.0, gt=0)
+    # cap on the database size (KiB); reaching it is handled like a full disk. None: no cap
+    max_db_kb: int | None = Field(default=None, ge=64)
 
 
 class RfidConfig(_Strict):
@@ -154,16 +161,95 @@ class SimMeterConfig(_Strict):
     power_kw: float = Field(default=11.0, ge=0, le=1000)
     initial_kwh: float = Field(default=0.0, ge=0)
     time_factor: float = Field(default=1.0, gt=0, le=3600)  # sim seconds per real second
+    state_file: Path | None = None  # keeps the register across restarts, like a real meter
 
 
 class SimPlugConfig(_Strict):
     driver: Literal["sim"] = "sim"
     plugged: bool = False
+    state_file: Path | None = None  # the car stays plugged across agent restarts
 
 
-RelayConfig = Annotated[SimRelayConfig, Field(discriminator="driver")]
-MeterConfig = Annotated[SimMeterConfig, Field(discriminator="driver")]
-PlugConfig = Annotated[SimPlugConfig, Field(discriminator="driver")]
+Bias = Literal["as_is", "disabled", "pull_up", "pull_down"]
+Parity = Literal["N", "E", "O"]
+
+
+class GpioRelayConfig(_Strict):
+    """Contactor driven by a GPIO line (libgpiod v2); optional mirror-contact feedback line."""
+
+    driver: Literal["gpio"]
+    chip: str = "/dev/gpiochip0"
+    line: int = Field(ge=0)
+    active_low: bool = False
+    feedback_chip: str | None = None
+    feedback_line: int | None = Field(default=None, ge=0)
+    feedback_active_low: bool = False
+    feedback_bias: Bias = "as_is"
+    feedback_timeout_ms: float = Field(default=200.0, ge=0, le=5000)
+
+
+class SerialRelayConfig(_Strict):
+    """USB/serial relay board taking short byte commands (e.g. ``A0 <ch> <state> <sum>``)."""
+
+    driver: Literal["serial"]
+    port: str
+    channel: int = Field(default=1, ge=0, le=255)
+    baudrate: int = 9600
+    close_command: str = "A0 {ch} 01 {sum}"
+    open_command: str = "A0 {ch} 00 {sum}"
+    write_timeout_s: float = Field(default=1.0, gt=0)
+    feedback_timeout_ms: float = Field(default=200.0, ge=0, le=5000)
+
+
+class ModbusRelayConfig(_Strict):
+    """A coil on a Modbus RTU/TCP relay module; optional discrete input as feedback."""
+
+    driver: Literal["modbus"]
+    transport: Literal["tcp", "rtu"] = "tcp"
+    host: str | None = None
+    port: int | str | None = None  # TCP port, or the serial device for RTU
+    baudrate: int = 9600
+    parity: Parity = "N"
+    stopbits: int = 1
+    device_id: int = Field(default=1, ge=0, le=247)
+    coil: int = Field(default=0, ge=0)
+    feedback_input: int | None = Field(default=None, ge=0)
+    timeout_s: float = Field(default=1.0, gt=0)
+    feedback_timeout_ms: float = Field(default=200.0, ge=0, le=5000)
+
+
+class ModbusMeterConfig(_Strict):
+    """A DIN-rail meter over Modbus RTU (RS-485) or TCP; register map chosen by ``model``."""
+
+    driver: Literal["modbus"]
+    model: Literal["sdm630", "sdm72", "sdm72v1", "abb_b23"]
+    transport: Literal["tcp", "rtu"] = "rtu"
+    host: str | None = None
+    port: int | str | None = None  # TCP port, or the serial device for RTU
+    baudrate: int = 9600
+    parity: Parity = "N"
+    stopbits: int = 1
+    device_id: int = Field(default=1, ge=0, le=247)
+    word_order: Literal["big", "little"] | None = None
+    timeout_s: float = Field(default=1.0, gt=0)
+    max_failures: int = Field(default=3, ge=1)
+
+
+class GpioPlugConfig(_Strict):
+    driver: Literal["gpio"]
+    chip: str = "/dev/gpiochip0"
+    line: int = Field(ge=0)
+    active_low: bool = False
+    bias: Bias = "as_is"
+    debounce_ms: float = Field(default=50.0, ge=0, le=5000)
+
+
+RelayConfig = Annotated[
+    SimRelayConfig | GpioRelayConfig | SerialRelayConfig | ModbusRelayConfig,
+    Field(discriminator="driver"),
+]
+MeterConfig = Annotated[SimMeterConfig | ModbusMeterConfig, Field(discriminator="driver")]
+PlugConfig = Annotated[SimPlugConfig | GpioPlugConfig, Field(discriminator="driver")]
 
 
 class EvseConfig(_Strict):
@@ -190,14 +276,15 @@ class AgentConfig(_Strict):
     qr: QrConfig = Field(default_factory=QrConfig)
     evse: list[EvseConfig] = Field(min_length=1, max_length=64)
 
-    @model_validator(mode="after")
-    def _unique_evses(self) -> AgentConfig:
-        seen: set[str] = set()
-        for e in self.evse:
+    @field_validator("evse")
+    @classmethod
+    def _unique_evses(cls, evses: list[EvseConfig]) -> list[EvseConfig]:
+        seen: dict[str, int] = {}
+        for i, e in enumerate(evses):
             if e.id in seen:
-                raise ValueError(f"EVSE id {e.id!r} appears twice")
-            seen.add(e.id)
-        return self
+                raise ValueError(f"evse[{i}].id {e.id!r} is the same as evse[{seen[e.id]}].id")
+            seen[e.id] = i
+        return evses
 
     @property
     def topic_root(self) -> str:

@@ -25,6 +25,7 @@ from agent.config import AgentConfig, EvseConfig
 from agent.errors import AgentError, DriverError, ProtocolError, StoreError
 from agent.link import Inbound, LinkChange
 from agent.messages import (
+    TOKEN_ADAPTER,
     AuthRequest,
     AuthStatus,
     Cdr,
@@ -33,6 +34,7 @@ from agent.messages import (
     EvseState,
     EvseStatus,
     OfflineStatus,
+    OutboxStatus,
     QrToken,
     RemoteStart,
     RemoteStop,
@@ -41,6 +43,7 @@ from agent.messages import (
     SessionEventKind,
     SetAvailability,
     StatusMessage,
+    UpdateLocalList,
     StopReason,
     check_version,
     dump,
@@ -63,6 +66,7 @@ from agent.session import (
     CancelTimer,
     CommandResult,
     ConnectionTimeout,
+    Deauthorized,
     DropSession,
     EndSession,
     Event,
@@ -79,6 +83,8 @@ from agent.session import (
     RemoteStartCmd,
     RemoteStopCmd,
     RequestAuth,
+    ResumeCharging,
+    ResumeSession,
     SessionInfo,
     SetAvailable,
     StartTimer,
@@ -86,7 +92,7 @@ from agent.session import (
     TokenPresented,
     step,
 )
-from agent.store import Store
+from agent.store import AuthEntry, SessionRow, Store
 from drivers.display.base import Display, EvseScreen
 from drivers.meter.base import Meter, MeterReading
 from drivers.plug.base import PlugSensor
@@ -136,6 +142,14 @@ class Shutdown:
 
 Item = CardTapped | QrScanned | PlugChanged | Inbound | LinkChange | ControlCall | Shutdown
 ControlHandler = Callable[["Controller", dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class PendingAuth:
+    evse_id: str
+    token_key: str
+    session_id: str
+    confirm_only: bool = False  # local_first: the session already runs; a refusal stops it
 
 
 @dataclass
@@ -204,7 +218,9 @@ class Controller:
                 state=Evse(evse_id=ec.id),
             )
         self._qr_payload = qr_payload
-        self._pending_auth: dict[str, str] = {}  # request_id -> evse_id
+        self._pending_auth: dict[str, PendingAuth] = {}  # by request_id
+        self._deferred: list[tuple[str, Event]] = []
+        self._dispatching = False
         self._timers: list[tuple[float, int, str, Timer, str]] = []
         self._timer_seq = itertools.count()
         self._last_status: str | None = None
@@ -250,23 +266,42 @@ class Controller:
         self._refresh_display()
 
     def _recover_sessions(self) -> None:
-        """Sessions left open by a crash or power cut end with their last persisted facts."""
+        """Sessions the store still holds open after a crash, restart or power cut.
+
+        Charging, same boot, car still plugged: the session resumes (same id, relay closed
+        again, one CDR for the whole session). Car gone, or the station lost power (boot id
+        changed): it ends at its last persisted time and meter reading, and its CDR is queued.
+        A session still waiting for a car is cancelled.
+        """
         for row in self.store.open_sessions():
+            rt = self.evses.get(row.evse_id)
             power_loss = bool(self.boot_id and row.boot_id and row.boot_id != self.boot_id)
+            if (row.state == "charging" and not power_loss and rt is not None
+                    and rt.plug.is_plugged() and rt.state.available
+                    and rt.state.session is None):
+                self._resume(rt, row)
+                continue
             if row.state == "charging":
-                reason = StopReason.POWER_LOSS if power_loss else StopReason.OTHER
+                reason = StopReason.POWER_LOSS if power_loss else StopReason.EV_DISCONNECTED
                 end = row.meter_last_at or row.updated_at
                 meter_stop = row.meter_last_kwh if row.meter_last_kwh is not None else 0.0
-                self._finish_record(row.session_id, reason, end, meter_stop)
-                log.warning(
-                    "session %s was charging when the agent stopped: ended (%s)",
-                    row.session_id,
-                    reason.value,
-                )
+                self._finish_record(row.session_id, reason, end, meter_stop,
+                                    evse_id=row.evse_id)
+                log.warning("session %s was charging when the agent stopped: ended (%s)",
+                            row.session_id, reason.value)
             else:
-                self.store.end_session(row.session_id, end=row.updated_at, reason="other")
-                log.warning("session %s was waiting when the agent stopped: cancelled",
+                self.store.end_session(row.session_id, end=row.updated_at, reason="restart")
+                self._session_event(row.session_id, row.evse_id, SessionEventKind.STOPPED,
+                                    "restart", offline=row.offline)
+                log.warning("session %s was waiting for a car when the agent stopped: cancelled",
                             row.session_id)
+
+    def _resume(self, rt: EvseRuntime, row: SessionRow) -> None:
+        token = TOKEN_ADAPTER.validate_python(row.token)
+        session = SessionInfo(session_id=row.session_id, token=token, token_key=token_key(token),
+                              contract_id=row.contract_id, offline=row.offline)
+        self.dispatch(rt.config.id, PlugIn())
+        self.dispatch(rt.config.id, ResumeSession(session))
 
     # ------------------------------------------------------------------ main loop
     def run(self, stop: threading.Event | None = None, on_tick: Callable[[], None] | None = None,
@@ -302,9 +337,14 @@ class Controller:
             self._open_relay(rt, "shutdown")
             rt.plug.stop()
 
+    @property
+    def _tick_s(self) -> float:
+        """Housekeeping cadence: once a second, or faster if meter readings must be kept so."""
+        return min(1.0, self.config.store.meter_interval_s)
+
     def _next_timeout(self) -> float:
         now = self.clock.monotonic()
-        nxt = 1.0
+        nxt = self._tick_s
         if self._timers:
             nxt = min(nxt, max(0.0, self._timers[0][0] - now))
         return nxt
@@ -327,15 +367,41 @@ class Controller:
             elif isinstance(item, Shutdown):
                 self._running = False
         except StoreError as err:
-            log.critical("store failure: %s; opening every relay", err)
-            self.station_faults["store"] = str(err)
-            for rt in self.evses.values():
-                self._open_relay(rt, "store failure")
-                self.dispatch(rt.config.id, FaultRaised("store_failure"))
+            self._store_failed(err)
         self._publish_status()
         self._refresh_display()
 
+    def _store_failed(self, err: StoreError) -> None:
+        """The store cannot be written (disk full, I/O error): nothing may go on unrecorded.
+        Every relay opens and every EVSE is faulted; open sessions stay open in the store and
+        are settled by the recovery at the next start."""
+        log.critical("store failure: %s; opening every relay, station faulted", err)
+        self.station_faults["store"] = str(err)
+        for rt in self.evses.values():
+            self._open_relay(rt, "store failure")
+        for evse_id in self.evses:
+            try:
+                self.dispatch(evse_id, FaultRaised("store_failure"))
+            except StoreError as again:
+                log.critical("%s: store still failing: %s", evse_id, again)
+
     def dispatch(self, evse_id: str, event: Event) -> None:
+        """Run one event through the EVSE's table, carry out the actions, then any events the
+        actions produced (deferred, so one transition's actions never interleave another's)."""
+        if self._dispatching:
+            self._deferred.append((evse_id, event))
+            return
+        self._dispatching = True
+        try:
+            self._step(evse_id, event)
+            while self._deferred:
+                self._step(*self._deferred.pop(0))
+        finally:
+            self._dispatching = False
+            self._deferred.clear()
+        self._rebind_floating()
+
+    def _step(self, evse_id: str, event: Event) -> None:
         rt = self.evses[evse_id]
         before = rt.state
         rt.state, actions = step(self.policy, rt.state, event)
@@ -345,7 +411,6 @@ class Controller:
                      type(event).__name__)
         for action in actions:
             self._execute(rt, action)
-        self._rebind_floating()
 
     def _execute(self, rt: EvseRuntime, action: Action) -> None:
         evse_id = rt.config.id
@@ -359,6 +424,8 @@ class Controller:
             self._authorize(rt, action.session)
         elif isinstance(action, BeginCharging):
             self._begin_charging(rt, action.session_id)
+        elif isinstance(action, ResumeCharging):
+            self._resume_charging(rt, action.session_id)
         elif isinstance(action, EndSession):
             self._end_session(rt, action.session_id, action.reason)
         elif isinstance(action, DropSession):
@@ -375,15 +442,56 @@ class Controller:
 
     # ------------------------------------------------------------------ actions
     def _request_auth(self, rt: EvseRuntime, action: RequestAuth) -> None:
-        self._pending_auth[action.request_id] = rt.config.id
+        evse_id = rt.config.id
+        session = rt.state.session
+        key = token_key(action.token)
+        session_id = session.session_id if session else ""
+        if not self.link.connected:
+            log.info("%s: backend link down: deciding offline (%s)", evse_id,
+                     self.config.auth.offline_policy)
+            self.dispatch(evse_id, self._offline_result(action.request_id, key))
+            return
+        local = self._local_decision(key)
+        confirm = bool(self.config.auth.local_first and local is not None
+                       and local.valid(self.clock.now()))
+        self._pending_auth[action.request_id] = PendingAuth(evse_id, key, session_id, confirm)
         msg = AuthRequest(
             request_id=action.request_id,
-            evse_id=None if action.floating else rt.config.id,
+            evse_id=None if action.floating else evse_id,
             token=action.token,
             ts=self.clock.now(),
         )
         if not self.link.publish("auth/req", dump(msg)):
-            log.warning("auth request %s not sent: link down", action.request_id)
+            self._pending_auth.pop(action.request_id, None)
+            self.dispatch(evse_id, self._offline_result(action.request_id, key))
+            return
+        if confirm and local is not None:
+            log.info("%s: token accepted locally, confirming with the backend", evse_id)
+            self.dispatch(evse_id, AuthResult(action.request_id, True, "accepted",
+                                              local.contract_id))
+
+    def _local_decision(self, key: str) -> AuthEntry | None:
+        """The local list decides first (it may block a token); else the auth cache."""
+        entry = self.store.local_list_lookup(key)
+        if entry is not None:
+            return entry
+        return self.store.cache_lookup(key)
+
+    def _offline_result(self, request_id: str, key: str) -> AuthResult:
+        """What the station decides on its own under ``auth.offline_policy``."""
+        policy = self.config.auth.offline_policy
+        entry = self._local_decision(key)
+        if policy == "accept_all":
+            if entry is not None and entry.status == "blocked":
+                return AuthResult(request_id, False, "blocked", offline=True)
+            return AuthResult(request_id, True, "accepted",
+                              entry.contract_id if entry else None, offline=True)
+        if policy == "local_list":
+            if entry is not None and entry.valid(self.clock.now()):
+                return AuthResult(request_id, True, "accepted", entry.contract_id, offline=True)
+            status = entry.status if entry is not None else "unknown"
+            return AuthResult(request_id, False, status, offline=True)
+        return AuthResult(request_id, False, "rejected", offline=True)
 
     def _start_timer(self, rt: EvseRuntime, timer: Timer, key: str) -> None:
         seconds = (
@@ -405,20 +513,39 @@ class Controller:
                 continue  # cancelled or replaced
             del rt.timers[timer]
             if timer is Timer.AUTH:
-                self._pending_auth.pop(key, None)
+                pending = self._pending_auth.pop(key, None)
                 log.warning("%s: no auth answer within %.1f s", evse_id,
                             self.config.mqtt.auth_timeout_s)
-                self.dispatch(evse_id, AuthTimeout(key))
+                result = self._offline_result(key, pending.token_key) if pending else None
+                if result is not None and result.accepted:
+                    self.dispatch(evse_id, result)
+                else:
+                    self.dispatch(evse_id, AuthTimeout(key))
             else:
                 self.dispatch(evse_id, ConnectionTimeout(key))
             self._publish_status()
             self._refresh_display()
 
     def _session_event(self, session_id: str, evse_id: str, kind: SessionEventKind,
-                       reason: str | None = None) -> None:
+                       reason: str | None = None, offline: bool = False) -> None:
         msg = SessionEvent(session_id=session_id, evse_id=evse_id, event=kind,
-                           ts=self.clock.now(), reason=reason)
-        self.link.publish("session", dump(msg))
+                           ts=self.clock.now(), reason=reason, offline=offline or None)
+        self._publish_or_queue("session", dump(msg))
+
+    def _publish_or_queue(self, suffix: str, payload: bytes) -> None:
+        """Publish now, or keep it in the store and send it, in order, when the link returns."""
+        if self.store.queued_event_count() == 0 and self.link.publish(suffix, payload):
+            return
+        self.store.queue_event(suffix, payload.decode(), self.clock.now())
+
+    def flush_events(self) -> int:
+        sent = 0
+        for seq, suffix, payload in self.store.queued_events():
+            if not self.link.publish(suffix, payload.encode()):
+                break
+            self.store.drop_event(seq)
+            sent += 1
+        return sent
 
     def _authorize(self, rt: EvseRuntime, session: SessionInfo) -> None:
         token = token_for_record(session.token).model_dump(exclude_none=True)
@@ -428,11 +555,13 @@ class Controller:
             token=token,
             contract_id=session.contract_id,
             start=self.clock.now(),
+            offline=session.offline,
             boot_id=self.boot_id,
         )
-        log.info("%s: session %s authorised for %s", rt.config.id, session.session_id,
-                 mask(session.token_key.split(":", 1)[1]))
-        self._session_event(session.session_id, rt.config.id, SessionEventKind.AUTHORIZED)
+        log.info("%s: session %s authorised%s for %s", rt.config.id, session.session_id,
+                 " offline" if session.offline else "", mask(session.token_key.split(":", 1)[1]))
+        self._session_event(session.session_id, rt.config.id, SessionEventKind.AUTHORIZED,
+                            offline=session.offline)
 
     def _read_meter(self, rt: EvseRuntime) -> MeterReading | None:
         try:
@@ -459,7 +588,19 @@ class Controller:
             return
         log.info("%s: charging, session %s, meter %.3f kWh", rt.config.id, session_id,
                  reading.energy_kwh)
-        self._session_event(session_id, rt.config.id, SessionEventKind.STARTED)
+        session = rt.state.session
+        self._session_event(session_id, rt.config.id, SessionEventKind.STARTED,
+                            offline=bool(session and session.offline))
+
+    def _resume_charging(self, rt: EvseRuntime, session_id: str) -> None:
+        try:
+            rt.relay.close()
+        except DriverError as err:
+            log.error("%s: relay did not close on resume: %s", rt.config.id, err)
+            self.dispatch(rt.config.id, FaultRaised("relay_failed"))
+            return
+        rt.last_meter_store = self.clock.monotonic()
+        log.warning("%s: session %s resumed after restart", rt.config.id, session_id)
 
     def _open_relay(self, rt: EvseRuntime, why: str) -> None:
         try:
@@ -502,6 +643,7 @@ class Controller:
             meter_stop_kwh=meter_stop,
             energy_kwh=meter_stop - meter_start,
             stop_reason=reason,
+            offline=row.offline,
         )
         payload = dump(cdr).decode()
         self.store.end_session(session_id, end=end, reason=reason.value,
@@ -509,8 +651,10 @@ class Controller:
         log.info("session %s ended (%s): %.3f kWh, CDR queued", session_id, reason.value,
                  cdr.energy_kwh)
         if evse_id is not None:
-            self._session_event(session_id, evse_id, SessionEventKind.STOPPED, reason.value)
-        self._send_cdr(session_id, payload)
+            self._session_event(session_id, evse_id, SessionEventKind.STOPPED, reason.value,
+                                offline=row.offline)
+        if self.store.queued_event_count() == 0:  # else it follows the queued events
+            self._send_cdr(session_id, payload)
 
     def _send_cdr(self, session_id: str, payload: str) -> None:
         if self.link.publish("cdr", payload.encode()):
@@ -522,7 +666,8 @@ class Controller:
             self._pending_auth.pop(session.request_id, None)
         if self.store.get_session(session.session_id) is not None:
             self.store.end_session(session.session_id, end=self.clock.now(), reason=action.reason)
-        self._session_event(session.session_id, rt.config.id, action.event, action.reason)
+        self._session_event(session.session_id, rt.config.id, action.event, action.reason,
+                            offline=session.offline)
 
     def _command_result(self, command_id: str, accepted: bool, reason: str | None) -> None:
         msg = CommandResponse(
@@ -627,7 +772,10 @@ class Controller:
             return
         self._last_status = None  # republish on every (re)connect
         self._publish_status()
-        self.resend_outbox(force=True)
+        queued = self.flush_events()
+        sent = self.resend_outbox(force=True)
+        if queued or sent:
+            log.info("link up: sent %d queued event(s) and %d pending CDR(s)", queued, sent)
 
     def _on_inbound(self, msg: Inbound) -> None:
         try:
@@ -659,9 +807,20 @@ class Controller:
 
     def _on_auth_response(self, data: dict[str, Any]) -> None:
         res = parse_auth_response(data)
-        evse_id = self._pending_auth.pop(res.request_id, None)
-        if evse_id is None:
+        pending = self._pending_auth.pop(res.request_id, None)
+        if pending is None:
             log.warning("auth response for unknown or stale request %s ignored", res.request_id)
+            return
+        evse_id = pending.evse_id
+        if self.config.auth.cache_size > 0:
+            self.store.cache_put(
+                AuthEntry(pending.token_key, res.status.value, res.contract_id, res.expires_at),
+                self.clock.now(), self.config.auth.cache_size)
+        if pending.confirm_only:
+            if res.status is not AuthStatus.ACCEPTED:
+                log.warning("%s: backend refused a locally accepted token (%s): stopping",
+                            evse_id, res.status.value)
+                self.dispatch(evse_id, Deauthorized(pending.session_id))
             return
         contract_id = res.contract_id
         if contract_id is None:
@@ -698,6 +857,21 @@ class Controller:
             self._remote_stop(cmd)
         elif isinstance(cmd, SetAvailability):
             self._set_availability(cmd)
+        elif isinstance(cmd, UpdateLocalList):
+            self._update_local_list(cmd)
+
+    def _update_local_list(self, cmd: UpdateLocalList) -> None:
+        current = self.store.local_list_version()
+        if cmd.version <= current:
+            self._command_result(cmd.command_id, False,
+                                 f"version {cmd.version} is not newer than {current}")
+            return
+        entries = [AuthEntry(e.token_key, e.status.value, e.contract_id, e.expires_at)
+                   for e in cmd.entries]
+        self.store.replace_local_list(cmd.version, entries, full=cmd.mode == "full")
+        log.info("local list now version %d (%s update, %d entries)", cmd.version, cmd.mode,
+                 len(entries))
+        self._command_result(cmd.command_id, True, None)
 
     def _remote_start(self, cmd: RemoteStart) -> None:
         if cmd.evse_id not in self.evses:
@@ -747,7 +921,7 @@ class Controller:
     # ------------------------------------------------------------------ housekeeping
     def _housekeeping(self) -> None:
         mono = self.clock.monotonic()
-        if mono - self._last_housekeeping < 1.0:
+        if mono - self._last_housekeeping < self._tick_s:
             return
         self._last_housekeeping = mono
         try:
@@ -769,7 +943,8 @@ class Controller:
                 if any(purged.values()):
                     log.info("retention purge: %s", purged)
         except StoreError as err:
-            log.critical("store failure during housekeeping: %s", err)
+            self._store_failed(err)
+            self._publish_status()
         self._refresh_display()
 
     # ------------------------------------------------------------------ status & display
@@ -789,8 +964,11 @@ class Controller:
         health = self.drivers.rfid.health()
         if not health.ok:
             faults.append(f"rfid:{health.fault}")
+        pending, oldest = self.store.outbox_stats()
         return StatusMessage(station_id=self.config.station.id, ts=self.clock.now(),
-                             version=__version__, evses=evses, faults=faults)
+                             version=__version__, evses=evses, faults=faults,
+                             outbox=OutboxStatus(pending=pending, oldest=oldest),
+                             local_list_version=self.store.local_list_version())
 
     def _publish_status(self) -> None:
         status = self.status()

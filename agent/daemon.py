@@ -94,7 +94,26 @@ def _outbox_retry(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
     return {"sent": ctl.resend_outbox(force=True)}
 
 
+def _auth_list(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
+    from agent.privacy import mask
+
+    entries = [
+        {"token": f"{e.token_key.split(':', 1)[0]}:{mask(e.token_key.split(':', 1)[1])}",
+         "status": e.status,
+         "expires_at": e.expires_at.isoformat() if e.expires_at else None}
+        for e in ctl.store.local_list_entries(limit=int(req.get("limit", 100)))
+    ]
+    return {
+        "version": ctl.store.local_list_version(),
+        "size": ctl.store.local_list_size(),
+        "cache_size": ctl.store.cache_size(),
+        "offline_policy": ctl.config.auth.offline_policy,
+        "entries": entries,
+    }
+
+
 def register_control_commands(ctl: Controller) -> None:
+    ctl.register_control("auth.list", _auth_list)
     ctl.register_control("status", _status)
     ctl.register_control("sim.tap", _sim_tap)
     ctl.register_control("sim.plug", _sim_plug(True))
@@ -113,7 +132,7 @@ def run(config: AgentConfig, clock: Clock | None = None) -> int:
             relay.open()
         except AgentError as err:
             log.critical("%s: cannot open relay at start-up: %s", evse_id, err)
-    store = Store(config.station.state_dir)
+    store = Store(config.station.state_dir, max_kb=config.store.max_db_kb)
     store.open()
     link = MqttLink(
         config.mqtt,

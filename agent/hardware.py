@@ -2,27 +2,54 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from agent.clock import Clock
-from agent.config import AgentConfig, DisplayConfig, EvseConfig, RfidConfig
+from typing import Any
+
+from pydantic import BaseModel
+
+from agent.config import (
+    AgentConfig,
+    DisplayConfig,
+    EvseConfig,
+    GpioRelayConfig,
+    MeterConfig,
+    PlugConfig,
+    RelayConfig,
+    RfidConfig,
+    SerialRelayConfig,
+    SimMeterConfig,
+    SimPlugConfig,
+    SimRelayConfig,
+)
 from agent.controller import StationDrivers
 from agent.errors import ConfigError
 from drivers.display.base import Display
 from drivers.meter.base import Meter
+from drivers.meter.sim import SimMeter
+from drivers.plug.sim import SimPlug
+from drivers.relay.sim import SimRelay
 from drivers.plug.base import PlugSensor
 from drivers.relay.base import Relay
 from drivers.rfid.base import RfidReader
 
 
 def build_rfid(cfg: RfidConfig, clock: Clock) -> RfidReader:
-    if cfg.driver == "sim":
-        from drivers.rfid.sim import SimRfidReader
+    if cfg.driver == "pn532":
+        from drivers.rfid.pn532 import Pn532Reader
 
-        return SimRfidReader()
+        assert cfg.path is not None  # validated
+        return Pn532Reader(cfg.path, poll_interval_s=cfg.poll_interval_s,
+                           debounce_s=cfg.debounce_s, clock=clock)
     if cfg.driver == "none":
         from drivers.rfid.null import NullRfidReader
 
         return NullRfidReader()
-    raise ConfigError(f"rfid.driver {cfg.driver!r} is not available in this build")
+    from drivers.rfid.sim import SimRfidReader
+
+    return SimRfidReader()
 
 
 def build_display(cfg: DisplayConfig) -> Display:
@@ -33,26 +60,83 @@ def build_display(cfg: DisplayConfig) -> Display:
     raise ConfigError(f"display.driver {cfg.driver!r} is not available in this build")
 
 
+def _kwargs(cfg: BaseModel) -> dict[str, Any]:
+    """A device table's keys are its driver's keyword arguments (minus ``driver``)."""
+    return cfg.model_dump(exclude={"driver"})
+
+
+def build_relay(cfg: RelayConfig, clock: Clock) -> Relay:
+    if isinstance(cfg, SimRelayConfig):
+        from drivers.relay.sim import SimRelay
+
+        return SimRelay(log_file=str(cfg.log_file) if cfg.log_file else None, clock=clock)
+    if isinstance(cfg, GpioRelayConfig):
+        from drivers.relay.gpio import GpioRelay
+
+        return GpioRelay(**_kwargs(cfg), clock=clock)
+    if isinstance(cfg, SerialRelayConfig):
+        from drivers.relay.serial_relay import SerialRelay
+
+        return SerialRelay(**_kwargs(cfg), clock=clock)
+    from drivers.relay.modbus_relay import ModbusRelay
+
+    return ModbusRelay(**_kwargs(cfg), clock=clock)
+
+
+def build_meter(cfg: MeterConfig, clock: Clock) -> Meter:
+    if isinstance(cfg, SimMeterConfig):
+        from drivers.meter.sim import SimMeter
+
+        meter = SimMeter(
+            power_kw=cfg.power_kw,
+            initial_kwh=cfg.initial_kwh,
+            time_factor=cfg.time_factor,
+            clock=clock,
+            state_file=str(cfg.state_file) if cfg.state_file else None,
+        )
+        meter.load_state()
+        return meter
+    from drivers.meter.modbus import ModbusMeter
+
+    return ModbusMeter(**_kwargs(cfg), clock=clock)
+
+
+def build_plug(cfg: PlugConfig, clock: Clock) -> PlugSensor:
+    if isinstance(cfg, SimPlugConfig):
+        return _sim_plug(cfg.plugged, cfg.state_file)
+    from drivers.plug.gpio import GpioPlug
+
+    return GpioPlug(**_kwargs(cfg), clock=clock)
+
+
 def build_evse(cfg: EvseConfig, clock: Clock) -> tuple[Relay, Meter, PlugSensor]:
-    from drivers.meter.sim import SimMeter
-    from drivers.plug.sim import SimPlug
-    from drivers.relay.sim import SimRelay
-
-    relay = SimRelay(
-        log_file=str(cfg.relay.log_file) if cfg.relay.log_file else None, clock=clock
-    )
-    meter = SimMeter(
-        power_kw=cfg.meter.power_kw,
-        initial_kwh=cfg.meter.initial_kwh,
-        time_factor=cfg.meter.time_factor,
-        clock=clock,
-    )
-    plug = SimPlug(plugged=cfg.plug.plugged)
-
-    # energy flows while the contactor is closed and a car is connected
-    relay.on_change(lambda closed: meter.set_flowing(closed and plug.is_plugged()))
-    plug.on_change(lambda plugged: meter.set_flowing(plugged and relay.is_closed()))
+    relay = build_relay(cfg.relay, clock)
+    meter = build_meter(cfg.meter, clock)
+    plug = build_plug(cfg.plug, clock)
+    if isinstance(relay, SimRelay) and isinstance(meter, SimMeter):
+        # simulated energy flows while the contactor is closed and a car is connected
+        sim_meter = meter
+        relay.on_change(lambda closed: sim_meter.set_flowing(closed and plug.is_plugged()))
+        if isinstance(plug, SimPlug):
+            plug.on_change(lambda plugged: sim_meter.set_flowing(plugged and relay.is_closed()))
     return relay, meter, plug
+
+
+def _sim_plug(plugged: bool, state_file: Path | None) -> SimPlug:
+    """A sim plug; with ``state_file`` the car's presence survives an agent restart."""
+    if state_file is not None and state_file.exists():
+        plugged = state_file.read_text().strip() == "plugged"
+    plug = SimPlug(plugged=plugged)
+    if state_file is not None:
+        path = state_file
+
+        def save(now_plugged: bool) -> None:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("plugged\n" if now_plugged else "unplugged\n")
+            os.replace(tmp, path)
+
+        plug.on_change(save)
+    return plug
 
 
 def build_drivers(config: AgentConfig, clock: Clock) -> StationDrivers:

@@ -100,7 +100,9 @@ class MqttLink:
             client.tls_set_context(ctx)
         self._client = client
         try:
-            client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+            # paho pings after `keepalive` idle seconds and gives up `keepalive` later: pinging
+            # at 0.75 x keepalive_s notices a dead link within 1.5 x keepalive_s
+            client.connect_async(cfg.host, cfg.port, keepalive=max(2, int(cfg.keepalive_s * 0.75)))
         except (OSError, ValueError) as err:
             raise BackendError(f"cannot connect to {cfg.url}: {err}") from err
         client.loop_start()

@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
+    PlainSerializer,
+    WithJsonSchema,
     field_serializer,
+    model_validator,
 )
 
 from agent.clock import rfc3339
@@ -78,17 +82,23 @@ class CommandStatus(StrEnum):
     REJECTED = "rejected"
 
 
+# Station -> backend timestamps: RFC 3339 with milliseconds and UTC offset.
+Timestamp = Annotated[
+    AwareDatetime,
+    PlainSerializer(rfc3339, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}, mode="serialization"),
+]
+
+
 class _Out(BaseModel):
-    """Station -> backend. Timestamps serialise as RFC 3339 with milliseconds and offset."""
+    """Station -> backend. ``v`` is always present (required in the exported schema)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=lambda schema: schema.setdefault("required", []).insert(0, "v")
+        if "v" not in schema.get("required", []) else None,
+    )
     v: Literal[1] = 1
-
-    @field_serializer("*", when_used="json")
-    def _ser(self, value: Any) -> Any:
-        if isinstance(value, datetime):
-            return rfc3339(value)
-        return value
 
 
 class _In(BaseModel):
@@ -124,10 +134,10 @@ TOKEN_ADAPTER: TypeAdapter[RfidToken | QrToken | RemoteToken] = TypeAdapter(Toke
 
 
 def token_key(token: RfidToken | QrToken | RemoteToken) -> str:
-    """What identifies the holder, for 'same card stops the session'."""
+    """What identifies the holder: 'same card stops the session', local list, auth cache."""
     if isinstance(token, RfidToken):
         return f"rfid:{token.uid}"
-    return f"contract:{token.contract_id}"
+    return f"contract:{normalize_contract_id(token.contract_id)}"
 
 
 def token_for_record(token: RfidToken | QrToken | RemoteToken) -> RfidToken | QrToken | RemoteToken:
@@ -148,13 +158,21 @@ class EvseStatus(BaseModel):
     fault: str | None
 
 
+class OutboxStatus(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pending: int
+    oldest: Timestamp | None
+
+
 class StatusMessage(_Out):
     station_id: str
     online: Literal[True] = True
-    ts: datetime
+    ts: Timestamp
     version: str
     evses: list[EvseStatus]
     faults: list[str] = Field(default_factory=list)  # station-wide faults (reader, store, ...)
+    outbox: OutboxStatus
+    local_list_version: int = 0
 
 
 class OfflineStatus(_Out):
@@ -168,15 +186,16 @@ class AuthRequest(_Out):
     request_id: str
     evse_id: str | None
     token: Token
-    ts: datetime
+    ts: Timestamp
 
 
 class SessionEvent(_Out):
     session_id: str
     evse_id: str
     event: SessionEventKind
-    ts: datetime
+    ts: Timestamp
     reason: str | None = None
+    offline: bool | None = None  # true for sessions the station authorised on its own
 
 
 class Cdr(_Out):
@@ -186,14 +205,15 @@ class Cdr(_Out):
     location: str
     contract_id: str | None
     token: Token
-    session_start: datetime
-    session_end: datetime
-    charging_start: datetime | None
-    charging_end: datetime | None
+    session_start: Timestamp
+    session_end: Timestamp
+    charging_start: Timestamp | None
+    charging_end: Timestamp | None
     meter_start_kwh: float
     meter_stop_kwh: float
     energy_kwh: float
     stop_reason: StopReason
+    offline: bool = False
 
     @field_serializer("meter_start_kwh", "meter_stop_kwh", "energy_kwh")
     def _kwh(self, value: float) -> float:
@@ -211,7 +231,7 @@ class AuthResponse(_In):
     request_id: Id64
     status: AuthStatus
     contract_id: ContractIdStr | None = None
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = None
 
 
 class CdrAck(_In):
@@ -220,7 +240,7 @@ class CdrAck(_In):
 
 class _Command(_In):
     command_id: Id64
-    ts: datetime | None = None
+    ts: AwareDatetime | None = None
 
 
 class RemoteStart(_Command):
@@ -241,9 +261,45 @@ class SetAvailability(_Command):
     available: bool
 
 
-Command = Annotated[RemoteStart | RemoteStop | SetAvailability, Field(discriminator="command")]
-COMMAND_ADAPTER: TypeAdapter[RemoteStart | RemoteStop | SetAvailability] = TypeAdapter(Command)
-COMMAND_NAMES = ("remote_start", "remote_stop", "set_availability")
+class LocalListEntry(BaseModel):
+    """One token on the local list: exactly one of ``uid`` (RFID) or ``emaid`` (contract)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    uid: Annotated[str, Field(pattern=UID_PATTERN)] | None = None
+    emaid: ContractIdStr | None = None
+    status: AuthStatus
+    contract_id: ContractIdStr | None = None
+    expires_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _one_key(self) -> LocalListEntry:
+        if (self.uid is None) == (self.emaid is None):
+            raise ValueError("exactly one of 'uid' or 'emaid' is required")
+        return self
+
+    @property
+    def token_key(self) -> str:
+        if self.uid is not None:
+            return f"rfid:{self.uid}"
+        return f"contract:{normalize_contract_id(self.emaid or '')}"
+
+
+class UpdateLocalList(_Command):
+    command: Literal["update_local_list"]
+    version: Annotated[int, Field(ge=1)]
+    mode: Literal["full", "differential"]
+    entries: Annotated[list[LocalListEntry], Field(max_length=10000)]
+
+
+AnyCommand = RemoteStart | RemoteStop | SetAvailability | UpdateLocalList
+Command = Annotated[AnyCommand, Field(discriminator="command")]
+COMMAND_ADAPTER: TypeAdapter[AnyCommand] = TypeAdapter(Command)
+COMMAND_NAMES = ("remote_start", "remote_stop", "set_availability", "update_local_list")
+
+
+def normalize_contract_id(value: str) -> str:
+    """Upper case, separators removed (how contract ids are compared and stored)."""
+    return "".join(c for c in value.upper() if c not in "-* ")
 
 
 # ---------------------------------------------------------------- decoding
@@ -293,7 +349,7 @@ def parse_cdr_ack(data: dict[str, Any]) -> CdrAck:
         raise ProtocolError(describe_validation_error(err)) from err
 
 
-def parse_command(data: dict[str, Any]) -> RemoteStart | RemoteStop | SetAvailability:
+def parse_command(data: dict[str, Any]) -> AnyCommand:
     name = data.get("command")
     if name not in COMMAND_NAMES:
         raise ProtocolError(f"unknown command {name!r} (known: {', '.join(COMMAND_NAMES)})")

@@ -27,6 +27,7 @@ class SessionInfo:
     contract_id: str | None = None
     request_id: str | None = None  # the pending auth request
     floating: bool = False  # authorised for "the EVSE that gets plugged", not bound yet
+    offline: bool = False  # authorised by the station itself (link or backend down)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,21 @@ class AuthResult:
     accepted: bool
     status: str
     contract_id: str | None = None
+    offline: bool = False  # decided locally (local list, cache or offline policy)
+
+
+@dataclass(frozen=True)
+class Deauthorized:
+    """The backend refused, after the fact, a token the station had accepted locally."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
+class ResumeSession:
+    """After a restart: the car is still plugged, the persisted session goes on charging."""
+
+    session: SessionInfo
 
 
 @dataclass(frozen=True)
@@ -144,6 +160,8 @@ Event = (
     | FaultCleared
     | AdoptSession
     | ReleaseSession
+    | Deauthorized
+    | ResumeSession
 )
 EVENT_TYPES: tuple[type, ...] = (
     TokenPresented,
@@ -159,6 +177,8 @@ EVENT_TYPES: tuple[type, ...] = (
     FaultCleared,
     AdoptSession,
     ReleaseSession,
+    Deauthorized,
+    ResumeSession,
 )
 
 
@@ -191,6 +211,13 @@ class Authorize:
 @dataclass(frozen=True)
 class BeginCharging:
     """Read the meter, persist charging start, close the relay, publish 'started'."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
+class ResumeCharging:
+    """Close the relay again for a recovered session (no new 'started', no new meter start)."""
 
     session_id: str
 
@@ -240,6 +267,7 @@ Action = (
     | CancelTimer
     | Authorize
     | BeginCharging
+    | ResumeCharging
     | EndSession
     | DropSession
     | OpenRelay
@@ -356,7 +384,8 @@ def _auth_result(policy: Policy, evse: Evse, event: Event) -> Result:
             DropSession(session, SessionEventKind.REJECTED, event.status),
             Notify("Card rejected"),
         ]
-    session = replace(session, contract_id=event.contract_id, request_id=None)
+    session = replace(session, contract_id=event.contract_id, request_id=None,
+                      offline=event.offline)
     if evse.plugged:
         return replace(evse, phase=EvseState.CHARGING, session=session), [
             CancelTimer(Timer.AUTH),
@@ -485,6 +514,33 @@ def _end(reason: StopReason, *, finishing: bool) -> Handler:
     return handler
 
 
+def _deauthorized_waiting(policy: Policy, evse: Evse, event: Event) -> Result:
+    assert isinstance(event, Deauthorized)
+    session = evse.session
+    if session is None or session.session_id != event.session_id:
+        return evse, [Ignored("deauthorisation of another session")]
+    return _idle(evse), [
+        CancelTimer(Timer.CONNECTION),
+        DropSession(session, SessionEventKind.STOPPED, "deauthorized"),
+        Notify("Card refused by the backend"),
+    ]
+
+
+def _deauthorized_charging(policy: Policy, evse: Evse, event: Event) -> Result:
+    assert isinstance(event, Deauthorized)
+    if not _session_matches(evse, event.session_id):
+        return evse, [Ignored("deauthorisation of another session")]
+    nxt, acts = _end(StopReason.DEAUTHORIZED, finishing=True)(policy, evse, event)
+    return nxt, [*acts, Notify("Card refused by the backend - session stopped")]
+
+
+def _resume(policy: Policy, evse: Evse, event: Event) -> Result:
+    assert isinstance(event, ResumeSession)
+    return replace(evse, phase=EvseState.CHARGING, session=event.session), [
+        ResumeCharging(event.session.session_id)
+    ]
+
+
 def _charging_token(policy: Policy, evse: Evse, event: Event) -> Result:
     assert isinstance(event, TokenPresented)
     session = evse.session
@@ -562,6 +618,7 @@ TABLE: dict[tuple[EvseState, type], Handler] = {
     (S.PREPARING, SetAvailable): _set_available_idle,
     (S.PREPARING, FaultRaised): _fault_idle,
     (S.PREPARING, AdoptSession): _adopt,
+    (S.PREPARING, ResumeSession): _resume,
     # -- authorizing: waiting for the backend
     (S.AUTHORIZING, AuthResult): _auth_result,
     (S.AUTHORIZING, AuthTimeout): _auth_timeout,
@@ -582,6 +639,7 @@ TABLE: dict[tuple[EvseState, type], Handler] = {
     ),
     (S.AUTHORIZED, FaultRaised): _cancel_with(Timer.CONNECTION, SessionEventKind.STOPPED, "fault"),
     (S.AUTHORIZED, ReleaseSession): _release,
+    (S.AUTHORIZED, Deauthorized): _deauthorized_waiting,
     # -- charging: relay closed
     (S.CHARGING, PlugOut): _end(StopReason.EV_DISCONNECTED, finishing=False),
     (S.CHARGING, TokenPresented): _charging_token,
@@ -589,6 +647,7 @@ TABLE: dict[tuple[EvseState, type], Handler] = {
     (S.CHARGING, RemoteStartCmd): _reject_cmd("EVSE is busy"),
     (S.CHARGING, SetAvailable): _end(StopReason.REMOTE, finishing=False),
     (S.CHARGING, FaultRaised): _end(StopReason.FAULT, finishing=False),
+    (S.CHARGING, Deauthorized): _deauthorized_charging,
     # -- finishing: session over, car still plugged
     (S.FINISHING, PlugOut): _idle_plug_out,
     (S.FINISHING, TokenPresented): _start_auth,

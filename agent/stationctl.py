@@ -83,6 +83,15 @@ def _run(args: argparse.Namespace) -> int:
     elif c == "sessions":
         rows = call(sock, {"cmd": "sessions", "limit": args.limit})
         _print_json(rows) if args.json else print(_sessions_text(rows))
+    elif c == "auth":
+        res = call(sock, {"cmd": "auth.list"})
+        if args.json:
+            _print_json(res)
+        else:
+            print(f"local list version {res['version']}, {res['size']} entries; auth cache "
+                  f"{res['cache_size']} entries; offline policy {res['offline_policy']}")
+            for e in res["entries"]:
+                print(f"  {e['token']:<24} {e['status']:<9} expires {e['expires_at'] or '-'}")
     elif c == "outbox":
         if args.action == "retry":
             res = call(sock, {"cmd": "outbox.retry"})
@@ -124,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     ob = sub.add_parser("outbox", parents=[common], help="CDRs waiting for the backend's ack")
     ob.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
     ob.add_argument("--json", action="store_true")
+
+    au = sub.add_parser("auth", parents=[common], help="offline authorisation: the local list")
+    au.add_argument("action", nargs="?", choices=["list"], default="list")
+    au.add_argument("--json", action="store_true")
 
     cfg = sub.add_parser("config", parents=[common], help="configuration tools")
     cfgsub = cfg.add_subparsers(dest="config_command", required=True)

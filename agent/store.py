@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from agent.errors import StoreError
 log = logging.getLogger(__name__)
 
 DB_NAME = "station-agent.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -64,6 +65,33 @@ _MIGRATIONS: dict[int, str] = {
         available INTEGER NOT NULL
     );
     """,
+    # v2: offline authorisation (local list, auth cache) and the queue of session events
+    # that could not be published while the link was down.
+    2: """
+    CREATE TABLE local_list (
+        token_key   TEXT PRIMARY KEY,     -- "rfid:<UID>" or "contract:<EMAID>"
+        status      TEXT NOT NULL,
+        contract_id TEXT,
+        expires_at  TEXT
+    );
+    CREATE TABLE auth_cache (
+        token_key   TEXT PRIMARY KEY,
+        status      TEXT NOT NULL,
+        contract_id TEXT,
+        expires_at  TEXT,
+        updated_at  TEXT NOT NULL
+    );
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE event_queue (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic      TEXT NOT NULL,
+        payload    TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    """,
 }
 
 
@@ -88,6 +116,19 @@ class SessionRow:
 
 
 @dataclass(frozen=True)
+class AuthEntry:
+    """A local-list or auth-cache entry: what the station may decide on its own."""
+
+    token_key: str
+    status: str
+    contract_id: str | None = None
+    expires_at: datetime | None = None
+
+    def valid(self, now: datetime) -> bool:
+        return self.status == "accepted" and (self.expires_at is None or self.expires_at > now)
+
+
+@dataclass(frozen=True)
 class OutboxEntry:
     seq: int
     session_id: str
@@ -102,24 +143,66 @@ def _ts(value: str | None) -> datetime | None:
 
 
 class Store:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, max_kb: int | None = None) -> None:
         self.path = state_dir / DB_NAME
+        self._max_kb = max_kb
         self._db: sqlite3.Connection | None = None
+        self.quarantined: Path | None = None  # where a corrupt database was moved to
 
     # ------------------------------------------------------------------ lifecycle
-    def open(self) -> None:
+    def open(self, now: datetime | None = None) -> None:
+        """Open (creating or upgrading) the database.
+
+        A file that is not a readable SQLite database, or fails its integrity check, is moved
+        aside as ``<name>.corrupt-<timestamp>`` with a loud error and a fresh database is
+        created: never silently overwritten, never silently used.
+        """
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
-            self._db = db
-            self._migrate()
-        except sqlite3.Error as err:
-            raise StoreError(f"cannot open store {self.path}: {err}") from err
         except OSError as err:
             raise StoreError(f"cannot create state directory {self.path.parent}: {err}") from err
+        try:
+            self._connect()
+        except sqlite3.DatabaseError as err:
+            self.close()
+            if isinstance(err, sqlite3.OperationalError) and not _looks_corrupt(err):
+                raise StoreError(f"cannot open store {self.path}: {err}") from err
+            self.quarantined = self._move_aside(err, now)
+            try:
+                self._connect()
+            except sqlite3.Error as err2:
+                raise StoreError(f"cannot create a fresh store {self.path}: {err2}") from err2
+        except StoreError:
+            self.close()
+            raise
+
+    def _connect(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+        self._db = db
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        if self._max_kb is not None:
+            page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+            db.execute(f"PRAGMA max_page_count = {max(1, self._max_kb * 1024 // page_size)}")
+        row = db.execute("PRAGMA quick_check").fetchone()
+        if not row or row[0] != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {row[0] if row else '?'}")
+        self._migrate()
+
+    def _move_aside(self, err: Exception, now: datetime | None) -> Path:
+        stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                os.replace(src, Path(f"{target}{suffix}"))
+        log.critical(
+            "store %s is unreadable (%s): moved aside to %s and starting with an empty store; "
+            "pending CDRs in it must be recovered by hand",
+            self.path, err, target,
+        )
+        return target
 
     def close(self) -> None:
         if self._db is not None:
@@ -317,6 +400,99 @@ class Store:
                 (evse_id, int(available)),
             )
 
+    # ------------------------------------------------------------------ offline authorisation
+    def local_list_version(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key='local_list_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def local_list_size(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM local_list").fetchone()[0])
+
+    def replace_local_list(self, version: int, entries: list[AuthEntry], *, full: bool) -> None:
+        """A full update replaces the list; a differential one upserts; both in one transaction."""
+        with self._tx():
+            if full:
+                self.db.execute("DELETE FROM local_list")
+            self.db.executemany(
+                "INSERT INTO local_list (token_key, status, contract_id, expires_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(token_key) DO UPDATE SET"
+                " status=excluded.status, contract_id=excluded.contract_id,"
+                " expires_at=excluded.expires_at",
+                [(e.token_key, e.status, e.contract_id,
+                  rfc3339(e.expires_at) if e.expires_at else None) for e in entries],
+            )
+            self.db.execute(
+                "INSERT INTO meta (key, value) VALUES ('local_list_version', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (str(version),),
+            )
+
+    def local_list_entries(self, limit: int = 1000) -> list[AuthEntry]:
+        rows = self.db.execute(
+            "SELECT token_key, status, contract_id, expires_at FROM local_list"
+            " ORDER BY token_key LIMIT ?", (limit,),
+        ).fetchall()
+        return [AuthEntry(r[0], r[1], r[2], _ts(r[3])) for r in rows]
+
+    def local_list_lookup(self, token_key: str) -> AuthEntry | None:
+        r = self.db.execute(
+            "SELECT token_key, status, contract_id, expires_at FROM local_list WHERE token_key=?",
+            (token_key,),
+        ).fetchone()
+        return None if r is None else AuthEntry(r[0], r[1], r[2], _ts(r[3]))
+
+    def cache_lookup(self, token_key: str) -> AuthEntry | None:
+        r = self.db.execute(
+            "SELECT token_key, status, contract_id, expires_at FROM auth_cache WHERE token_key=?",
+            (token_key,),
+        ).fetchone()
+        return None if r is None else AuthEntry(r[0], r[1], r[2], _ts(r[3]))
+
+    def cache_put(self, entry: AuthEntry, now: datetime, max_size: int) -> None:
+        """Remember a backend answer; when full evict expired, then refused, then oldest."""
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO auth_cache (token_key, status, contract_id, expires_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(token_key) DO UPDATE SET"
+                " status=excluded.status, contract_id=excluded.contract_id,"
+                " expires_at=excluded.expires_at, updated_at=excluded.updated_at",
+                (entry.token_key, entry.status, entry.contract_id,
+                 rfc3339(entry.expires_at) if entry.expires_at else None, rfc3339(now)),
+            )
+            excess = self.cache_size() - max_size
+            if excess > 0:
+                self.db.execute(
+                    "DELETE FROM auth_cache WHERE token_key IN (SELECT token_key FROM auth_cache"
+                    " ORDER BY (expires_at IS NOT NULL AND expires_at <= ?) DESC,"
+                    " (status != 'accepted') DESC, updated_at ASC LIMIT ?)",
+                    (rfc3339(now), excess),
+                )
+
+    def cache_size(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM auth_cache").fetchone()[0])
+
+    # ------------------------------------------------------------------ event queue
+    def queue_event(self, topic: str, payload: str, ts: datetime) -> None:
+        """A message that could not be published now; sent in order when the link returns."""
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO event_queue (topic, payload, created_at) VALUES (?, ?, ?)",
+                (topic, payload, rfc3339(ts)),
+            )
+
+    def queued_events(self, limit: int = 1000) -> list[tuple[int, str, str]]:
+        rows = self.db.execute(
+            "SELECT seq, topic, payload FROM event_queue ORDER BY seq LIMIT ?", (limit,)
+        ).fetchall()
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def drop_event(self, seq: int) -> None:
+        with self._tx():
+            self.db.execute("DELETE FROM event_queue WHERE seq=?", (seq,))
+
+    def queued_event_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM event_queue").fetchone()[0])
+
     # ------------------------------------------------------------------ retention
     def purge(self, now: datetime, retention_days: int) -> dict[str, int]:
         """Delete acknowledged CDRs, ended sessions and commands older than the retention.
@@ -336,7 +512,10 @@ class Store:
             commands = self.db.execute(
                 "DELETE FROM commands WHERE received_at < ?", (cutoff,)
             ).rowcount
-        return {"cdrs": cdrs, "sessions": sessions, "commands": commands}
+            cache = self.db.execute(
+                "DELETE FROM auth_cache WHERE updated_at < ?", (cutoff,)
+            ).rowcount
+        return {"cdrs": cdrs, "sessions": sessions, "commands": commands, "auth_cache": cache}
 
 
 _SESSION_COLS = (
@@ -367,6 +546,11 @@ def _session(r: tuple[Any, ...]) -> SessionRow:
     )
 
 
+def _looks_corrupt(err: sqlite3.Error) -> bool:
+    text = str(err).lower()
+    return any(w in text for w in ("not a database", "malformed", "corrupt", "integrity"))
+
+
 def _split_sql(script: str) -> list[str]:
     """Statements of a migration script (comments removed first; no ';' inside literals)."""
     text = "\n".join(ln.split("--", 1)[0] for ln in script.splitlines())
@@ -390,13 +574,19 @@ class _Transaction:
             try:
                 self._db.execute("COMMIT")
             except sqlite3.Error as err:
-                self._db.execute("ROLLBACK")
+                self._rollback(err)
                 raise StoreError(f"commit failed: {err}") from err
             return False
-        try:
-            self._db.execute("ROLLBACK")
-        except sqlite3.Error as rb_err:
-            log.error("rollback failed after %s: %s", exc, rb_err)
+        self._rollback(exc)
         if isinstance(exc, sqlite3.Error):
             raise StoreError(f"store write failed: {exc}") from exc
         return False
+
+    def _rollback(self, cause: BaseException) -> None:
+        """Roll back what is left; SQLite may already have rolled back itself (disk full)."""
+        if not self._db.in_transaction:
+            return
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error as rb_err:
+            log.error("rollback failed after %s: %s", cause, rb_err)

@@ -87,7 +87,7 @@ def station_config(tmp: Path, broker_url: str, prefix: str, station_id: str = "S
         ],
     }
     for key, value in overrides.items():
-        cfg[key] = deep_merge(cfg[key], value) if isinstance(value, dict) else value
+        cfg[key] = deep_merge(cfg.get(key, {}), value) if isinstance(value, dict) else value
     return cfg
 
 
