@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 from agent.clock import Clock, SystemClock
@@ -27,9 +28,11 @@ class SimMeter:
         time_factor: float = 1.0,
         voltage_v: float = 230.0,
         clock: Clock | None = None,
+        state_file: str | None = None,
     ) -> None:
         if power_kw < 0 or initial_kwh < 0 or time_factor <= 0:
             raise ValueError("power_kw and initial_kwh must be >= 0, time_factor > 0")
+        self._state_file = state_file
         self._clock: Clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._power_kw = power_kw
@@ -47,6 +50,30 @@ class SimMeter:
         self._last = now
         if self._flowing:
             self._energy_kwh += self._power_kw * elapsed * self._time_factor / 3600.0
+            self._save()
+
+    def load_state(self) -> None:
+        """With ``state_file``: continue from the register value a previous process left,
+        as a real meter would (it keeps counting across agent restarts)."""
+        if self._state_file is None:
+            return
+        try:
+            with open(self._state_file, encoding="ascii") as fh:
+                value = float(fh.read().strip())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as err:
+            raise DriverError(f"sim meter state {self._state_file} unreadable: {err}") from err
+        with self._lock:
+            self._energy_kwh = max(self._energy_kwh, value)
+
+    def _save(self) -> None:
+        if self._state_file is None:
+            return
+        tmp = f"{self._state_file}.tmp"
+        with open(tmp, "w", encoding="ascii") as fh:
+            fh.write(f"{self._energy_kwh:.9f}\n")
+        os.replace(tmp, self._state_file)
 
     def set_flowing(self, flowing: bool) -> None:
         with self._lock:
