@@ -13,7 +13,9 @@ import json
 import logging
 import queue
 import threading
+import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -113,6 +115,7 @@ class Publisher(Protocol):
 @dataclass(frozen=True)
 class CardTapped:
     read: CardRead
+    t: float = field(default_factory=time.perf_counter)  # when the reader reported it
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,33 @@ DEFAULT_MESSAGES = {
 }
 
 
+class Metrics:
+    """Latency samples (ms) of the agent's own share of a tap, kept for benchmarks/diagnostics."""
+
+    def __init__(self, size: int = 5000) -> None:
+        self.samples: dict[str, deque[float]] = {}
+        self._size = size
+
+    def add(self, name: str, started: float | None) -> None:
+        if started is not None:
+            self.samples.setdefault(name, deque(maxlen=self._size)).append(
+                (time.perf_counter() - started) * 1000.0)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, values in self.samples.items():
+            data = sorted(values)
+            if not data:
+                continue
+
+            def pct(p: float, data: list[float] = data) -> float:
+                return round(data[min(len(data) - 1, int(p * len(data)))], 3)
+
+            out[name] = {"n": len(data), "p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99),
+                         "max": round(data[-1], 3)}
+        return out
+
+
 class Controller:
     def __init__(
         self,
@@ -229,6 +259,9 @@ class Controller:
         self._last_housekeeping = 0.0
         self._last_purge: float | None = None
         self.station_faults: dict[str, str] = {}
+        self.metrics = Metrics()
+        self._tap_t: float | None = None  # perf_counter of the tap being handled
+        self._answer_t: float | None = None  # perf_counter of the auth answer/command handled
         self.started_at = clock.now()
 
     # ------------------------------------------------------------------ wiring
@@ -353,10 +386,12 @@ class Controller:
     def handle(self, item: Item) -> None:
         try:
             if isinstance(item, CardTapped):
+                self._tap_t = item.t
                 self._on_card(item.read)
             elif isinstance(item, PlugChanged):
                 self._on_plug(item.evse_id, item.plugged)
             elif isinstance(item, Inbound):
+                self._answer_t = item.t
                 self._on_inbound(item)
             elif isinstance(item, LinkChange):
                 self._on_link(item)
@@ -368,6 +403,8 @@ class Controller:
                 self._running = False
         except StoreError as err:
             self._store_failed(err)
+        finally:
+            self._tap_t = self._answer_t = None
         self._publish_status()
         self._refresh_display()
 
@@ -465,6 +502,7 @@ class Controller:
             self._pending_auth.pop(action.request_id, None)
             self.dispatch(evse_id, self._offline_result(action.request_id, key))
             return
+        self.metrics.add("tap_to_auth_req", self._tap_t)
         if confirm and local is not None:
             log.info("%s: token accepted locally, confirming with the backend", evse_id)
             self.dispatch(evse_id, AuthResult(action.request_id, True, "accepted",
@@ -586,6 +624,8 @@ class Controller:
             log.error("%s: relay did not close: %s", rt.config.id, err)
             self.dispatch(rt.config.id, FaultRaised("relay_failed"))
             return
+        self.metrics.add("answer_to_relay", self._answer_t)  # auth/res or remote_start in
+        self.metrics.add("tap_to_relay", self._tap_t)  # offline / local list: no round trip
         log.info("%s: charging, session %s, meter %.3f kWh", rt.config.id, session_id,
                  reading.energy_kwh)
         session = rt.state.session

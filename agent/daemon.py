@@ -112,8 +112,13 @@ def _auth_list(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _metrics(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
+    return ctl.metrics.summary()
+
+
 def register_control_commands(ctl: Controller) -> None:
     ctl.register_control("auth.list", _auth_list)
+    ctl.register_control("metrics", _metrics)
     ctl.register_control("status", _status)
     ctl.register_control("sim.tap", _sim_tap)
     ctl.register_control("sim.plug", _sim_plug(True))

@@ -11,8 +11,9 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -30,6 +31,7 @@ INBOUND = ("auth/res", "cdr/ack", "cmd/req")
 class Inbound:
     suffix: str  # topic below the station root, e.g. "cmd/req"
     payload: bytes
+    t: float = field(default_factory=time.perf_counter)  # arrival, for latency metrics
 
 
 @dataclass(frozen=True)
