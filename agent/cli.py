@@ -69,6 +69,12 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pn532_sim(args: argparse.Namespace) -> int:
+    from drivers.rfid.pn532_sim import main as sim_main
+
+    return sim_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="station-agent", description=__doc__)
     p.add_argument("--version", action="version", version=f"station-agent {__version__}")
@@ -96,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seconds", type=float, default=3.0, help="charging time per session")
     d.set_defaults(func=cmd_demo)
 
+    ps = sub.add_parser("pn532-sim", help="a simulated PN532 reader on a pseudo-terminal",
+                        add_help=False)
+    ps.add_argument("rest", nargs=argparse.REMAINDER)
+    ps.set_defaults(func=cmd_pn532_sim)
+
     s = sub.add_parser("schemas", help="export the MQTT contract's JSON Schemas")
     s.add_argument("directory", type=Path)
     s.set_defaults(func=cmd_schemas)
@@ -103,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pn532-sim"]:  # its own options, passed through untouched
+        return cmd_pn532_sim(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     rc: int = args.func(args)
     return rc

@@ -127,10 +127,16 @@ class RfidConfig(_Strict):
 
 class DisplayConfig(_Strict):
     driver: Literal["sim", "png", "terminal", "framebuffer", "none"] = "sim"
-    path: Path | None = None  # png: output file
+    path: Path | None = None  # png: output file (written atomically)
     device: str = "/dev/fb0"  # framebuffer
-    width: int = Field(default=800, ge=64, le=8192)
-    height: int = Field(default=480, ge=64, le=8192)
+    width: int | None = Field(default=None, ge=64, le=8192)  # png default 800; fb from sysfs
+    height: int | None = Field(default=None, ge=64, le=8192)  # png default 480
+
+    @model_validator(mode="after")
+    def _png_path(self) -> DisplayConfig:
+        if self.driver == "png" and self.path is None:
+            raise ValueError("driver 'png' needs path (the PNG file to write)")
+        return self
 
 
 class QrConfig(_Strict):
@@ -149,6 +155,12 @@ class QrConfig(_Strict):
         if "{evse_id}" not in v:
             raise ValueError("url_template must contain '{evse_id}'")
         return v
+
+    @model_validator(mode="after")
+    def _directory(self) -> QrConfig:
+        if self.driver == "files" and self.directory is None:
+            raise ValueError("driver 'files' needs directory (where images appear)")
+        return self
 
 
 class SimRelayConfig(_Strict):

@@ -14,6 +14,7 @@ import os
 import socket
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,19 @@ class ControlError(AgentError):
     """The daemon could not be reached or refused a control request."""
 
 
+DirectHandler = Callable[[Controller, dict[str, Any]], Any]
+
+
 class ControlServer:
     def __init__(self, path: Path, controller: Controller) -> None:
         self.path = path
         self._controller = controller
+        self._direct: dict[str, DirectHandler] = {}
+
+    def register_direct(self, name: str, handler: DirectHandler) -> None:
+        """A diagnostic that waits (for a card, a QR code): it runs in the client's thread and
+        must only read thread-safe driver state, never the store or the EVSE machines."""
+        self._direct[name] = handler
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -105,6 +115,12 @@ class ControlServer:
             return {"ok": False, "error": f"request is not JSON: {err}"}
         if not isinstance(request, dict):
             return {"ok": False, "error": "request must be a JSON object"}
+        direct = self._direct.get(str(request.get("cmd")))
+        if direct is not None:
+            try:
+                return {"ok": True, "result": direct(self._controller, request)}
+            except (AgentError, ValueError, TypeError) as err:
+                return {"ok": False, "error": str(err)}
         call = ControlCall(request)
         self._controller.post(call)
         if not call.done.wait(REPLY_TIMEOUT_S):

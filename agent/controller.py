@@ -98,6 +98,7 @@ from agent.store import AuthEntry, SessionRow, Store
 from drivers.display.base import Display, EvseScreen
 from drivers.meter.base import Meter, MeterReading
 from drivers.plug.base import PlugSensor
+from drivers.qr.base import QrReader
 from drivers.relay.base import Relay
 from drivers.rfid.base import CardRead, RfidReader
 
@@ -175,6 +176,7 @@ class StationDrivers:
     relays: dict[str, Relay]
     meters: dict[str, Meter]
     plugs: dict[str, PlugSensor]
+    qr: QrReader | None = None
 
 
 DEFAULT_MESSAGES = {
@@ -260,6 +262,8 @@ class Controller:
         self._last_purge: float | None = None
         self.station_faults: dict[str, str] = {}
         self.metrics = Metrics()
+        self.qr_evse_codes: deque[tuple[float, str]] = deque(maxlen=20)
+        self.qr_seen = threading.Condition()
         self._tap_t: float | None = None  # perf_counter of the tap being handled
         self._answer_t: float | None = None  # perf_counter of the auth answer/command handled
         self.started_at = clock.now()
@@ -296,6 +300,8 @@ class Controller:
             if rt.plug.is_plugged():
                 self.post(PlugChanged(evse_id, True))
         self.drivers.rfid.start(self.on_card)
+        if self.drivers.qr is not None:
+            self.drivers.qr.start(lambda payload: self.post(QrScanned(payload)))
         self._refresh_display()
 
     def _recover_sessions(self) -> None:
@@ -366,6 +372,8 @@ class Controller:
     def shutdown(self) -> None:
         self._running = False
         self.drivers.rfid.stop()
+        if self.drivers.qr is not None:
+            self.drivers.qr.stop()
         for rt in self.evses.values():
             self._open_relay(rt, "shutdown")
             rt.plug.stop()
@@ -757,7 +765,24 @@ class Controller:
         self._present(token)
 
     def _on_qr(self, payload: str) -> None:
-        log.info("QR payload of %d characters received (not handled in this build)", len(payload))
+        """A code held to the camera: a contract (EMAID, with or without PIN) authorises like a
+        card; a station sticker (evseid=) is recorded for ``stationctl qr verify``; anything
+        else is refused with a message. The PIN goes only into the auth request."""
+        from drivers.qr.payload import classify
+
+        code = classify(payload)
+        if code.kind == "contract" and code.emaid:
+            log.info("QR contract code %s read", code.to_dict(masked=True))
+            self.drivers.display.show_message("Reading code...")
+            self._present(QrToken(contract_id=code.emaid, pin=code.pin))
+        elif code.kind == "evse" and code.evse_id:
+            log.info("QR station code for %s read (not an authorisation)", code.evse_id)
+            with self.qr_seen:
+                self.qr_evse_codes.append((time.monotonic(), code.evse_id))
+                self.qr_seen.notify_all()
+        else:
+            log.warning("QR code refused: %s", code.reason or "not a contract or station code")
+            self.drivers.display.show_message("Unknown code")
 
     def _present(self, token: AnyToken) -> None:
         key = token_key(token)
@@ -1001,9 +1026,14 @@ class Controller:
                 fault=st.fault,
             ))
         faults = sorted(self.station_faults)
-        health = self.drivers.rfid.health()
-        if not health.ok:
-            faults.append(f"rfid:{health.fault}")
+        devices: list[tuple[str, Any]] = [("rfid", self.drivers.rfid),
+                                          ("display", self.drivers.display)]
+        if self.drivers.qr is not None:
+            devices.append(("qr", self.drivers.qr))
+        for kind, device in devices:
+            health = device.health()
+            if not health.ok:
+                faults.append(f"{kind}:{health.fault}")
         pending, oldest = self.store.outbox_stats()
         return StatusMessage(station_id=self.config.station.id, ts=self.clock.now(),
                              version=__version__, evses=evses, faults=faults,

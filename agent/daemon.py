@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,67 @@ def _metrics(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
     return ctl.metrics.summary()
 
 
+def _sim_qr(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
+    reader = ctl.drivers.qr
+    if reader is None:
+        raise ValueError("no QR reader configured (qr.driver = \"none\")")
+    feed = _sim_device(reader, "QR reader", "feed")
+    payload = req.get("payload")
+    if not isinstance(payload, str) or not payload:
+        raise ValueError("sim qr needs a payload")
+    return {"delivered": bool(feed(payload))}
+
+
+def _rfid_read(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
+    """Wait for one card (technician at the station: the UID is shown unmasked)."""
+    read_once = getattr(ctl.drivers.rfid, "read_once", None)
+    if read_once is None:
+        raise ValueError(f"the {ctl.config.rfid.driver!r} reader cannot be read directly")
+    timeout = float(req.get("timeout", 10.0))
+    got = read_once(min(max(timeout, 0.1), 120.0))
+    if got is None:
+        return {"card": None, "timeout_s": timeout}
+    card, seconds = got
+    return {"card": {"uid": card.uid, "card_type": card.card_type.value},
+            "seconds": round(seconds, 3)}
+
+
+def _rfid_info(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
+    info = dict(ctl.drivers.rfid.info())
+    health = ctl.drivers.rfid.health()
+    info["healthy"] = health.ok
+    info["fault"] = health.fault
+    info["fault_detail"] = health.detail
+    return info
+
+
+def _qr_verify(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
+    """Wait for a station sticker in front of the camera; does its EvseID match this EVSE?"""
+    if ctl.drivers.qr is None:
+        raise ValueError("no QR reader configured (qr.driver = \"none\")")
+    evse_id = _evse_arg(ctl, req)
+    timeout = min(max(float(req.get("timeout", 30.0)), 0.1), 300.0)
+    since = time.monotonic()
+    deadline = since + timeout
+    with ctl.qr_seen:
+        while True:
+            seen = [e for t, e in ctl.qr_evse_codes if t >= since]
+            if seen:
+                return {"evse_id": evse_id, "seen": seen[-1], "match": seen[-1] == evse_id}
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return {"evse_id": evse_id, "seen": None, "match": False}
+            ctl.qr_seen.wait(remaining)
+
+
+def register_direct_commands(server: ControlServer) -> None:
+    server.register_direct("rfid.read", _rfid_read)
+    server.register_direct("qr.verify", _qr_verify)
+
+
 def register_control_commands(ctl: Controller) -> None:
+    ctl.register_control("rfid.info", _rfid_info)
+    ctl.register_control("sim.qr", _sim_qr)
     ctl.register_control("auth.list", _auth_list)
     ctl.register_control("metrics", _metrics)
     ctl.register_control("status", _status)
@@ -151,6 +212,7 @@ def run(config: AgentConfig, clock: Clock | None = None) -> int:
     )
     register_control_commands(ctl)
     control = ControlServer(config.station.control_socket, ctl)
+    register_direct_commands(control)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

@@ -17,6 +17,7 @@ from agent.config import (
     GpioRelayConfig,
     MeterConfig,
     PlugConfig,
+    QrConfig,
     RelayConfig,
     RfidConfig,
     SerialRelayConfig,
@@ -32,6 +33,7 @@ from drivers.meter.sim import SimMeter
 from drivers.plug.sim import SimPlug
 from drivers.relay.sim import SimRelay
 from drivers.plug.base import PlugSensor
+from drivers.qr.base import QrReader
 from drivers.relay.base import Relay
 from drivers.rfid.base import RfidReader
 
@@ -52,12 +54,43 @@ def build_rfid(cfg: RfidConfig, clock: Clock) -> RfidReader:
     return SimRfidReader()
 
 
-def build_display(cfg: DisplayConfig) -> Display:
+def build_display(cfg: DisplayConfig, url_template: str) -> Display:
+    if cfg.driver == "png":
+        from drivers.display.png import PngDisplay
+
+        assert cfg.path is not None  # validated
+        return PngDisplay(cfg.path, cfg.width or 800, cfg.height or 480, url_template)
+    if cfg.driver == "terminal":
+        from drivers.display.terminal import TerminalDisplay
+
+        return TerminalDisplay(url_template=url_template)
+    if cfg.driver == "framebuffer":
+        from drivers.display.framebuffer import FramebufferDisplay
+
+        return FramebufferDisplay(cfg.device, width=cfg.width, height=cfg.height,
+                                  url_template=url_template)
     from drivers.display.sim import SimDisplay
 
-    if cfg.driver in ("sim", "none"):
-        return SimDisplay()
-    raise ConfigError(f"display.driver {cfg.driver!r} is not available in this build")
+    return SimDisplay()
+
+
+def build_qr(cfg: QrConfig, clock: Clock) -> QrReader | None:
+    """The camera stack (OpenCV, pyzbar) is imported only when a camera is configured."""
+    if cfg.driver == "none":
+        return None
+    if cfg.driver == "sim":
+        from drivers.qr.sim import SimQrReader
+
+        return SimQrReader(cfg.debounce_s, clock)
+    if cfg.driver == "files":
+        from drivers.qr.files import FilesQrReader
+
+        assert cfg.directory is not None  # validated
+        return FilesQrReader(cfg.directory, cfg.debounce_s, clock=clock)
+    from drivers.qr.camera import CameraQrReader
+
+    device: str | int = int(cfg.device) if cfg.device.isdigit() else cfg.device
+    return CameraQrReader(device, cfg.width, cfg.height, cfg.scan_fps, cfg.debounce_s, clock)
 
 
 def _kwargs(cfg: BaseModel) -> dict[str, Any]:
@@ -147,7 +180,8 @@ def build_drivers(config: AgentConfig, clock: Clock) -> StationDrivers:
         relays[ec.id], meters[ec.id], plugs[ec.id] = build_evse(ec, clock)
     return StationDrivers(
         rfid=build_rfid(config.rfid, clock),
-        display=build_display(config.display),
+        display=build_display(config.display, config.qr.url_template),
+        qr=build_qr(config.qr, clock),
         relays=relays,
         meters=meters,
         plugs=plugs,

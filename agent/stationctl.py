@@ -59,9 +59,57 @@ def _outbox_text(ob: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _qr_local(args: argparse.Namespace) -> int:
+    """``qr show`` and ``qr decode`` work on this machine, without the daemon."""
+    if args.qr_command == "decode":
+        from drivers.qr.decode import decode_file
+        from drivers.qr.payload import classify
+
+        try:
+            payloads = decode_file(args.image)
+        except (OSError, ValueError) as err:
+            print(f"stationctl: cannot read {args.image}: {err}", file=sys.stderr)
+            return 1
+        codes = [classify(p).to_dict() for p in payloads]
+        if args.json:
+            _print_json({"codes": codes})
+        else:
+            for code in codes:
+                extra = code.get("emaid") or code.get("evse_id") or code.get("reason") or ""
+                print(f"{code['kind']:<9} {extra}  {code.get('payload', '')}")
+        if not codes:
+            print(f"stationctl: no QR code found in {args.image}", file=sys.stderr)
+        return 0 if codes else 1
+    from drivers.display.qrcode import render_for_cli
+
+    template = "http://m.intercharge.eu/qr?evseid={evse_id}"
+    evse_id = args.evse_id
+    try:
+        cfg = load_config(args.config)
+        template = cfg.qr.url_template
+        if evse_id is None:
+            if len(cfg.evse) != 1:
+                print(f"stationctl: name an EVSE: {', '.join(cfg.evse_ids())}", file=sys.stderr)
+                return 1
+            evse_id = cfg.evse[0].id
+    except ConfigError as err:
+        if evse_id is None:
+            print(f"stationctl: no EVSE_ID given and no readable config: {err}", file=sys.stderr)
+            return EX_CONFIG
+    try:
+        print(render_for_cli(evse_id, template, png_path=str(args.png) if args.png else None,
+                             terminal=not args.png or args.terminal))
+    except ValueError as err:
+        print(f"stationctl: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     sock: Path = args.socket
     c = args.command
+    if c == "qr" and args.qr_command in ("show", "decode"):
+        return _qr_local(args)
     if c == "config":
         try:
             cfg = load_config(args.path)
@@ -77,12 +125,37 @@ def _run(args: argparse.Namespace) -> int:
         if args.sim_command == "tap":
             res = call(sock, {"cmd": "sim.tap", "uid": args.uid, "card_type": args.card_type})
             print(f"tapped {res['tapped']}")
+        elif args.sim_command == "qr":
+            res = call(sock, {"cmd": "sim.qr", "payload": args.payload})
+            print("delivered" if res["delivered"] else "ignored (same code within the debounce)")
         else:
             res = call(sock, {"cmd": f"sim.{args.sim_command}", "evse_id": args.evse_id})
             print(f"{res['evse_id']}: {'plugged' if res['plugged'] else 'unplugged'}")
     elif c == "sessions":
         rows = call(sock, {"cmd": "sessions", "limit": args.limit})
         _print_json(rows) if args.json else print(_sessions_text(rows))
+    elif c == "qr":  # verify: the daemon's camera
+        res = call(sock, {"cmd": "qr.verify", "evse_id": args.evse_id, "timeout": args.timeout},
+                   timeout=args.timeout + 15)
+        if res["seen"] is None:
+            print(f"no station code seen within {args.timeout:.0f} s")
+            return 1
+        verdict = "MATCHES" if res["match"] else "DOES NOT MATCH"
+        print(f"sticker shows {res['seen']}: {verdict} {res['evse_id']}")
+        return 0 if res["match"] else 1
+    elif c == "rfid":
+        if args.rfid_command == "read":
+            res = call(sock, {"cmd": "rfid.read", "timeout": args.timeout},
+                       timeout=args.timeout + 15)
+            if res["card"] is None:
+                print(f"no card within {args.timeout:.0f} s")
+                return 1
+            card = res["card"]
+            print(f"UID {card['uid']}  type {card['card_type']}  after {res['seconds']:.3f} s")
+        else:
+            info = call(sock, {"cmd": "rfid.info"})
+            _print_json(info) if args.json else print(
+                "\n".join(f"{k}: {v}" for k, v in info.items()))
     elif c == "auth":
         res = call(sock, {"cmd": "auth.list"})
         if args.json:
@@ -133,6 +206,32 @@ def build_parser() -> argparse.ArgumentParser:
     ob = sub.add_parser("outbox", parents=[common], help="CDRs waiting for the backend's ack")
     ob.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
     ob.add_argument("--json", action="store_true")
+
+    simqr = simsub.add_parser("qr", parents=[common], help="hold a code to the sim camera")
+    simqr.add_argument("payload")
+
+    qr = sub.add_parser("qr", parents=[common], help="Intercharge QR codes")
+    qrsub = qr.add_subparsers(dest="qr_command", required=True)
+    show = qrsub.add_parser("show", parents=[common], help="render an EVSE's code")
+    show.add_argument("evse_id", nargs="?")
+    show.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    out = show.add_mutually_exclusive_group()
+    out.add_argument("--png", type=Path, help="write the code to this PNG file")
+    out.add_argument("--terminal", action="store_true", help="draw it here (default)")
+    dec = qrsub.add_parser("decode", parents=[common], help="decode the codes in an image")
+    dec.add_argument("image", type=Path)
+    dec.add_argument("--json", action="store_true")
+    ver = qrsub.add_parser("verify", parents=[common],
+                           help="hold the printed sticker to the camera: does it match?")
+    ver.add_argument("evse_id", nargs="?")
+    ver.add_argument("--timeout", type=float, default=30.0)
+
+    rf = sub.add_parser("rfid", parents=[common], help="card reader diagnostics")
+    rfsub = rf.add_subparsers(dest="rfid_command", required=True)
+    rd = rfsub.add_parser("read", parents=[common], help="wait for one card, show its UID")
+    rd.add_argument("--timeout", type=float, default=10.0)
+    inf = rfsub.add_parser("info", parents=[common], help="firmware, path, polls/s, last error")
+    inf.add_argument("--json", action="store_true")
 
     au = sub.add_parser("auth", parents=[common], help="offline authorisation: the local list")
     au.add_argument("action", nargs="?", choices=["list"], default="list")

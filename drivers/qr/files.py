@@ -19,7 +19,6 @@ from pathlib import Path
 
 from agent.clock import Clock
 from agent.errors import DriverError
-from agent.privacy import mask
 from drivers.health import Health
 from drivers.qr.base import PayloadCallback
 from drivers.qr.debounce import DEFAULT_DEBOUNCE_S, Debouncer
@@ -207,7 +206,7 @@ class FilesQrReader:
             if not self._debouncer.accept(payload):
                 continue
             self.delivered += 1
-            log.info("QR code read from %s: %s", path.name, mask(payload))
+            log.info("QR code read from %s (%d characters)", path.name, len(payload))
             callback = self._callback
             if callback is None:
                 continue
