@@ -174,6 +174,7 @@ class SimMeterConfig(_Strict):
     initial_kwh: float = Field(default=0.0, ge=0)
     time_factor: float = Field(default=1.0, gt=0, le=3600)  # sim seconds per real second
     state_file: Path | None = None  # keeps the register across restarts, like a real meter
+    poll_interval_s: float = Field(default=5.0, gt=0, le=3600)  # readings while charging
 
 
 class SimPlugConfig(_Strict):
@@ -245,6 +246,7 @@ class ModbusMeterConfig(_Strict):
     word_order: Literal["big", "little"] | None = None
     timeout_s: float = Field(default=1.0, gt=0)
     max_failures: int = Field(default=3, ge=1)
+    poll_interval_s: float = Field(default=5.0, gt=0, le=3600)  # readings while charging
 
 
 class GpioPlugConfig(_Strict):

@@ -100,6 +100,7 @@ from drivers.meter.base import Meter, MeterReading
 from drivers.plug.base import PlugSensor
 from drivers.qr.base import QrReader
 from drivers.relay.base import Relay
+from drivers.relay.feedback import RelayFault
 from drivers.rfid.base import CardRead, RfidReader
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ class EvseRuntime:
     timers: dict[Timer, int] = field(default_factory=dict)
     message: str | None = None
     last_meter_store: float = 0.0
+    last_meter_read: float = 0.0
     last_energy_kwh: float | None = None
 
 
@@ -630,7 +632,7 @@ class Controller:
             rt.relay.close()
         except DriverError as err:
             log.error("%s: relay did not close: %s", rt.config.id, err)
-            self.dispatch(rt.config.id, FaultRaised("relay_failed"))
+            self.dispatch(rt.config.id, FaultRaised(getattr(err, "kind", "relay_failed")))
             return
         self.metrics.add("answer_to_relay", self._answer_t)  # auth/res or remote_start in
         self.metrics.add("tap_to_relay", self._tap_t)  # offline / local list: no round trip
@@ -653,8 +655,51 @@ class Controller:
     def _open_relay(self, rt: EvseRuntime, why: str) -> None:
         try:
             rt.relay.open()
+        except RelayFault as err:
+            if rt.state.fault != err.kind:  # latched: report once
+                log.critical("%s: %s after opening (%s): EVSE faulted", rt.config.id, err, why)
+                self.dispatch(rt.config.id, FaultRaised(err.kind))
         except DriverError as err:
             log.critical("%s: relay did not open (%s): %s", rt.config.id, why, err)
+            if rt.state.fault != "relay_failed":
+                self.dispatch(rt.config.id, FaultRaised("relay_failed"))
+
+    def _supervise_devices(self, rt: EvseRuntime) -> None:
+        """Between switches: a contact that welds or drops out, a meter that stopped answering."""
+        check = getattr(rt.relay, "check_feedback", None)
+        if callable(check):
+            health = check()
+            if not health.ok and rt.state.fault is None:
+                log.critical("%s: relay supervision: %s (%s)", rt.config.id, health.fault,
+                             health.detail)
+                self.dispatch(rt.config.id, FaultRaised(health.fault or "relay_failed"))
+        mono = self.clock.monotonic()
+        if rt.state.fault == "meter_failed" and \
+                mono - rt.last_meter_read >= rt.config.meter.poll_interval_s:
+            rt.last_meter_read = mono
+            self._read_meter(rt)  # probe: a meter that answers again heals the fault
+        meter_health = rt.meter.health()
+        if not meter_health.ok and rt.state.fault is None:
+            log.error("%s: meter unhealthy: %s", rt.config.id, meter_health.detail)
+            self.dispatch(rt.config.id, FaultRaised(meter_health.fault or "meter_failed"))
+        elif meter_health.ok and rt.state.fault == "meter_failed":
+            log.info("%s: meter answers again: fault cleared", rt.config.id)
+            self.dispatch(rt.config.id, FaultCleared())
+
+    def reset_relay(self, evse_id: str) -> dict[str, Any]:
+        """``stationctl relay reset``: clear a latched relay fault once the feedback is open."""
+        rt = self.evses[evse_id]
+        reset = getattr(rt.relay, "reset", None)
+        if not callable(reset):
+            raise ValueError(f"{evse_id}: this relay driver has no fault to reset")
+        try:
+            reset()
+        except RelayFault as err:
+            raise ValueError(f"{evse_id}: not reset, {err}") from err
+        if rt.state.fault is not None and rt.state.fault.startswith("relay"):
+            self.dispatch(evse_id, FaultCleared())
+        log.warning("%s: relay fault reset by a technician", evse_id)
+        return {"evse_id": evse_id, "state": rt.state.phase.value}
 
     def _end_session(self, rt: EvseRuntime, session_id: str, reason: StopReason) -> None:
         self._open_relay(rt, f"session end ({reason.value})")
@@ -993,14 +1038,16 @@ class Controller:
             for rt in self.evses.values():
                 session = rt.state.session
                 if rt.state.phase is EvseState.CHARGING and session is not None:
-                    if mono - rt.last_meter_store >= self.config.store.meter_interval_s:
+                    persist = mono - rt.last_meter_store >= self.config.store.meter_interval_s
+                    poll = mono - rt.last_meter_read >= rt.config.meter.poll_interval_s
+                    if persist or poll:
+                        rt.last_meter_read = mono
                         reading = self._read_meter(rt)
-                        if reading is not None:
+                        if reading is not None and persist:
                             self.store.record_meter(session.session_id, self.clock.now(),
                                                     reading.energy_kwh)
                             rt.last_meter_store = mono
-                    else:
-                        self._read_meter(rt)
+                self._supervise_devices(rt)
             self.resend_outbox()
             if self._last_purge is None or mono - self._last_purge >= 86400:
                 self._last_purge = mono

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent import diagnostics
 from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig
 from agent.control import ControlServer
@@ -175,7 +176,16 @@ def register_direct_commands(server: ControlServer) -> None:
     server.register_direct("qr.verify", _qr_verify)
 
 
+def _sim_relay(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
+    """Make a sim contactor misbehave: feedback ``welded``, ``stuck_open`` or ``normal``."""
+    evse_id = _evse_arg(ctl, req)
+    setter = _sim_device(ctl.evses[evse_id].relay, "relay", "set_feedback_mode")
+    setter(str(req.get("mode", "normal")))
+    return {"evse_id": evse_id, "mode": req.get("mode", "normal")}
+
+
 def register_control_commands(ctl: Controller) -> None:
+    ctl.register_control("sim.relay", _sim_relay)
     ctl.register_control("rfid.info", _rfid_info)
     ctl.register_control("sim.qr", _sim_qr)
     ctl.register_control("auth.list", _auth_list)
@@ -211,6 +221,7 @@ def run(config: AgentConfig, clock: Clock | None = None) -> int:
         boot_id=read_boot_id(config.station.boot_id_file),
     )
     register_control_commands(ctl)
+    diagnostics.register(ctl)
     control = ControlServer(config.station.control_socket, ctl)
     register_direct_commands(control)
     stop = threading.Event()

@@ -95,7 +95,7 @@ def build_qr(cfg: QrConfig, clock: Clock) -> QrReader | None:
 
 def _kwargs(cfg: BaseModel) -> dict[str, Any]:
     """A device table's keys are its driver's keyword arguments (minus ``driver``)."""
-    return cfg.model_dump(exclude={"driver"})
+    return cfg.model_dump(exclude={"driver", "poll_interval_s"})
 
 
 def build_relay(cfg: RelayConfig, clock: Clock) -> Relay:

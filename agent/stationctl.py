@@ -156,6 +156,35 @@ def _run(args: argparse.Namespace) -> int:
             info = call(sock, {"cmd": "rfid.info"})
             _print_json(info) if args.json else print(
                 "\n".join(f"{k}: {v}" for k, v in info.items()))
+    elif c == "relay":
+        res = call(sock, {"cmd": f"relay.{args.relay_command}", "evse_id": args.evse_id})
+        if args.relay_command == "reset":
+            print(f"{res['evse_id']}: fault cleared, now {res['state']}")
+        else:
+            for step in res["steps"]:
+                fb = step.get("feedback_closed")
+                state = "-" if fb is None else ("closed" if fb else "open")
+                print(f"  {step['step']:<10} {step.get('ms', 0):7.1f} ms  feedback {state}"
+                      + (f"  ERROR {step['error']}" if "error" in step else ""))
+            print(f"{res['evse_id']}: {res['verdict']}")
+            return 0 if res["verdict"].startswith("ok") else 1
+    elif c == "meter":
+        res = call(sock, {"cmd": "meter.read", "evse_id": args.evse_id})
+        if args.json:
+            _print_json(res)
+        else:
+            print(f"{res['evse_id']}: {res['energy_kwh']:.3f} kWh, power {res['power_w']} W, "
+                  f"voltage {res['voltage_v']} V ({res['driver']} {res['model']}, "
+                  f"{res['read_ms']:.1f} ms)")
+    elif c == "selftest":
+        checks = call(sock, {"cmd": "selftest"}, timeout=60)
+        if args.json:
+            _print_json(checks)
+        else:
+            for chk in checks:
+                print(f"{'PASS' if chk['ok'] else 'FAIL'}  {chk['check']:<28} {chk['ms']:7.1f} ms"
+                      f"  {chk['detail']}")
+        return sum(1 for chk in checks if not chk["ok"])
     elif c == "auth":
         res = call(sock, {"cmd": "auth.list"})
         if args.json:
@@ -232,6 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--timeout", type=float, default=10.0)
     inf = rfsub.add_parser("info", parents=[common], help="firmware, path, polls/s, last error")
     inf.add_argument("--json", action="store_true")
+
+    rl = sub.add_parser("relay", parents=[common], help="contactor diagnostics")
+    rlsub = rl.add_subparsers(dest="relay_command", required=True)
+    for name, text in (("cycle", "close and open an idle EVSE's relay, check the feedback"),
+                       ("reset", "clear a welded/stuck fault once the feedback reads open")):
+        rp = rlsub.add_parser(name, parents=[common], help=text)
+        rp.add_argument("evse_id", nargs="?")
+    mt = sub.add_parser("meter", parents=[common], help="energy meter diagnostics")
+    mtsub = mt.add_subparsers(dest="meter_command", required=True)
+    mr = mtsub.add_parser("read", parents=[common], help="read energy, power, voltage now")
+    mr.add_argument("evse_id", nargs="?")
+    mr.add_argument("--json", action="store_true")
+    stp = sub.add_parser("selftest", parents=[common],
+                         help="probe every device; exit status = number of failures")
+    stp.add_argument("--json", action="store_true")
 
     au = sub.add_parser("auth", parents=[common], help="offline authorisation: the local list")
     au.add_argument("action", nargs="?", choices=["list"], default="list")

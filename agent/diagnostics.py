@@ -1,0 +1,155 @@
+"""Technician diagnostics run by the daemon: relay cycle/reset, meter read, self-test.
+
+Each check reports pass/fail, how long it took, and on failure which device, which path and
+what to check.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent.controller import Controller
+from agent.errors import AgentError, DriverError
+from agent.messages import EvseState
+
+
+def _evse(ctl: Controller, req: dict[str, Any]) -> str:
+    evse_id = req.get("evse_id")
+    if evse_id is None and len(ctl.evses) == 1:
+        return next(iter(ctl.evses))
+    if evse_id not in ctl.evses:
+        raise ValueError(f"unknown EVSE {evse_id!r} (known: {', '.join(ctl.evses)})")
+    return str(evse_id)
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000.0, 1)
+
+
+def relay_cycle(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
+    """Close, read feedback, open, read feedback: only on an idle EVSE with no car."""
+    evse_id = _evse(ctl, req)
+    rt = ctl.evses[evse_id]
+    st = rt.state
+    if st.session is not None or st.plugged or st.phase not in (EvseState.AVAILABLE,
+                                                                 EvseState.UNAVAILABLE):
+        raise ValueError(f"{evse_id} is {st.phase.value}"
+                         f"{' with a car plugged' if st.plugged else ''}: relay cycle needs an "
+                         "idle EVSE with no session and no car")
+    steps: list[dict[str, Any]] = []
+    verdict = "ok"
+    for action in ("close", "open"):
+        t0 = time.perf_counter()
+        try:
+            getattr(rt.relay, action)()
+            feedback = rt.relay.feedback_closed()
+            steps.append({"step": action, "ms": _ms(t0), "feedback_closed": feedback})
+        except DriverError as err:
+            steps.append({"step": action, "ms": _ms(t0), "error": str(err)})
+            verdict = getattr(err, "kind", "relay_failed")
+            break
+    try:
+        rt.relay.open()  # whatever happened: leave it open
+    except DriverError as err:
+        verdict = getattr(err, "kind", "relay_failed")
+        steps.append({"step": "final open", "error": str(err)})
+    if verdict == "ok" and all(s.get("feedback_closed") is None for s in steps):
+        verdict = "ok (no feedback wired: switching not verified)"
+    return {"evse_id": evse_id, "verdict": verdict, "steps": steps}
+
+
+def relay_reset(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
+    return ctl.reset_relay(_evse(ctl, req))
+
+
+def meter_read(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
+    evse_id = _evse(ctl, req)
+    rt = ctl.evses[evse_id]
+    t0 = time.perf_counter()
+    reading = rt.meter.read()
+    return {"evse_id": evse_id, "energy_kwh": reading.energy_kwh, "power_w": reading.power_w,
+            "voltage_v": reading.voltage_v, "driver": rt.config.meter.driver,
+            "model": getattr(rt.config.meter, "model", "sim"), "read_ms": _ms(t0)}
+
+
+def _check(name: str, fn: Callable[[], str]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    try:
+        detail = fn()
+        return {"check": name, "ok": True, "ms": _ms(t0), "detail": detail}
+    except (AgentError, OSError, ValueError) as err:
+        return {"check": name, "ok": False, "ms": _ms(t0), "detail": str(err)}
+
+
+def _health(kind: str, device: Any, what: str) -> Callable[[], str]:
+    def probe() -> str:
+        health = device.health()
+        if not health.ok:
+            raise DriverError(f"{kind} {what}: {health.fault}: {health.detail or 'no detail'}")
+        return what
+
+    return probe
+
+
+def selftest(ctl: Controller, req: dict[str, Any]) -> list[dict[str, Any]]:
+    """One line per device: reader, relays, meters, camera, display, broker, store."""
+    checks: list[dict[str, Any]] = []
+    rfid = ctl.drivers.rfid
+    info = rfid.info()
+    reader = f"{info.get('driver')} {info.get('path', '')} {info.get('firmware', '')}".strip()
+    checks.append(_check("rfid reader", _health("reader", rfid, reader)))
+    for evse_id, rt in ctl.evses.items():
+
+        def relay_probe(rt: Any = rt, evse_id: str = evse_id) -> str:
+            health = rt.relay.check_feedback() if hasattr(rt.relay, "check_feedback") \
+                else rt.relay.health()
+            if not health.ok:
+                raise DriverError(f"{evse_id} relay: {health.fault}: {health.detail}")
+            fb = rt.relay.feedback_closed()
+            if fb is not None and fb != rt.relay.is_closed():
+                raise DriverError(f"{evse_id} relay feedback reads {'closed' if fb else 'open'}"
+                                  f" while commanded {'closed' if rt.relay.is_closed() else 'open'}")
+            return f"{rt.config.relay.driver}, feedback {'not wired' if fb is None else 'ok'}"
+
+        def meter_probe(rt: Any = rt) -> str:
+            r = rt.meter.read()
+            return f"{rt.config.meter.driver} {r.energy_kwh:.3f} kWh"
+
+        checks.append(_check(f"relay {evse_id}", relay_probe))
+        checks.append(_check(f"meter {evse_id}", meter_probe))
+    if ctl.drivers.qr is not None:
+        checks.append(_check("camera", _health("QR reader", ctl.drivers.qr,
+                                               ctl.config.qr.driver)))
+    display = ctl.drivers.display
+
+    def display_probe() -> str:
+        display.show_message("Self-test")
+        return _health("display", display, ctl.config.display.driver)()
+
+    checks.append(_check("display", display_probe))
+
+    def broker_probe() -> str:
+        if not ctl.link.connected:
+            raise AgentError(f"not connected to {ctl.config.mqtt.url}: check the network, the "
+                             "broker address and the credentials")
+        return ctl.config.mqtt.url
+
+    checks.append(_check("broker", broker_probe))
+
+    def store_probe() -> str:
+        if not ctl.store.integrity_ok():
+            raise AgentError(f"{ctl.store.path}: integrity check failed")
+        pending, _ = ctl.store.outbox_stats()
+        return f"{ctl.store.path} ok, {pending} CDR(s) pending"
+
+    checks.append(_check("store", store_probe))
+    return checks
+
+
+def register(ctl: Controller) -> None:
+    ctl.register_control("relay.cycle", relay_cycle)
+    ctl.register_control("relay.reset", relay_reset)
+    ctl.register_control("meter.read", meter_read)
+    ctl.register_control("selftest", selftest)
