@@ -163,7 +163,7 @@ def run_cli(broker: str, accept: list[str] | None, prefix: str) -> int:
     sim = BackendSim(broker, prefix=prefix, accept=set(accept) if accept else None,
                      on_message=show)
     sim.start()
-    print(f"backend-sim on {broker}: accepting {'all tokens' if not accept else accept}; "
+    print(f"backend-sim on {broker}: accepting {accept if accept else 'all tokens'}; "
           "Ctrl-C to stop", flush=True)
     try:
         while True:

@@ -55,8 +55,8 @@ class MqttConfig(_Strict):
     topic_prefix: str = "stations"
     auth_timeout_s: float = Field(default=5.0, gt=0, le=120)
     keepalive_s: int = Field(default=30, ge=5, le=3600)
-    reconnect_min_s: float = Field(default=0.5, gt=0)
-    reconnect_max_s: float = Field(default=30.0, gt=0)
+    reconnect_min_s: float = Field(default=1.0, ge=1)
+    reconnect_max_s: float = Field(default=30.0, ge=1)
     cdr_retry_initial_s: float = Field(default=5.0, gt=0)
     cdr_retry_max_s: float = Field(default=300.0, gt=0)
 

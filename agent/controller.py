@@ -45,8 +45,8 @@ from agent.messages import (
     SessionEventKind,
     SetAvailability,
     StatusMessage,
-    UpdateLocalList,
     StopReason,
+    UpdateLocalList,
     check_version,
     dump,
     load_json_object,
@@ -146,7 +146,7 @@ class Shutdown:
 
 
 Item = CardTapped | QrScanned | PlugChanged | Inbound | LinkChange | ControlCall | Shutdown
-ControlHandler = Callable[["Controller", dict[str, Any]], dict[str, Any]]
+ControlHandler = Callable[["Controller", dict[str, Any]], Any]
 
 
 @dataclass(frozen=True)

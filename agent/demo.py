@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,8 @@ class Timeline:
         d = rec.data if isinstance(rec.data, dict) else {}
         if rec.suffix == "auth/req":
             tok = d.get("token", {})
-            self.say("station", f"auth/req  {tok.get('type')} {tok.get('uid') or tok.get('contract_id')}"
+            ident = tok.get("uid") or tok.get("contract_id")
+            self.say("station", f"auth/req  {tok.get('type')} {ident}"
                      f" for {d.get('evse_id') or 'any free EVSE'}")
         elif rec.suffix == "session":
             extra = f" ({d['reason']})" if d.get("reason") else ""
@@ -65,9 +67,14 @@ def _wait(pred: Any, timeout: float, what: str) -> Any:
     raise AgentError(f"demo: timed out waiting for {what}")
 
 
+def _new_cdr(rec: Received, *, evse_id: str, seen: list[str]) -> bool:
+    return (rec.suffix == "cdr" and isinstance(rec.data, dict)
+            and rec.data.get("evse_id") == evse_id and rec.data["session_id"] not in seen)
+
+
 def _evse_state(sock: Path, evse_id: str) -> str:
     st = call(sock, {"cmd": "status"})
-    return next(e["state"] for e in st["evses"] if e["evse_id"] == evse_id)
+    return str(next(e["state"] for e in st["evses"] if e["evse_id"] == evse_id))
 
 
 def run_demo(config: Path | None = None, broker: str | None = None, seconds: float = 3.0) -> int:
@@ -108,7 +115,7 @@ def run_demo(config: Path | None = None, broker: str | None = None, seconds: flo
             return 1
         _wait(lambda: call(sock, {"cmd": "status"})["link"]["connected"], 15, "the MQTT link")
         tl.say("demo", f"agent running: station {cfg.station.id}, {len(cfg.evse)} EVSE(s)")
-        session_ids = []
+        session_ids: list[str] = []
         try:
             for i, ec in enumerate(cfg.evse):
                 uid = DEMO_CARDS[i % len(DEMO_CARDS)]
@@ -124,8 +131,8 @@ def run_demo(config: Path | None = None, broker: str | None = None, seconds: flo
                 call(sock, {"cmd": "sim.tap", "uid": uid})
                 _wait(lambda ec=ec: _evse_state(sock, ec.id) == "finishing", 10, "finishing")
                 call(sock, {"cmd": "sim.unplug", "evse_id": ec.id})
-                rec = backend.wait_for(lambda r: r.suffix == "cdr" and r.data.get("evse_id")
-                                       == ec.id and r.data["session_id"] not in session_ids, 10)
+                new_cdr = partial(_new_cdr, evse_id=ec.id, seen=session_ids)
+                rec = backend.wait_for(new_cdr, 10)
                 session_ids.append(rec.data["session_id"])
             _wait(lambda: call(sock, {"cmd": "outbox"})["pending"] == 0, 15, "CDR acks")
         except (AgentError, ControlError, TimeoutError) as err:

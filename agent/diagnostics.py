@@ -109,8 +109,9 @@ def selftest(ctl: Controller, req: dict[str, Any]) -> list[dict[str, Any]]:
                 raise DriverError(f"{evse_id} relay: {health.fault}: {health.detail}")
             fb = rt.relay.feedback_closed()
             if fb is not None and fb != rt.relay.is_closed():
+                commanded = "closed" if rt.relay.is_closed() else "open"
                 raise DriverError(f"{evse_id} relay feedback reads {'closed' if fb else 'open'}"
-                                  f" while commanded {'closed' if rt.relay.is_closed() else 'open'}")
+                                  f" while commanded {commanded}")
             return f"{rt.config.relay.driver}, feedback {'not wired' if fb is None else 'ok'}"
 
         def meter_probe(rt: Any = rt) -> str:

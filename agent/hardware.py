@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from agent.clock import Clock
 from typing import Any
 
 from pydantic import BaseModel
 
+from agent.clock import Clock
 from agent.config import (
     AgentConfig,
     DisplayConfig,
@@ -26,15 +25,14 @@ from agent.config import (
     SimRelayConfig,
 )
 from agent.controller import StationDrivers
-from agent.errors import ConfigError
 from drivers.display.base import Display
 from drivers.meter.base import Meter
 from drivers.meter.sim import SimMeter
-from drivers.plug.sim import SimPlug
-from drivers.relay.sim import SimRelay
 from drivers.plug.base import PlugSensor
+from drivers.plug.sim import SimPlug
 from drivers.qr.base import QrReader
 from drivers.relay.base import Relay
+from drivers.relay.sim import SimRelay
 from drivers.rfid.base import RfidReader
 
 

@@ -90,7 +90,8 @@ class MqttLink:
             protocol=mqtt.MQTTv311,
         )
         client.will_set(self.topic("status"), self._will, qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=cfg.reconnect_min_s, max_delay=cfg.reconnect_max_s)
+        client.reconnect_delay_set(min_delay=max(1, round(cfg.reconnect_min_s)),
+                                   max_delay=max(1, round(cfg.reconnect_max_s)))
         client.max_queued_messages_set(0)  # unbounded in memory; the durable queue is SQLite
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

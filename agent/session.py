@@ -626,7 +626,9 @@ TABLE: dict[tuple[EvseState, type], Handler] = {
     (S.AUTHORIZING, PlugOut): _track_plug(False),
     (S.AUTHORIZING, RemoteStartCmd): _reject_cmd("EVSE is busy"),
     (S.AUTHORIZING, RemoteStopCmd): _remote_stop_pending(Timer.AUTH),
-    (S.AUTHORIZING, SetAvailable): _cancel_with(Timer.AUTH, SessionEventKind.STOPPED, "unavailable"),
+    (S.AUTHORIZING, SetAvailable): _cancel_with(
+        Timer.AUTH, SessionEventKind.STOPPED, "unavailable"
+    ),
     (S.AUTHORIZING, FaultRaised): _cancel_with(Timer.AUTH, SessionEventKind.STOPPED, "fault"),
     # -- authorized: waiting for the car
     (S.AUTHORIZED, TokenPresented): _authorized_token,

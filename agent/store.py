@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from agent.clock import parse_rfc3339, rfc3339
 from agent.errors import StoreError
@@ -258,7 +258,8 @@ class Store:
         with self._tx():
             self.db.execute(
                 "INSERT INTO sessions (session_id, evse_id, token, contract_id, state, offline,"
-                " session_start, boot_id, updated_at) VALUES (?, ?, ?, ?, 'authorized', ?, ?, ?, ?)",
+                " session_start, boot_id, updated_at)"
+                " VALUES (?, ?, ?, ?, 'authorized', ?, ?, ?, ?)",
                 (
                     session_id,
                     evse_id,
@@ -569,7 +570,7 @@ class _Transaction:
         except sqlite3.Error as err:
             raise StoreError(f"cannot begin transaction: {err}") from err
 
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> Literal[False]:
         if exc is None:
             try:
                 self._db.execute("COMMIT")

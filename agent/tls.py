@@ -6,6 +6,13 @@
   ``insecure_for_testing`` flag (``mqtt.tls_insecure_for_testing``), loudly.
 - :func:`read_secret`: a password from a file (``mqtt.password_file``).
 - :func:`explain_tls_error`: one sentence saying what a handshake failure most likely means.
+- :func:`probe_tls`: one handshake that waits for the broker's verdict on our certificate.
+  With TLS 1.3 the broker rejects a client certificate *after* the client's handshake has
+  finished; an MQTT client that sends CONNECT at once then only sees the connection reset
+  ("EOF occurred in violation of protocol") and the broker's alert is lost. The probe sends
+  nothing and reads, so the alert ("certificate expired", "unknown ca") arrives intact.
+- :func:`certificate_validity`: the validity dates of a PEM certificate (standard library only),
+  used to warn at start-up about an expired or soon-expiring station certificate.
 
 Every problem with a file raises :class:`~agent.errors.ConfigError` naming the file (and the
 config key when given) but never its contents. Secret files readable by every user on the
@@ -15,8 +22,11 @@ of a ``chmod`` slip, while the warning in the journal gets it fixed.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
+import re
+import socket
 import ssl
 import stat
 from pathlib import Path
@@ -157,7 +167,7 @@ def build_ssl_context(
         except ConfigError as err:
             raise ConfigError(f"{_where(key or cert, 'mqtt.key_file')}: {err}") from err
         except ssl.SSLError as err:
-            reason = (err.reason or "").upper()
+            reason = f"{err.reason} {err}".upper()
             if "KEY_VALUES_MISMATCH" in reason:
                 msg = "the private key does not belong to the certificate"
             elif "PEM" in reason or "NO_START_LINE" in reason or "BAD_BASE64" in reason:
@@ -168,6 +178,7 @@ def build_ssl_context(
                               ) from err
         except OSError as err:
             raise ConfigError(f"mqtt.cert_file ({cert}): cannot load: {err.strerror}") from err
+        check_certificate_dates(cert)
     if insecure_for_testing:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -181,10 +192,104 @@ def _has_default_ca_paths() -> bool:
     return any(p and os.path.exists(p) for p in (paths.cafile, paths.capath))
 
 
+# -------------------------------------------------------------------------- certificate dates
+EXPIRY_WARNING_DAYS = 30
+_PEM_CERT = re.compile(
+    r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
+
+
+def _der_element(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, start of content, end of content) of the DER element at ``pos``."""
+    if pos + 2 > len(data):
+        raise ValueError("truncated DER")
+    tag, length = data[pos], data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        n = length & 0x7F
+        if n == 0 or n > 4 or pos + n > len(data):
+            raise ValueError("bad DER length")
+        length = int.from_bytes(data[pos:pos + n], "big")
+        pos += n
+    if pos + length > len(data):
+        raise ValueError("truncated DER")
+    return tag, pos, pos + length
+
+
+def _der_time(tag: int, raw: bytes) -> dt.datetime:
+    text = raw.decode("ascii")
+    if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ (RFC 5280: 50-99 = 19xx)
+        parsed = dt.datetime.strptime(text, "%y%m%d%H%M%SZ")
+        if parsed.year >= 2050:
+            parsed = parsed.replace(year=parsed.year - 100)
+    elif tag == 0x18:  # GeneralizedTime YYYYMMDDHHMMSSZ
+        parsed = dt.datetime.strptime(text, "%Y%m%d%H%M%SZ")
+    else:
+        raise ValueError(f"unexpected time tag 0x{tag:02x}")
+    return parsed.replace(tzinfo=dt.UTC)
+
+
+def certificate_validity(path: PathLike) -> tuple[dt.datetime, dt.datetime]:
+    """(notBefore, notAfter) of the first certificate in a PEM file.
+
+    Raises :class:`ConfigError` when the file holds no parsable certificate.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="ascii", errors="replace")
+        m = _PEM_CERT.search(text)
+        if m is None:
+            raise ValueError("no PEM certificate")
+        der = ssl.PEM_cert_to_DER_cert(m.group(0))
+        _, cert_start, _ = _der_element(der, 0)  # Certificate
+        _, pos, tbs_end = _der_element(der, cert_start)  # TBSCertificate
+        fields: list[tuple[int, int, int]] = []
+        while pos < tbs_end and len(fields) < 6:
+            element = _der_element(der, pos)
+            fields.append(element)
+            pos = element[2]
+        if fields and fields[0][0] == 0xA0:  # [0] version (absent in v1 certificates)
+            fields.pop(0)
+        if len(fields) < 4 or fields[3][0] != 0x30:  # serial, signature, issuer, validity
+            raise ValueError("no validity in the certificate")
+        _, vpos, _ = fields[3]
+        t1, s1, e1 = _der_element(der, vpos)
+        t2, s2, e2 = _der_element(der, e1)
+        return _der_time(t1, der[s1:e1]), _der_time(t2, der[s2:e2])
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{p}: cannot read the certificate's validity: {err}") from err
+
+
+def check_certificate_dates(path: PathLike, now: dt.datetime | None = None) -> str | None:
+    """Warn (and return the warning) when the certificate is expired, not yet valid or expires
+    within :data:`EXPIRY_WARNING_DAYS`. Only a warning: a Raspberry Pi has no battery-backed
+    clock, so before NTP sync the local time proves nothing; the broker decides."""
+    try:
+        not_before, not_after = certificate_validity(path)
+    except ConfigError as err:
+        log.warning("%s", err)
+        return str(err)
+    now = now or dt.datetime.now(dt.UTC)
+    msg = None
+    if now > not_after:
+        msg = (f"the station certificate {path} expired on {not_after:%Y-%m-%d %H:%M} UTC: the "
+               "broker will refuse the connection (or this station's clock is wrong)")
+    elif now < not_before:
+        msg = (f"the station certificate {path} is only valid from {not_before:%Y-%m-%d %H:%M} "
+               "UTC: is this station's clock wrong?")
+    elif not_after - now < dt.timedelta(days=EXPIRY_WARNING_DAYS):
+        msg = (f"the station certificate {path} expires on {not_after:%Y-%m-%d %H:%M} UTC: "
+               "renew it")
+    if msg:
+        log.warning("%s", msg)
+    return msg
+
+
 # -------------------------------------------------------------------------- error messages
 _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("certificate has expired",),
-     "the broker's certificate has expired"),
+     "the broker's certificate has expired (or this station's clock is wrong)"),
+    (("certificate is not yet valid",),
+     "the broker's certificate is not valid yet: is this station's clock wrong?"),
     (("hostname mismatch", "ip address mismatch"),
      "the broker's certificate is not valid for this host name: check the host in mqtt.url"),
     (("unable to get local issuer", "self-signed certificate", "self signed certificate",
@@ -207,7 +312,15 @@ _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
      "TLS handshake failed: no common cipher or the broker rejected the handshake"),
     (("wrong version number", "packet length too long", "record layer failure"),
      "the broker does not speak TLS on this port (mqtts:// to a plain MQTT port?)"),
+    (("eof occurred in violation of protocol", "unexpected eof", "connection reset"),
+     "the broker closed the connection during TLS set-up: it rejected this station's "
+     "certificate (expired, revoked, another CA) or the port is not a TLS listener; "
+     "agent.tls.probe_tls tells which"),
 )
+NOT_TLS = ("the broker closed the connection during the TLS handshake: is this port a TLS "
+           "listener? (mqtts:// to a plain MQTT port)")
+REJECTED = ("the broker closed the connection right after the TLS handshake without an alert: "
+            "it most likely rejected this station's certificate (see the broker's log)")
 
 
 def explain_tls_error(err: BaseException) -> str:
@@ -225,3 +338,42 @@ def explain_tls_error(err: BaseException) -> str:
 def tls_backend_error(err: BaseException, url: str) -> BackendError:
     """A :class:`BackendError` for a failed TLS connection to ``url`` (raise it ``from err``)."""
     return BackendError(f"TLS connection to {url} failed: {explain_tls_error(err)}")
+
+
+def probe_tls(host: str, port: int, context: ssl.SSLContext, *, timeout_s: float = 5.0,
+              alert_wait_s: float = 1.0) -> str:
+    """Handshake with the broker and wait ``alert_wait_s`` for a rejection of our certificate.
+
+    Returns the negotiated TLS version when the broker accepted the connection; raises
+    :class:`BackendError` (from the underlying error) with :func:`explain_tls_error`'s text
+    otherwise. Sends no MQTT bytes: the broker just sees a client that went away.
+    """
+    url = f"mqtts://{host}:{port}"
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout_s)
+    except OSError as err:
+        raise BackendError(f"cannot reach {url}: {err.strerror or err}") from err
+    with raw:
+        try:
+            tls = context.wrap_socket(raw, server_hostname=host)
+        except ssl.SSLError as err:
+            if isinstance(err, ssl.SSLEOFError):
+                raise BackendError(f"TLS connection to {url} failed: {NOT_TLS}") from err
+            raise tls_backend_error(err, url) from err
+        except OSError as err:  # reset during the handshake: not a TLS listener
+            raise BackendError(f"TLS connection to {url} failed: {NOT_TLS} [{err}]") from err
+        with tls:
+            version = tls.version() or "TLS"
+            tls.settimeout(alert_wait_s)
+            try:
+                data = tls.recv(1)
+            except TimeoutError:
+                return version  # silence: the broker waits for CONNECT, so it accepted us
+            except ssl.SSLError as err:
+                raise tls_backend_error(err, url) from err
+            except OSError as err:
+                raise BackendError(f"TLS connection to {url} failed: {REJECTED} [{err}]"
+                                   ) from err
+            if not data:
+                raise BackendError(f"TLS connection to {url} failed: {REJECTED}")
+            return version

@@ -1,1 +1,1 @@
-"""Device drivers: one sub-package per device kind, each a real and a sim driver behind a Protocol."""
+"""Device drivers: one sub-package per device kind, real and sim drivers behind one Protocol."""

@@ -66,7 +66,7 @@ class GpiodLine:
 
 def _import_gpiod() -> Any:
     try:
-        import gpiod  # noqa: PLC0415 - lazy: only hosts with GPIO drivers need the package
+        import gpiod
     except ImportError as err:
         raise DriverError(
             "the gpiod package (libgpiod v2 bindings) is not installed; "

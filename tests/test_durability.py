@@ -78,7 +78,7 @@ def closed_intervals(relay_log: Path, kills: list[datetime]) -> list[tuple[datet
             out.append((closed_at, ts, False))
             closed_at = None
     if closed_at is not None:
-        out.append((closed_at, max(kills + [closed_at]), True))
+        out.append((closed_at, max([*kills, closed_at]), True))
     return out
 
 

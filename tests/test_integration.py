@@ -325,7 +325,8 @@ def test_stationctl_commands(make_daemon, backend, tmp_path):
 
     def ctl(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "agent.stationctl", "--socket",
-                               str(d.socket), *args], capture_output=True, text=True, timeout=30)
+                               str(d.socket), *args], check=False, capture_output=True,
+                              text=True, timeout=30)
 
     assert "available" in ctl("status").stdout
     assert json.loads(ctl("status", "--json").stdout)["station_id"] == ST

@@ -17,7 +17,6 @@ The text console's cursor may blink over the picture; disable it on the kernel c
 """
 
 # Heavy imports (numpy, OpenCV, pyzbar, segno) are deferred into functions on purpose.
-# ruff: noqa: PLC0415
 
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ daemon: they are logged once and reported by :meth:`PngDisplay.health` (fault
 """
 
 # Heavy imports (numpy, OpenCV, pyzbar, segno) are deferred into functions on purpose.
-# ruff: noqa: PLC0415
 
 from __future__ import annotations
 

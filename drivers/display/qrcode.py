@@ -18,7 +18,6 @@ Only segno is needed here (imported lazily); no numpy, no OpenCV.
 """
 
 # Heavy imports (numpy, OpenCV, pyzbar, segno) are deferred into functions on purpose.
-# ruff: noqa: PLC0415
 
 from __future__ import annotations
 

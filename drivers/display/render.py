@@ -12,7 +12,6 @@ transliterated, e.g. ``…`` -> ``...``, ``ü`` -> ``u``).
 """
 
 # Heavy imports (numpy, OpenCV, pyzbar, segno) are deferred into functions on purpose.
-# ruff: noqa: PLC0415
 
 from __future__ import annotations
 

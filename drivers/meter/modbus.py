@@ -87,7 +87,7 @@ class ModbusEndpoint:
 
 def _modbus_exception_type() -> type[Exception]:
     try:
-        from pymodbus.exceptions import ModbusException  # noqa: PLC0415 - lazy import
+        from pymodbus.exceptions import ModbusException
     except ImportError as err:
         raise DriverError("pymodbus is not installed; install station-agent[power]") from err
     exc_type: type[Exception] = ModbusException
@@ -107,7 +107,7 @@ class ModbusLink:
             return self._client
         ep = self.endpoint
         try:
-            from pymodbus.client import (  # noqa: PLC0415 - lazy: optional dependency
+            from pymodbus.client import (
                 ModbusSerialClient,
                 ModbusTcpClient,
             )

@@ -28,6 +28,7 @@ class SimMeter:
         time_factor: float = 1.0,
         voltage_v: float = 230.0,
         clock: Clock | None = None,
+        *,
         state_file: str | None = None,
     ) -> None:
         if power_kw < 0 or initial_kwh < 0 or time_factor <= 0:

@@ -15,7 +15,6 @@ Payloads are personal data (contract ids, PINs): only their length is logged her
 """
 
 # Heavy imports (numpy, OpenCV, pyzbar, segno) are deferred into functions on purpose.
-# ruff: noqa: PLC0415
 
 from __future__ import annotations
 

@@ -18,7 +18,6 @@ OpenCV, numpy and pyzbar are imported on first use; when one is missing the call
 """
 
 # Heavy imports (numpy, OpenCV, pyzbar, segno) are deferred into functions on purpose.
-# ruff: noqa: PLC0415
 
 from __future__ import annotations
 

@@ -20,7 +20,6 @@ numpy, OpenCV and segno are imported inside the functions.
 """
 
 # Heavy imports (numpy, OpenCV, pyzbar, segno) are deferred into functions on purpose.
-# ruff: noqa: PLC0415
 
 from __future__ import annotations
 

@@ -86,7 +86,7 @@ class SerialRelay(FeedbackRelay):
     def _ensure_open(self) -> Any:
         if self._serial is None:
             try:
-                import serial  # noqa: PLC0415 - lazy: pyserial is an optional dependency
+                import serial
             except ImportError as err:
                 raise DriverError(
                     "pyserial is not installed; install station-agent[power]"

@@ -522,7 +522,7 @@ def _ignore_card(_card: CardRead) -> None:
 
 def _import_nfc() -> _Nfc:
     try:
-        import termios  # noqa: PLC0415 - POSIX only, imported with nfcpy
+        import termios
 
         nfc = importlib.import_module("nfc")
         clf = importlib.import_module("nfc.clf")
