@@ -105,6 +105,10 @@ class AuthConfig(_Strict):
     cache_size: int = Field(default=1000, ge=0, le=1_000_000)
 
 
+class CmdConfig(_Strict):
+    max_age_s: float = Field(default=300.0, gt=0)  # commands with an older `ts` are rejected
+
+
 class StoreConfig(_Strict):
     retention_days: int = Field(default=90, ge=1, le=3650)
     meter_interval_s: float = Field(default=60.0, gt=0)
@@ -284,6 +288,7 @@ class AgentConfig(_Strict):
     station: StationConfig
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    cmd: CmdConfig = Field(default_factory=CmdConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     rfid: RfidConfig = Field(default_factory=RfidConfig)
     display: DisplayConfig = Field(default_factory=DisplayConfig)

@@ -7,6 +7,7 @@ every action: commit to the store first, then switch hardware, then publish.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import json
@@ -266,6 +267,7 @@ class Controller:
         self.metrics = Metrics()
         self.qr_evse_codes: deque[tuple[float, str]] = deque(maxlen=20)
         self.qr_seen = threading.Condition()
+        self._command_digest: str | None = None  # of the command being answered
         self._tap_t: float | None = None  # perf_counter of the tap being handled
         self._answer_t: float | None = None  # perf_counter of the auth answer/command handled
         self.started_at = clock.now()
@@ -769,7 +771,8 @@ class Controller:
             reason=reason,
         )
         payload = dump(msg)
-        self.store.save_command(command_id, payload.decode(), self.clock.now())
+        self.store.save_command(command_id, payload.decode(), self.clock.now(),
+                                self._command_digest)
         if not accepted:
             log.info("command %s rejected: %s", command_id, reason)
         self.link.publish("cmd/res", payload)
@@ -954,13 +957,25 @@ class Controller:
 
     def _on_command(self, data: dict[str, Any]) -> None:
         cid = data.get("command_id")
+        self._command_digest = _digest(data)
         if isinstance(cid, str):
             previous = self.store.command_response(cid)
             if previous is not None:
+                answer, digest = previous
+                if digest is not None and digest != self._command_digest:
+                    raise ProtocolError(f"command_id {cid} was already used for another command")
                 log.info("command %s replayed: same answer, no action", cid)
-                self.link.publish("cmd/res", previous.encode())
+                self.link.publish("cmd/res", answer.encode())
                 return
         cmd = parse_command(data)
+        if cmd.station_id is not None and cmd.station_id != self.config.station.id:
+            raise ProtocolError(f"addressed to station {cmd.station_id}, "
+                                f"not {self.config.station.id}")
+        if cmd.ts is not None:
+            age = (self.clock.now() - cmd.ts).total_seconds()
+            if age > self.config.cmd.max_age_s:
+                raise ProtocolError(f"command is {age:.0f} s old (limit "
+                                    f"{self.config.cmd.max_age_s:.0f} s)")
         if isinstance(cmd, RemoteStart):
             self._remote_start(cmd)
         elif isinstance(cmd, RemoteStop):
@@ -1185,5 +1200,7 @@ class Controller:
                 "entries": entries}
 
 
-def make_qr_token(contract_id: str, pin: str | None) -> QrToken:
-    return QrToken(contract_id=contract_id, pin=pin)
+def _digest(data: dict[str, Any]) -> str:
+    """What identifies a command for replay detection (its send time aside)."""
+    body = {k: v for k, v in data.items() if k != "ts"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()

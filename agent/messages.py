@@ -239,7 +239,8 @@ class CdrAck(_In):
 
 class _Command(_In):
     command_id: Id64
-    ts: AwareDatetime | None = None
+    ts: AwareDatetime | None = None  # when the backend sent it; too old: rejected
+    station_id: Id64 | None = None  # when present it must be this station's id
 
 
 class RemoteStart(_Command):

@@ -22,7 +22,7 @@ from agent.errors import StoreError
 log = logging.getLogger(__name__)
 
 DB_NAME = "station-agent.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -91,6 +91,10 @@ _MIGRATIONS: dict[int, str] = {
         payload    TEXT NOT NULL,
         created_at TEXT NOT NULL
     );
+    """,
+    # v3: a replayed command_id is answered again only if it is the same command
+    3: """
+    ALTER TABLE commands ADD COLUMN digest TEXT;
     """,
 }
 
@@ -375,17 +379,20 @@ class Store:
         return int(row[0]), _ts(row[1])
 
     # ------------------------------------------------------------------ commands
-    def command_response(self, command_id: str) -> str | None:
+    def command_response(self, command_id: str) -> tuple[str, str | None] | None:
+        """The stored answer to a command id and the digest of the command it answered."""
         row = self.db.execute(
-            "SELECT response FROM commands WHERE command_id=?", (command_id,)
+            "SELECT response, digest FROM commands WHERE command_id=?", (command_id,)
         ).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else (str(row[0]), row[1])
 
-    def save_command(self, command_id: str, response: str, ts: datetime) -> None:
+    def save_command(self, command_id: str, response: str, ts: datetime,
+                     digest: str | None = None) -> None:
         with self._tx():
             self.db.execute(
-                "INSERT OR IGNORE INTO commands (command_id, response, received_at) VALUES (?,?,?)",
-                (command_id, response, rfc3339(ts)),
+                "INSERT OR IGNORE INTO commands (command_id, response, received_at, digest)"
+                " VALUES (?, ?, ?, ?)",
+                (command_id, response, rfc3339(ts), digest),
             )
 
     # ------------------------------------------------------------------ settings

@@ -359,3 +359,27 @@ def test_sim_commands_refused_for_non_sim_devices(make_daemon, backend):
     assert r is None
     with pytest.raises(Exception, match="not a sim driver"):
         d.ctl("sim.tap", uid=UID_A)
+
+
+def test_commands_for_another_station_too_old_or_reused_id_are_rejected(make_daemon, backend):
+    d = make_daemon()
+    d.ctl("sim.plug")
+    backend.publish(ST, "cmd/req", {"v": 1, "command_id": "other", "command": "remote_start",
+                                    "evse_id": EVSE1, "contract_id": "DE8ACC12345678A",
+                                    "station_id": "ST-OTHER"})
+    assert "addressed to station ST-OTHER" in cmd_res(backend, "other")["reason"]
+    stale = backend.command(ST, "remote_start", evse_id=EVSE1, contract_id="DE8ACC12345678A",
+                            ts="2020-01-01T00:00:00.000+00:00")
+    assert "old" in cmd_res(backend, stale)["reason"]
+    naive = backend.command(ST, "remote_start", evse_id=EVSE1, contract_id="DE8ACC12345678A",
+                            ts="2026-01-01T00:00:00")
+    assert cmd_res(backend, naive)["status"] == "rejected"
+    assert d.evse()["state"] == "preparing"
+    backend.publish(ST, "cmd/req", {"v": 1, "command_id": "c-1", "command": "set_availability",
+                                    "evse_id": EVSE1, "available": True, "station_id": ST})
+    assert cmd_res(backend, "c-1")["status"] == "accepted"
+    n = len(backend.received)
+    backend.command(ST, "set_availability", command_id="c-1", evse_id=EVSE1, available=False)
+    res = backend.wait_for(lambda r: r.suffix == "cmd/res", start=n).data
+    assert res["status"] == "rejected" and "already used" in res["reason"]
+    assert d.evse()["state"] == "preparing"  # the reused id changed nothing
