@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import time
 import uuid
@@ -42,6 +43,7 @@ class BackendSim:
     answer_auth: bool = True
     on_message: Callable[[Received], None] | None = None
     client_id: str = field(default_factory=lambda: f"backend-sim-{uuid.uuid4().hex[:8]}")
+    tls_context: ssl.SSLContext | None = None  # mqtts:// with the backend's certificate
     received: list[Received] = field(default_factory=list)
     cdrs: dict[str, dict[str, Any]] = field(default_factory=dict)
     cdr_duplicates: int = 0
@@ -58,6 +60,8 @@ class BackendSim:
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_socket_open = lambda c, u, sock: set_nodelay(sock)
+        if self.tls_context is not None:
+            client.tls_set_context(self.tls_context)
         self._client = client
         try:
             client.connect(url.hostname or "127.0.0.1", url.port or 1883, keepalive=30)

@@ -59,6 +59,26 @@ class MqttConfig(_Strict):
     reconnect_max_s: float = Field(default=30.0, ge=1)
     cdr_retry_initial_s: float = Field(default=5.0, gt=0)
     cdr_retry_max_s: float = Field(default=300.0, gt=0)
+    # TLS (mqtts://) and authentication; secrets are read from files, never written here
+    ca_file: Path | None = None  # the backend's CA; none: the system's CA store
+    cert_file: Path | None = None  # the station's certificate (mutual TLS: its identity)
+    key_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    tls_insecure_for_testing: bool = False  # no certificate or hostname checks: tests only
+
+    @model_validator(mode="after")
+    def _tls_options(self) -> MqttConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS)")
+        tls_only = [k for k in ("ca_file", "cert_file", "key_file") if getattr(self, k)]
+        if tls_only and not self.tls:
+            raise ValueError(f"{', '.join(tls_only)} need an mqtts:// url")
+        if self.tls_insecure_for_testing and not self.tls:
+            raise ValueError("tls_insecure_for_testing needs an mqtts:// url")
+        if self.password_file is not None and self.username is None:
+            raise ValueError("password_file needs username")
+        return self
 
     @field_validator("url")
     @classmethod

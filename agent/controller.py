@@ -268,6 +268,8 @@ class Controller:
         self.qr_evse_codes: deque[tuple[float, str]] = deque(maxlen=20)
         self.qr_seen = threading.Condition()
         self._command_digest: str | None = None  # of the command being answered
+        self._connected_at: float | None = None
+        self._echo_seen = True
         self._tap_t: float | None = None  # perf_counter of the tap being handled
         self._answer_t: float | None = None  # perf_counter of the auth answer/command handled
         self.started_at = clock.now()
@@ -884,6 +886,8 @@ class Controller:
             log.warning("backend link down (%s)", change.reason)
             return
         self._last_status = None  # republish on every (re)connect
+        self._connected_at = self.clock.monotonic()
+        self._echo_seen = False
         self._publish_status()
         queued = self.flush_events()
         sent = self.resend_outbox(force=True)
@@ -891,6 +895,9 @@ class Controller:
             log.info("link up: sent %d queued event(s) and %d pending CDR(s)", queued, sent)
 
     def _on_inbound(self, msg: Inbound) -> None:
+        if msg.suffix == "status":
+            self._echo_seen = True
+            return
         try:
             data = load_json_object(msg.payload)
         except ProtocolError as err:
@@ -1064,6 +1071,7 @@ class Controller:
                             rt.last_meter_store = mono
                 self._supervise_devices(rt)
             self.resend_outbox()
+            self._check_echo(mono)
             if self._last_purge is None or mono - self._last_purge >= 86400:
                 self._last_purge = mono
                 purged = self.store.purge(self.clock.now(), self.config.store.retention_days)
@@ -1073,6 +1081,17 @@ class Controller:
             self._store_failed(err)
             self._publish_status()
         self._refresh_display()
+
+    def _check_echo(self, mono: float) -> None:
+        if self._echo_seen or self._connected_at is None or not self.link.connected:
+            return
+        if mono - self._connected_at > 5.0:
+            self._echo_seen = True  # say it once per connection
+            log.error(
+                "the broker does not deliver this station's own messages back: its ACL does not "
+                "let this identity use %s/#; the certificate CN or username must be %r",
+                self.config.topic_root, self.config.station.id)
+            self.station_faults["broker_acl"] = "own topics not delivered"
 
     # ------------------------------------------------------------------ status & display
     def status(self) -> StatusMessage:

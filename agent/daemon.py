@@ -18,6 +18,7 @@ from agent.errors import AgentError
 from agent.hardware import build_drivers
 from agent.link import MqttLink
 from agent.messages import OfflineStatus, dump
+from agent.sdnotify import Notifier, WatchdogPinger
 from agent.store import Store
 from drivers.rfid.base import CardType
 
@@ -199,6 +200,15 @@ def register_control_commands(ctl: Controller) -> None:
     ctl.register_control("outbox.retry", _outbox_retry)
 
 
+def status_line(ctl: Controller) -> str:
+    """One line for ``systemctl status``: EVSE states, link, outbox, faults."""
+    evses = ", ".join(f"{e}={rt.state.phase.value}" for e, rt in ctl.evses.items())
+    pending, _ = ctl.store.outbox_stats() if "store" not in ctl.station_faults else (-1, None)
+    link = "backend connected" if ctl.link.connected else "backend DOWN"
+    faults = f"; faults: {', '.join(sorted(ctl.station_faults))}" if ctl.station_faults else ""
+    return f"{evses}; {link}; {pending} CDR(s) pending{faults}"
+
+
 # ---------------------------------------------------------------------------- run
 def run(config: AgentConfig, clock: Clock | None = None) -> int:
     clock = clock or SystemClock()
@@ -233,6 +243,24 @@ def run(config: AgentConfig, clock: Clock | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    notifier = Notifier()
+    pinger = WatchdogPinger(notifier)
+    last_status = ""
+
+    last_tick = 0.0
+
+    def on_tick() -> None:
+        nonlocal last_status, last_tick
+        now = time.monotonic()
+        if now - last_tick < 1.0:
+            return
+        last_tick = now
+        pinger.tick(now, healthy="store" not in ctl.station_faults)
+        summary = status_line(ctl)
+        if summary != last_status:
+            last_status = summary
+            notifier.status(summary)
+
     try:
         ctl.start()
         control.start()
@@ -240,8 +268,10 @@ def run(config: AgentConfig, clock: Clock | None = None) -> int:
         log.info("station %s up: %d EVSE(s), broker %s, control socket %s",
                  config.station.id, len(ctl.evses), config.mqtt.url,
                  config.station.control_socket)
-        ctl.run(stop)
+        notifier.ready(status=status_line(ctl))  # store open, relays open, drivers up
+        ctl.run(stop, on_tick=on_tick)
     finally:
+        notifier.stopping()
         ctl.shutdown()
         link.stop(ctl.offline_payload())
         control.stop()

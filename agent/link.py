@@ -21,10 +21,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttConfig
 from agent.errors import BackendError
+from agent.tls import build_ssl_context, probe_tls, read_secret
 
 log = logging.getLogger(__name__)
 
-INBOUND = ("auth/res", "cdr/ack", "cmd/req")
+# `status` is our own retained message coming back: proof that the broker's ACL lets this
+# station's identity use its topics (a refused subscription is not reported in MQTT 3.1.1)
+INBOUND = ("auth/res", "cdr/ack", "cmd/req", "status")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class MqttLink:
         self._will = will_payload
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
+        self._ssl_context: ssl.SSLContext | None = None
+        self._failures = 0
+        self._subscribed: list[str] = []
 
     @property
     def connected(self) -> bool:
@@ -97,10 +103,20 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_socket_open = self._on_socket_open
+        client.on_connect_fail = self._on_connect_fail
+        client.on_subscribe = self._on_subscribe
+        ctx: ssl.SSLContext | None = None
         if cfg.tls:
-            ctx = ssl.create_default_context()
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx = build_ssl_context(cfg.ca_file, cfg.cert_file, cfg.key_file,
+                                    cfg.tls_insecure_for_testing)
             client.tls_set_context(ctx)
+            if cfg.tls_insecure_for_testing:
+                log.warning("TLS certificate and hostname checks are OFF (testing only)")
+                client.tls_insecure_set(True)
+        if cfg.username is not None:
+            password = read_secret(cfg.password_file) if cfg.password_file else None
+            client.username_pw_set(cfg.username, password)
+        self._ssl_context = ctx
         self._client = client
         try:
             # paho pings after `keepalive` idle seconds and gives up `keepalive` later: pinging
@@ -144,9 +160,11 @@ class MqttLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
         if getattr(reason_code, "is_failure", False):
-            log.error("broker refused the connection: %s", reason_code)
+            log.error("broker %s refused the connection: %s", self._config.url, reason_code)
             return
-        client.subscribe([(self.topic(s), 1) for s in INBOUND])
+        self._failures = 0
+        self._subscribed = [self.topic(s) for s in INBOUND]
+        client.subscribe([(t, 1) for t in self._subscribed])
         self._connected.set()
         log.info("connected to %s", self._config.url)
         self._on_event(LinkChange(True))
@@ -159,6 +177,33 @@ class MqttLink:
         if was:
             log.warning("disconnected from broker: %s", reason_code)
             self._on_event(LinkChange(False, str(reason_code)))
+        else:  # dropped before CONNACK (e.g. a TLS 1.3 certificate refusal)
+            self._on_connect_fail(client, userdata)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any,
+                      properties: Any) -> None:
+        refused = [t for t, rc in zip(self._subscribed, reason_codes, strict=False)
+                   if getattr(rc, "is_failure", False)]
+        if refused:
+            log.error("broker refused the subscription to %s: not authorised; the station's "
+                      "identity (certificate CN or username) must be station.id %r",
+                      ", ".join(refused), self._client_id)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        """paho reports TLS refusals only as a lost socket: ask the broker why, once in a while."""
+        self._failures += 1
+        if self._ssl_context is None or (self._failures not in (1, 10) and self._failures % 60):
+            log.warning("cannot connect to %s (attempt %d)", self._config.url, self._failures)
+            return
+        ctx = self._ssl_context
+
+        def probe() -> None:
+            try:
+                probe_tls(self._config.host, self._config.port, ctx)
+            except BackendError as err:
+                log.error("%s", err)
+
+        threading.Thread(target=probe, name="tls-probe", daemon=True).start()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         prefix = self._root + "/"
