@@ -267,7 +267,7 @@ def test_purge_keeps_undelivered_and_recent(store: Store) -> None:
     assert outbox == {sid(1), sid(3), sid(6)}
     assert [p.session_id for p in store.pending_cdrs()] == [sid(1)]
     assert store.command_response("cmd-old") is None
-    assert store.command_response("cmd-new") == '{"status":"accepted"}'
+    assert store.command_response("cmd-new") == ('{"status":"accepted"}', None)
     # nothing more to do on a second run
     assert not any(store.purge(now, retention_days=90).values())
     # a later purge removes what has since aged out, but still not the undelivered CDR
@@ -280,11 +280,11 @@ def test_purge_keeps_undelivered_and_recent(store: Store) -> None:
 def test_command_replay(store: Store) -> None:
     assert store.command_response("cmd-1") is None
     first = '{"v":1,"command_id":"cmd-1","status":"accepted"}'
-    store.save_command("cmd-1", first, T0)
-    assert store.command_response("cmd-1") == first
+    store.save_command("cmd-1", first, T0, "digest-1")
+    assert store.command_response("cmd-1") == (first, "digest-1")
     # a replay does not overwrite the first answer
-    store.save_command("cmd-1", '{"v":1,"command_id":"cmd-1","status":"rejected"}', T0)
-    assert store.command_response("cmd-1") == first
+    store.save_command("cmd-1", '{"v":1,"command_id":"cmd-1","status":"rejected"}', T0, "d2")
+    assert store.command_response("cmd-1") == (first, "digest-1")
     assert store.command_response("cmd-2") is None
 
 
@@ -316,7 +316,7 @@ def test_reopen_keeps_everything(store: Store) -> None:
         assert [again.get_session(sid(1)), again.get_session(sid(2))] == before_sessions
         assert again.pending_cdrs() == before_outbox
         assert [r.session_id for r in again.open_sessions()] == [sid(2)]
-        assert again.command_response("cmd-1") == "resp"
+        assert again.command_response("cmd-1") == ("resp", None)
         assert again.availability() == {EVSE_2: False}
         assert [r.session_id for r in again.recent_sessions()] == [sid(2), sid(1)]
         assert again.integrity_ok()
