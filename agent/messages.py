@@ -314,15 +314,23 @@ def load_json_object(payload: bytes) -> dict[str, Any]:
         raise ProtocolError(f"payload is not UTF-8: {err}") from err
     except (json.JSONDecodeError, RecursionError) as err:
         raise ProtocolError(f"payload is not valid JSON: {err}") from err
+    except ValueError as err:  # e.g. an integer beyond Python's digit limit
+        raise ProtocolError(f"payload is not usable JSON: {str(err)[:120]}") from err
     if not isinstance(data, dict):
         raise ProtocolError(f"payload must be a JSON object, got {type(data).__name__}")
+    try:  # "\ud800" escapes decode to lone surrogates, which no UTF-8 sink accepts
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ProtocolError("payload contains an unpaired UTF-16 surrogate escape") from err
+    except (RecursionError, ValueError) as err:
+        raise ProtocolError(f"payload is not usable JSON: {str(err)[:120]}") from err
     return data
 
 
 def check_version(data: dict[str, Any]) -> None:
     if "v" not in data:
         raise ProtocolError("field 'v' is missing")
-    if data["v"] != CONTRACT_VERSION or isinstance(data["v"], bool):
+    if type(data["v"]) is not int or data["v"] != CONTRACT_VERSION:  # not 1.0, not true
         raise ProtocolError(f"unsupported contract version v={data['v']!r} (expected 1)")
 
 
@@ -365,7 +373,9 @@ OPTIONAL_FIELDS = frozenset({"reason", "card_type", "pin"})
 def dump(msg: BaseModel) -> bytes:
     """JSON bytes of a message; optional fields that are unset are left out, not null."""
     data = msg.model_dump(mode="json")
-    return json.dumps(_prune(data), separators=(",", ":"), ensure_ascii=False).encode()
+    # ASCII with \u escapes: a string echoed from bad input (a lone surrogate in a
+    # command_id) can never make the encoding fail
+    return json.dumps(_prune(data), separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def _prune(value: Any) -> Any:
