@@ -373,9 +373,8 @@ OPTIONAL_FIELDS = frozenset({"reason", "card_type", "pin"})
 def dump(msg: BaseModel) -> bytes:
     """JSON bytes of a message; optional fields that are unset are left out, not null."""
     data = msg.model_dump(mode="json")
-    # ASCII with \u escapes: a string echoed from bad input (a lone surrogate in a
-    # command_id) can never make the encoding fail
-    return json.dumps(_prune(data), separators=(",", ":"), ensure_ascii=True).encode()
+    # UTF-8 is safe: inbound payloads with unpaired surrogates are rejected in load_json_object
+    return json.dumps(_prune(data), separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _prune(value: Any) -> Any:
