@@ -567,7 +567,7 @@ def test_sim_hung_sends_nothing_not_even_ack(sim: SimulatedPN532, slave: int) ->
 
 
 def test_sim_models_the_chip_uart_speed(sim: SimulatedPN532) -> None:
-    import serial  # noqa: PLC0415
+    import serial
 
     get_version = encode_command(CMD_GET_FIRMWARE_VERSION)
     with serial.Serial(sim.device_path, 921600, timeout=0.2) as port:
@@ -609,9 +609,9 @@ def test_sim_unplug_hangs_up_slave_and_replug_reuses_the_name(sim: SimulatedPN53
 
 def test_sim_cards_activate_with_nfcpy(sim: SimulatedPN532) -> None:
     """The simulator also carries nfcpy's tag activation (not only the UID sense)."""
-    import nfc  # noqa: PLC0415
-    import nfc.clf.pn532  # noqa: PLC0415
-    import nfc.clf.transport  # noqa: PLC0415
+    import nfc
+    import nfc.clf.pn532
+    import nfc.clf.transport
 
     transport = nfc.clf.transport.TTY(sim.device_path)
     clf = nfc.ContactlessFrontend()
@@ -633,7 +633,7 @@ def test_sim_cards_activate_with_nfcpy(sim: SimulatedPN532) -> None:
 
 
 def test_crc_a_matches_known_vector_and_nfcpy() -> None:
-    from nfc.clf.device import Device  # noqa: PLC0415
+    from nfc.clf.device import Device
 
     assert crc_a(b"\x30\x00") == b"\x02\xa8"  # READ page 0, ISO 14443-3 / NXP datasheets
     data = bytes.fromhex("0004040201000f03")
@@ -641,7 +641,7 @@ def test_crc_a_matches_known_vector_and_nfcpy() -> None:
 
 
 def test_sim_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    import io  # noqa: PLC0415
+    import io
 
     script = "help\ntap 04A224B2C13C80\nstatus\nbogus\ntap 01\nremove\nhang\nunhang\nquit\n"
     monkeypatch.setattr(sys, "stdin", io.StringIO(script))

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows = run(frames, resolutions)
     elapsed = time.perf_counter() - t0
-    import cv2  # noqa: PLC0415 - only for the version line
+    import cv2
 
     print(
         f"\nQR decode, {frames} frames per class; Python {platform.python_version()}, "
