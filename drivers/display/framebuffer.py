@@ -27,10 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.errors import DriverError
-from drivers.display.base import EvseScreen
 from drivers.display.qrcode import DEFAULT_URL_TEMPLATE
-from drivers.display.render import ScreenState, render_screen
-from drivers.health import Health
+from drivers.display.render import StatefulDisplay, render_screen
 
 if TYPE_CHECKING:
     import numpy as np
@@ -159,7 +157,7 @@ def pack_frame(rgb: NDArray[np.uint8], geometry: FbGeometry, *, swap_rb: bool = 
     return np.ascontiguousarray(line, dtype=np.uint8).tobytes()
 
 
-class FramebufferDisplay:
+class FramebufferDisplay(StatefulDisplay):
     """:class:`~drivers.display.base.Display` on a framebuffer device; no I/O in the constructor."""
 
     def __init__(
@@ -184,23 +182,7 @@ class FramebufferDisplay:
         self.sysfs_dir = sysfs_dir
         self.geometry: FbGeometry | None = None
         self.frames_written = 0
-        self._state = ScreenState()
-
-    def show(self, screen: EvseScreen) -> None:
-        with self._state.lock:
-            if self._state.update(screen):
-                self._redraw()
-
-    def show_message(self, text: str) -> None:
-        with self._state.lock:
-            if self._state.set_message(text):
-                self._redraw()
-
-    def shutdown(self) -> None:
-        self._state.close()
-
-    def health(self) -> Health:
-        return self._state.health()
+        super().__init__()
 
     def _redraw(self) -> None:
         try:

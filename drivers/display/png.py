@@ -13,15 +13,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from drivers.display.base import EvseScreen
 from drivers.display.qrcode import DEFAULT_URL_TEMPLATE, write_png_atomic
-from drivers.display.render import ScreenState, render_screen
-from drivers.health import Health
+from drivers.display.render import StatefulDisplay, render_screen
 
 __all__ = ["PngDisplay"]
 
 
-class PngDisplay:
+class PngDisplay(StatefulDisplay):
     """:class:`~drivers.display.base.Display` writing ``path`` (``width x height`` pixels)."""
 
     def __init__(
@@ -41,23 +39,7 @@ class PngDisplay:
         self.url_template = url_template
         self.color = color
         self.frames_written = 0
-        self._state = ScreenState()
-
-    def show(self, screen: EvseScreen) -> None:
-        with self._state.lock:
-            if self._state.update(screen):
-                self._redraw()
-
-    def show_message(self, text: str) -> None:
-        with self._state.lock:
-            if self._state.set_message(text):
-                self._redraw()
-
-    def shutdown(self) -> None:
-        self._state.close()
-
-    def health(self) -> Health:
-        return self._state.health()
+        super().__init__()
 
     def _redraw(self) -> None:
         import cv2

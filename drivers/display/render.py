@@ -19,6 +19,7 @@ import logging
 import math
 import threading
 import unicodedata
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-__all__ = ["ScreenState", "render_screen", "state_color", "to_ascii"]
+__all__ = ["ScreenState", "StatefulDisplay", "render_screen", "state_color", "to_ascii"]
 
 log = logging.getLogger(__name__)
 
@@ -293,3 +294,32 @@ class ScreenState:
     def close(self) -> None:
         with self.lock:
             self.closed = True
+
+
+class StatefulDisplay(ABC):
+    """The :class:`~drivers.display.base.Display` methods of the drivers that redraw the whole
+    screen from a :class:`ScreenState`: :meth:`_redraw` runs (under the state lock) only when
+    :meth:`show` or :meth:`show_message` change what is shown."""
+
+    def __init__(self) -> None:
+        self._state = ScreenState()
+
+    def show(self, screen: EvseScreen) -> None:
+        with self._state.lock:
+            if self._state.update(screen):
+                self._redraw()
+
+    def show_message(self, text: str) -> None:
+        with self._state.lock:
+            if self._state.set_message(text):
+                self._redraw()
+
+    def shutdown(self) -> None:
+        self._state.close()
+
+    def health(self) -> Health:
+        return self._state.health()
+
+    @abstractmethod
+    def _redraw(self) -> None:
+        """Draw the current snapshot; record the outcome with ``self._state.ok()``/``fail()``."""

@@ -11,22 +11,20 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from drivers.display.base import EvseScreen
 from drivers.display.qrcode import (
     DEFAULT_URL_TEMPLATE,
     cached_matrix,
     matrix_to_halfblocks,
     payload_for_screen,
 )
-from drivers.display.render import ScreenState
-from drivers.health import Health
+from drivers.display.render import StatefulDisplay
 
 __all__ = ["TerminalDisplay"]
 
 _CLEAR = "\x1b[H\x1b[2J"
 
 
-class TerminalDisplay:
+class TerminalDisplay(StatefulDisplay):
     """:class:`~drivers.display.base.Display` writing to a text stream (stdout by default)."""
 
     def __init__(
@@ -44,27 +42,11 @@ class TerminalDisplay:
         self.url_template = url_template
         self.clear_screen = clear_screen
         self.dark_background = dark_background
-        self._state = ScreenState()
+        super().__init__()
 
     @property
     def stream(self) -> TextIO:
         return self._stream if self._stream is not None else sys.stdout
-
-    def show(self, screen: EvseScreen) -> None:
-        with self._state.lock:
-            if self._state.update(screen):
-                self._redraw()
-
-    def show_message(self, text: str) -> None:
-        with self._state.lock:
-            if self._state.set_message(text):
-                self._redraw()
-
-    def shutdown(self) -> None:
-        self._state.close()
-
-    def health(self) -> Health:
-        return self._state.health()
 
     def render_text(self) -> str:
         """The current screen as text (what the next redraw writes, without clearing)."""
