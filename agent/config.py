@@ -17,20 +17,30 @@ from agent.errors import ConfigError
 from agent.identifiers import is_evse_id, is_operator_id, is_station_id
 
 DEFAULT_CONFIG_PATH = Path("/etc/station-agent/config.toml")
+CfgPath = Annotated[Path, Field(strict=False)]  # TOML has no path type: a string is a path
 EX_CONFIG = 78
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys refused, no type coercion ("90" is not a number), no inf/nan."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, v: object) -> object:
+        if isinstance(v, Path | str) and "\0" in str(v):
+            raise ValueError("contains a NUL character")
+        return v
 
 
 class StationConfig(_Strict):
     id: str
     operator_id: str
     location: str = Field(min_length=1, max_length=255)
-    state_dir: Path = Path("/var/lib/station-agent")
-    control_socket: Path = Path("/run/station-agent/control.sock")
-    boot_id_file: Path = Path("/proc/sys/kernel/random/boot_id")
+    state_dir: CfgPath = Path("/var/lib/station-agent")
+    control_socket: CfgPath = Path("/run/station-agent/control.sock")
+    boot_id_file: CfgPath = Path("/proc/sys/kernel/random/boot_id")
 
     @field_validator("id")
     @classmethod
@@ -60,11 +70,11 @@ class MqttConfig(_Strict):
     cdr_retry_initial_s: float = Field(default=5.0, gt=0)
     cdr_retry_max_s: float = Field(default=300.0, gt=0)
     # TLS (mqtts://) and authentication; secrets are read from files, never written here
-    ca_file: Path | None = None  # the backend's CA; none: the system's CA store
-    cert_file: Path | None = None  # the station's certificate (mutual TLS: its identity)
-    key_file: Path | None = None
+    ca_file: CfgPath | None = None  # the backend's CA; none: the system's CA store
+    cert_file: CfgPath | None = None  # the station's certificate (mutual TLS: its identity)
+    key_file: CfgPath | None = None
     username: str | None = None
-    password_file: Path | None = None
+    password_file: CfgPath | None = None
     tls_insecure_for_testing: bool = False  # no certificate or hostname checks: tests only
 
     @model_validator(mode="after")
@@ -151,7 +161,7 @@ class RfidConfig(_Strict):
 
 class DisplayConfig(_Strict):
     driver: Literal["sim", "png", "terminal", "framebuffer", "none"] = "sim"
-    path: Path | None = None  # png: output file (written atomically)
+    path: CfgPath | None = None  # png: output file (written atomically)
     device: str = "/dev/fb0"  # framebuffer
     width: int | None = Field(default=None, ge=64, le=8192)  # png default 800; fb from sysfs
     height: int | None = Field(default=None, ge=64, le=8192)  # png default 480
@@ -167,7 +177,7 @@ class QrConfig(_Strict):
     driver: Literal["none", "sim", "files", "camera"] = "none"
     url_template: str = "http://m.intercharge.eu/qr?evseid={evse_id}"
     debounce_s: float = Field(default=5.0, ge=0)
-    directory: Path | None = None  # files driver
+    directory: CfgPath | None = None  # files driver
     device: str = "0"  # camera: V4L2 index or path
     width: int = 640
     height: int = 480
@@ -189,7 +199,7 @@ class QrConfig(_Strict):
 
 class SimRelayConfig(_Strict):
     driver: Literal["sim"] = "sim"
-    log_file: Path | None = None  # one line per switch, for tests that kill the daemon
+    log_file: CfgPath | None = None  # one line per switch, for tests that kill the daemon
 
 
 class SimMeterConfig(_Strict):
@@ -197,14 +207,14 @@ class SimMeterConfig(_Strict):
     power_kw: float = Field(default=11.0, ge=0, le=1000)
     initial_kwh: float = Field(default=0.0, ge=0)
     time_factor: float = Field(default=1.0, gt=0, le=3600)  # sim seconds per real second
-    state_file: Path | None = None  # keeps the register across restarts, like a real meter
+    state_file: CfgPath | None = None  # keeps the register across restarts, like a real meter
     poll_interval_s: float = Field(default=5.0, gt=0, le=3600)  # readings while charging
 
 
 class SimPlugConfig(_Strict):
     driver: Literal["sim"] = "sim"
     plugged: bool = False
-    state_file: Path | None = None  # the car stays plugged across agent restarts
+    state_file: CfgPath | None = None  # the car stays plugged across agent restarts
 
 
 Bias = Literal["as_is", "disabled", "pull_up", "pull_down"]
@@ -339,7 +349,9 @@ def _loc(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + part
+            # a quoted TOML key may hold anything: never let it split or forge a log line
+            shown = part if part.isprintable() and part.strip() == part and part else repr(part)
+            out += ("." if out else "") + shown
     return out or "(top level)"
 
 
@@ -378,6 +390,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text: {err}") from err
+    except (RecursionError, ValueError) as err:  # absurd nesting, 5000-digit integers
+        raise ConfigError(f"{path}: not usable TOML: {str(err)[:120]}") from err
+    except OSError as err:  # not a directory, name too long, symlink loop, I/O error
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from err
 
 
 def load_raw(path: Path, _depth: int = 0) -> dict[str, Any]:

@@ -983,6 +983,8 @@ class Controller:
             if age > self.config.cmd.max_age_s:
                 raise ProtocolError(f"command is {age:.0f} s old (limit "
                                     f"{self.config.cmd.max_age_s:.0f} s)")
+            if -age > self.config.cmd.max_age_s:
+                raise ProtocolError(f"command ts is {-age:.0f} s in the future: a clock is wrong")
         if isinstance(cmd, RemoteStart):
             self._remote_start(cmd)
         elif isinstance(cmd, RemoteStop):

@@ -31,6 +31,7 @@ from agent.errors import ProtocolError
 
 CONTRACT_VERSION = 1
 MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_DEPTH = 16  # the deepest v1 message (a local list entry) is 3 levels
 SESSION_ID_PATTERN = r"^[A-Za-z0-9]{8}(-[A-Za-z0-9]{4}){3}-[A-Za-z0-9]{12}$"
 UID_PATTERN = r"^([0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})$"
 
@@ -318,6 +319,8 @@ def load_json_object(payload: bytes) -> dict[str, Any]:
         raise ProtocolError(f"payload is not usable JSON: {str(err)[:120]}") from err
     if not isinstance(data, dict):
         raise ProtocolError(f"payload must be a JSON object, got {type(data).__name__}")
+    if _depth(data) > MAX_DEPTH:
+        raise ProtocolError(f"payload is nested deeper than {MAX_DEPTH} levels")
     try:  # "\ud800" escapes decode to lone surrogates, which no UTF-8 sink accepts
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as err:
@@ -325,6 +328,22 @@ def load_json_object(payload: bytes) -> dict[str, Any]:
     except (RecursionError, ValueError) as err:
         raise ProtocolError(f"payload is not usable JSON: {str(err)[:120]}") from err
     return data
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth, iteratively (a deep document must not exhaust the stack later)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            break
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return deepest
 
 
 def check_version(data: dict[str, Any]) -> None:

@@ -371,6 +371,9 @@ def test_commands_for_another_station_too_old_or_reused_id_are_rejected(make_dae
     stale = backend.command(ST, "remote_start", evse_id=EVSE1, contract_id="DE8ACC12345678A",
                             ts="2020-01-01T00:00:00.000+00:00")
     assert "old" in cmd_res(backend, stale)["reason"]
+    future = backend.command(ST, "remote_start", evse_id=EVSE1, contract_id="DE8ACC12345678A",
+                             ts="9999-01-01T00:00:00.000+00:00")
+    assert "future" in cmd_res(backend, future)["reason"]
     naive = backend.command(ST, "remote_start", evse_id=EVSE1, contract_id="DE8ACC12345678A",
                             ts="2026-01-01T00:00:00")
     assert cmd_res(backend, naive)["status"] == "rejected"

@@ -12,7 +12,7 @@ fails the test.
 
 PINs: the daemon's QR path (issue 5) is being wired; here ``agent.privacy.mask_token``,
 ``agent.messages.token_for_record`` / ``dump`` and ``Store.insert_session`` are checked to drop
-or refuse PINs, and ``test_qr_token_with_pin_through_the_daemon`` (xfail, not strict) runs a QR
+or refuse PINs, and ``test_qr_token_with_pin_through_the_daemon`` runs a QR
 code with a PIN through a daemon and scans log, stationctl outputs, MQTT traffic other than the
 ``auth/req`` and the store files for it.
 """
@@ -246,7 +246,6 @@ def test_store_refuses_a_token_with_a_pin(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------- PIN through the daemon
-@pytest.mark.xfail(strict=False, reason="wired in issue 5 integration")
 def test_qr_token_with_pin_through_the_daemon(make_daemon: Callable[..., Daemon],
                                               backend: BackendSim, tmp_path: Path) -> None:
     emaid = "DE-8AC-C12345678-X"
