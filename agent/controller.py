@@ -591,13 +591,20 @@ class Controller:
         self.store.queue_event(suffix, payload.decode(), self.clock.now())
 
     def flush_events(self) -> int:
+        """Publish the queued events oldest first, in batches, until the queue is empty."""
         sent = 0
-        for seq, suffix, payload in self.store.queued_events():
-            if not self.link.publish(suffix, payload.encode()):
-                break
-            self.store.drop_event(seq)
-            sent += 1
-        return sent
+        while True:
+            batch = self.store.queued_events(limit=500)
+            done: list[int] = []
+            for seq, suffix, payload in batch:
+                if not self.link.publish(suffix, payload.encode()):
+                    break
+                done.append(seq)
+            if done:
+                self.store.drop_events(done)
+                sent += len(done)
+            if not batch or len(done) < len(batch):
+                return sent
 
     def _authorize(self, rt: EvseRuntime, session: SessionInfo) -> None:
         token = token_for_record(session.token).model_dump(exclude_none=True)
@@ -1072,6 +1079,8 @@ class Controller:
                                                     reading.energy_kwh)
                             rt.last_meter_store = mono
                 self._supervise_devices(rt)
+            if self.link.connected and self.store.queued_event_count():
+                self.flush_events()  # whatever a reconnect could not send yet
             self.resend_outbox()
             self._check_echo(mono)
             if self._last_purge is None or mono - self._last_purge >= 86400:

@@ -494,9 +494,10 @@ class Store:
         ).fetchall()
         return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
-    def drop_event(self, seq: int) -> None:
+    def drop_events(self, seqs: list[int]) -> None:
+        """Sent: forget them, in one transaction."""
         with self._tx():
-            self.db.execute("DELETE FROM event_queue WHERE seq=?", (seq,))
+            self.db.executemany("DELETE FROM event_queue WHERE seq=?", [(s,) for s in seqs])
 
     def queued_event_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM event_queue").fetchone()[0])
