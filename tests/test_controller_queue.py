@@ -35,7 +35,7 @@ def make(tmp_path: Path) -> tuple[Controller, FakeLink, FakeClock]:
 
 
 def test_a_long_outage_backlog_drains_completely_and_in_order(tmp_path: Path) -> None:
-    ctl, link, clock = make(tmp_path)
+    ctl, link, _clock = make(tmp_path)
     for i in range(1234):  # more than one batch
         ctl._publish_or_queue("session", json.dumps({"n": i}).encode())
     assert ctl.store.queued_event_count() == 1234 and link.sent == []
