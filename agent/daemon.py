@@ -57,8 +57,6 @@ def _sim_device(device: object, kind: str, method: str) -> Any:
 def _status(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
     out = ctl.status().model_dump(mode="json")
     out["link"] = {"connected": ctl.link.connected, "url": ctl.config.mqtt.url}
-    pending, oldest = ctl.store.outbox_stats()
-    out["outbox"] = {"pending": pending, "oldest": oldest.isoformat() if oldest else None}
     out["rfid"] = ctl.drivers.rfid.info()
     return out
 
