@@ -30,6 +30,7 @@ from agent.link import Inbound, LinkChange
 from agent.messages import (
     TOKEN_ADAPTER,
     AuthRequest,
+    AuthResponse,
     AuthStatus,
     Cdr,
     CommandResponse,
@@ -460,7 +461,16 @@ class Controller:
             rt.message = None
             log.info("%s: %s -> %s (%s)", evse_id, before.phase.value, rt.state.phase.value,
                      type(event).__name__)
-        for action in actions:
+        skip: set[int] = set()
+        for i, action in enumerate(actions):
+            if i in skip:
+                continue
+            nxt = actions[i + 1] if i + 1 < len(actions) else None
+            if isinstance(action, Authorize) and isinstance(nxt, BeginCharging) \
+                    and nxt.session_id == action.session.session_id:
+                self._authorize(rt, action.session, charge=True)  # one commit, then the relay
+                skip.add(i + 1)
+                continue
             self._execute(rt, action)
 
     def _execute(self, rt: EvseRuntime, action: Action) -> None:
@@ -606,7 +616,11 @@ class Controller:
             if not batch or len(done) < len(batch):
                 return sent
 
-    def _authorize(self, rt: EvseRuntime, session: SessionInfo) -> None:
+    def _authorize(self, rt: EvseRuntime, session: SessionInfo, *, charge: bool = False) -> None:
+        """Commit the authorised session, then tell the backend. With ``charge`` (the car is
+        already plugged) the charging start goes into the same commit and the relay closes
+        before anything is published."""
+        reading = self._read_meter(rt) if charge else None
         token = token_for_record(session.token).model_dump(exclude_none=True)
         self.store.insert_session(
             session_id=session.session_id,
@@ -616,11 +630,22 @@ class Controller:
             start=self.clock.now(),
             offline=session.offline,
             boot_id=self.boot_id,
+            meter_kwh=reading.energy_kwh if reading is not None else None,
         )
         log.info("%s: session %s authorised%s for %s", rt.config.id, session.session_id,
                  " offline" if session.offline else "", mask(session.token_key.split(":", 1)[1]))
+        if charge and reading is not None:
+            rt.last_meter_store = self.clock.monotonic()
+            closed = self._close_relay(rt, session.session_id)
+            self._session_event(session.session_id, rt.config.id, SessionEventKind.AUTHORIZED,
+                                offline=session.offline)
+            if closed:
+                self._charging_started(rt, session.session_id, reading.energy_kwh)
+            return
         self._session_event(session.session_id, rt.config.id, SessionEventKind.AUTHORIZED,
                             offline=session.offline)
+        if charge:  # the meter could not be read: no session starts unmetered
+            self.dispatch(rt.config.id, FaultRaised("meter_failed"))
 
     def _read_meter(self, rt: EvseRuntime) -> MeterReading | None:
         try:
@@ -639,16 +664,22 @@ class Controller:
         now = self.clock.now()
         self.store.mark_charging(session_id, now, reading.energy_kwh, evse_id=rt.config.id)
         rt.last_meter_store = self.clock.monotonic()
+        if self._close_relay(rt, session_id):
+            self._charging_started(rt, session_id, reading.energy_kwh)
+
+    def _close_relay(self, rt: EvseRuntime, session_id: str) -> bool:
         try:
             rt.relay.close()
         except DriverError as err:
-            log.error("%s: relay did not close: %s", rt.config.id, err)
+            log.error("%s: relay did not close for %s: %s", rt.config.id, session_id, err)
             self.dispatch(rt.config.id, FaultRaised(getattr(err, "kind", "relay_failed")))
-            return
+            return False
         self.metrics.add("answer_to_relay", self._answer_t)  # auth/res or remote_start in
         self.metrics.add("tap_to_relay", self._tap_t)  # offline / local list: no round trip
-        log.info("%s: charging, session %s, meter %.3f kWh", rt.config.id, session_id,
-                 reading.energy_kwh)
+        return True
+
+    def _charging_started(self, rt: EvseRuntime, session_id: str, meter_kwh: float) -> None:
+        log.info("%s: charging, session %s, meter %.3f kWh", rt.config.id, session_id, meter_kwh)
         session = rt.state.session
         self._session_event(session_id, rt.config.id, SessionEventKind.STARTED,
                             offline=bool(session and session.offline))
@@ -818,8 +849,7 @@ class Controller:
             log.warning("card with malformed UID %s ignored", mask(read.uid))
             return
         log.info("card %s (%s) presented", mask(read.uid), read.card_type.value)
-        self.drivers.display.show_message("Reading card...")
-        self._present(token)
+        self._present(token)  # the screen says "Authorising..." once the request is out
 
     def _on_qr(self, payload: str) -> None:
         """A code held to the camera: a contract (EMAID, with or without PIN) authorises like a
@@ -830,7 +860,6 @@ class Controller:
         code = classify(payload)
         if code.kind == "contract" and code.emaid:
             log.info("QR contract code %s read", code.to_dict(masked=True))
-            self.drivers.display.show_message("Reading code...")
             self._present(QrToken(contract_id=code.emaid, pin=code.pin))
         elif code.kind == "evse" and code.evse_id:
             log.info("QR station code for %s read (not an authorisation)", code.evse_id)
@@ -939,16 +968,24 @@ class Controller:
             log.warning("auth response for unknown or stale request %s ignored", res.request_id)
             return
         evse_id = pending.evse_id
-        if self.config.auth.cache_size > 0:
-            self.store.cache_put(
-                AuthEntry(pending.token_key, res.status.value, res.contract_id, res.expires_at),
-                self.clock.now(), self.config.auth.cache_size)
         if pending.confirm_only:
+            self._cache(pending, res)
             if res.status is not AuthStatus.ACCEPTED:
                 log.warning("%s: backend refused a locally accepted token (%s): stopping",
                             evse_id, res.status.value)
                 self.dispatch(evse_id, Deauthorized(pending.session_id))
             return
+        self._answer_auth(pending, res)
+        self._cache(pending, res)  # after the relay: no extra commit on the tap's path
+
+    def _cache(self, pending: PendingAuth, res: AuthResponse) -> None:
+        if self.config.auth.cache_size > 0:
+            self.store.cache_put(
+                AuthEntry(pending.token_key, res.status.value, res.contract_id, res.expires_at),
+                self.clock.now(), self.config.auth.cache_size)
+
+    def _answer_auth(self, pending: PendingAuth, res: AuthResponse) -> None:
+        evse_id = pending.evse_id
         contract_id = res.contract_id
         if contract_id is None:
             session = self.evses[evse_id].state.session
@@ -958,7 +995,6 @@ class Controller:
         if res.expires_at is not None and res.expires_at <= self.clock.now():
             accepted = False
         log.info("%s: auth %s for request %s", evse_id, res.status.value, res.request_id)
-        self.drivers.display.show_message("Card accepted" if accepted else "Card rejected")
         self.dispatch(evse_id, AuthResult(res.request_id, accepted, res.status.value, contract_id))
 
     def _on_cdr_ack(self, data: dict[str, Any]) -> None:
