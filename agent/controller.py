@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -147,7 +148,16 @@ class Shutdown:
     pass
 
 
-Item = CardTapped | QrScanned | PlugChanged | Inbound | LinkChange | ControlCall | Shutdown
+@dataclass(frozen=True)
+class MeterSample:
+    """A periodic reading taken off the main loop (a slow or dead meter never stalls it)."""
+
+    evse_id: str
+    reading: MeterReading | None
+
+
+Item = (CardTapped | QrScanned | PlugChanged | Inbound | LinkChange | ControlCall | Shutdown
+        | MeterSample)
 ControlHandler = Callable[["Controller", dict[str, Any]], Any]
 
 
@@ -171,6 +181,7 @@ class EvseRuntime:
     last_meter_store: float = 0.0
     last_meter_read: float = 0.0
     last_energy_kwh: float | None = None
+    meter_busy: bool = False  # a background reading is under way
 
 
 @dataclass(frozen=True)
@@ -254,6 +265,8 @@ class Controller:
                 state=Evse(evse_id=ec.id),
             )
         self._qr_payload = qr_payload
+        self._meter_pool = ThreadPoolExecutor(max_workers=max(1, len(self.evses)),
+                                              thread_name_prefix="meter")
         self._pending_auth: dict[str, PendingAuth] = {}  # by request_id
         self._deferred: list[tuple[str, Event]] = []
         self._dispatching = False
@@ -384,6 +397,7 @@ class Controller:
         for rt in self.evses.values():
             self._open_relay(rt, "shutdown")
             rt.plug.stop()
+        self._meter_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def _tick_s(self) -> float:
@@ -414,6 +428,8 @@ class Controller:
                 self._on_control(item)
             elif isinstance(item, QrScanned):
                 self._on_qr(item.payload)
+            elif isinstance(item, MeterSample):
+                self._on_meter_sample(item)
             elif isinstance(item, Shutdown):
                 self._running = False
         except StoreError as err:
@@ -718,8 +734,7 @@ class Controller:
         mono = self.clock.monotonic()
         if rt.state.fault == "meter_failed" and \
                 mono - rt.last_meter_read >= rt.config.meter.poll_interval_s:
-            rt.last_meter_read = mono
-            self._read_meter(rt)  # probe: a meter that answers again heals the fault
+            self._poll_meter(rt)  # probe: a meter that answers again heals the fault
         meter_health = rt.meter.health()
         if not meter_health.ok and rt.state.fault is None:
             log.error("%s: meter unhealthy: %s", rt.config.id, meter_health.detail)
@@ -727,6 +742,38 @@ class Controller:
         elif meter_health.ok and rt.state.fault == "meter_failed":
             log.info("%s: meter answers again: fault cleared", rt.config.id)
             self.dispatch(rt.config.id, FaultCleared())
+
+    def _poll_meter(self, rt: EvseRuntime) -> None:
+        """Read the meter in the background; the sample comes back through the queue."""
+        if rt.meter_busy:
+            return
+        rt.meter_busy = True
+        rt.last_meter_read = self.clock.monotonic()
+        self._meter_pool.submit(self._background_read, rt.config.id, rt.meter)
+
+    def _background_read(self, evse_id: str, meter: Meter) -> None:
+        try:
+            reading: MeterReading | None = meter.read()
+        except DriverError as err:
+            log.error("%s: meter read failed: %s", evse_id, err)
+            reading = None
+        self.post(MeterSample(evse_id, reading))
+
+    def _on_meter_sample(self, sample: MeterSample) -> None:
+        rt = self.evses[sample.evse_id]
+        rt.meter_busy = False
+        if sample.reading is None:
+            self._supervise_devices(rt)
+            return
+        rt.last_energy_kwh = sample.reading.energy_kwh
+        session = rt.state.session
+        mono = self.clock.monotonic()
+        if rt.state.phase is EvseState.CHARGING and session is not None and \
+                mono - rt.last_meter_store >= self.config.store.meter_interval_s:
+            self.store.record_meter(session.session_id, self.clock.now(),
+                                    sample.reading.energy_kwh)
+            rt.last_meter_store = mono
+        self._supervise_devices(rt)
 
     def reset_relay(self, evse_id: str) -> dict[str, Any]:
         """``stationctl relay reset``: clear a latched relay fault once the feedback is open."""
@@ -1104,16 +1151,10 @@ class Controller:
         try:
             for rt in self.evses.values():
                 session = rt.state.session
-                if rt.state.phase is EvseState.CHARGING and session is not None:
-                    persist = mono - rt.last_meter_store >= self.config.store.meter_interval_s
-                    poll = mono - rt.last_meter_read >= rt.config.meter.poll_interval_s
-                    if persist or poll:
-                        rt.last_meter_read = mono
-                        reading = self._read_meter(rt)
-                        if reading is not None and persist:
-                            self.store.record_meter(session.session_id, self.clock.now(),
-                                                    reading.energy_kwh)
-                            rt.last_meter_store = mono
+                if rt.state.phase is EvseState.CHARGING and session is not None and (
+                        mono - rt.last_meter_store >= self.config.store.meter_interval_s
+                        or mono - rt.last_meter_read >= rt.config.meter.poll_interval_s):
+                    self._poll_meter(rt)
                 self._supervise_devices(rt)
             if self.link.connected and self.store.queued_event_count():
                 self.flush_events()  # whatever a reconnect could not send yet

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -149,3 +152,65 @@ def test_sim_relay_command_refused_for_real_relays(make_daemon, backend):
     d = make_daemon()
     with pytest.raises(ControlError, match="unknown EVSE"):
         d.ctl("sim.relay", evse_id="nope", mode="welded")
+
+
+class BlackHoleProxy:
+    """TCP proxy to the meter that can go silent: connections stay open, nothing comes back
+    (a hung RS-485 gateway), so every read waits for its whole time-out."""
+
+    def __init__(self, target_port: int) -> None:
+        self.silent = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.target = target_port
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        while True:
+            try:
+                data = src.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            if not self.silent.is_set():
+                dst.sendall(data)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_dead_meter_never_stalls_the_station(make_daemon, backend, sdm630):
+    proxy = BlackHoleProxy(sdm630.port)
+    d = make_daemon(evse=[{
+        "id": EVSE1,
+        "relay": {"driver": "sim"},
+        "plug": {"driver": "sim"},
+        "meter": {"driver": "modbus", "model": "sdm630", "transport": "tcp", "timeout_s": 1.0,
+                  "host": "127.0.0.1", "port": proxy.port, "poll_interval_s": 0.2,
+                  "max_failures": 3},
+    }])
+    d.ctl("sim.plug")
+    d.ctl("sim.tap", uid=UID_A)
+    d.wait_state("charging")
+    proxy.silent.set()  # the meter goes silent: every read now waits for its time-out
+    slowest = 0.0
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:
+        t0 = time.monotonic()
+        d.ctl("status")
+        slowest = max(slowest, time.monotonic() - t0)
+        time.sleep(0.05)
+    assert slowest < 0.5, f"the control socket waited {slowest:.2f} s behind the meter"
+    d.wait_state("faulted", timeout=20)
+    proxy.close()

@@ -235,7 +235,8 @@ class ModbusMeter:
         self._max_failures = max_failures
         self._vmin, self._vmax = voltage_range
         self._clock: Clock = clock or SystemClock()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # state: failures, last reading
+        self._io_lock = threading.Lock()  # the bus: one reading at a time
         self._failures = 0
         self._last_error: str | None = None
         self._last_energy: float | None = None
@@ -249,29 +250,32 @@ class ModbusMeter:
         return f"{self._map.description} (device id {self._device_id}) at {self._endpoint.where()}"
 
     def read(self) -> MeterReading:
-        with self._lock:
+        # one reading at a time (_io_lock); health() and info() only wait for the short state
+        # updates (_lock), never for a meter that takes its whole time-out to not answer
+        with self._io_lock:
             try:
                 reading = self._read_raw()
                 self._check(reading)
             except DriverError as err:
-                self._failures += 1
-                self._last_error = str(err)
-                log.warning(
-                    "meter %s: unusable reading (%d in a row): %s",
-                    self.describe(),
-                    self._failures,
-                    err,
-                )
-                if self._failures == self._max_failures:
-                    log.error("meter %s: %s", self.describe(), self._health_detail())
+                with self._lock:
+                    self._count_failure(err)
                 raise
-            if self._failures >= self._max_failures:
-                log.warning("meter %s: readings are good again", self.describe())
-            self._failures = 0
-            self._last_error = None
-            self._last_energy = reading.energy_kwh
-            self._last_good_at = self._clock.now()
+            with self._lock:
+                if self._failures >= self._max_failures:
+                    log.warning("meter %s: readings are good again", self.describe())
+                self._failures = 0
+                self._last_error = None
+                self._last_energy = reading.energy_kwh
+                self._last_good_at = self._clock.now()
             return reading
+
+    def _count_failure(self, err: DriverError) -> None:
+        self._failures += 1
+        self._last_error = str(err)
+        log.warning("meter %s: unusable reading (%d in a row): %s", self.describe(),
+                    self._failures, err)
+        if self._failures == self._max_failures:
+            log.error("meter %s: %s", self.describe(), self._health_detail())
 
     def health(self) -> Health:
         with self._lock:
