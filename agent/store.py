@@ -152,6 +152,7 @@ class Store:
         self._max_kb = max_kb
         self._db: sqlite3.Connection | None = None
         self.quarantined: Path | None = None  # where a corrupt database was moved to
+        self._outbox_stats: tuple[int, datetime | None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def open(self, now: datetime | None = None) -> None:
@@ -183,6 +184,7 @@ class Store:
     def _connect(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
         self._db = db
+        self._outbox_stats = None
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
@@ -325,6 +327,7 @@ class Store:
                 (rfc3339(end), reason, rfc3339(end), meter_stop_kwh, rfc3339(end), session_id),
             )
             if cdr_payload is not None:
+                self._outbox_stats = None
                 self.db.execute(
                     "INSERT INTO outbox (session_id, payload, created_at) VALUES (?, ?, ?)",
                     (session_id, cdr_payload, rfc3339(end)),
@@ -377,16 +380,20 @@ class Store:
                 return "unknown"
             if row[0] is not None:
                 return "duplicate"
+            self._outbox_stats = None
             self.db.execute(
                 "UPDATE outbox SET acked_at=? WHERE session_id=?", (rfc3339(ts), session_id)
             )
             return "acked"
 
     def outbox_stats(self) -> tuple[int, datetime | None]:
-        row = self.db.execute(
-            "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE acked_at IS NULL"
-        ).fetchone()
-        return int(row[0]), _ts(row[1])
+        """Pending CDRs and the oldest one's time (cached: status is built after every event)."""
+        if self._outbox_stats is None:
+            row = self.db.execute(
+                "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE acked_at IS NULL"
+            ).fetchone()
+            self._outbox_stats = (int(row[0]), _ts(row[1]))
+        return self._outbox_stats
 
     # ------------------------------------------------------------------ commands
     def command_response(self, command_id: str) -> tuple[str, str | None] | None:
@@ -519,6 +526,7 @@ class Store:
         Undelivered CDRs (and their sessions) are kept until delivered, however old.
         """
         cutoff = rfc3339(now - timedelta(days=retention_days))
+        self._outbox_stats = None
         with self._tx():
             cdrs = self.db.execute(
                 "DELETE FROM outbox WHERE acked_at IS NOT NULL AND acked_at < ?", (cutoff,)
