@@ -104,13 +104,19 @@ def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "cond
 
 @dataclass
 class Daemon:
-    """A station-agent child process with its config, socket and log."""
+    """A station-agent child process with its config, socket and log.
+
+    ``start()`` = ``spawn()`` + ``wait_ready()``; the two halves let many start in parallel.
+    """
 
     tmp: Path
     config: dict[str, Any]
     proc: subprocess.Popen[bytes] | None = None
+    log_level: str = "debug"
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ, PYTHONUNBUFFERED="1"))
     log_path: Path = field(init=False)
     config_path: Path = field(init=False)
+    t_spawn: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
         self.log_path = self.tmp / "agent.log"
@@ -120,24 +126,39 @@ class Daemon:
     def socket(self) -> Path:
         return Path(self.config["station"]["control_socket"])
 
-    def start(self, wait_connected: bool = True) -> Daemon:
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def spawn(self) -> Daemon:
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(to_toml(self.config))
         if self.socket.exists():
             self.socket.unlink()
         with self.log_path.open("ab") as log:
+            self.t_spawn = time.monotonic()
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config_path),
-                 "--log-level", "debug"],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                 "--log-level", self.log_level],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp, env=self.env,
             )
-        wait_until(lambda: self.socket.exists() or self.proc.poll() is not None, 15,
-                   "control socket")
-        if self.proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-        if wait_connected:
-            wait_until(lambda: self.ctl("status")["link"]["connected"], 15, "MQTT link")
         return self
+
+    def wait_ready(self, timeout: float = 15.0, connected: bool = True) -> Daemon:
+        proc = self.proc
+        assert proc is not None
+        wait_until(lambda: self.socket.exists() or proc.poll() is not None, timeout,
+                   "control socket")
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {proc.returncode}:\n{self.log()[-3000:]}")
+        if connected:
+            wait_until(lambda: (self.try_ctl("status") or {}).get("link", {}).get("connected"),
+                       timeout, "MQTT link")
+        return self
+
+    def start(self, wait_connected: bool = True, timeout: float = 15.0) -> Daemon:
+        return self.spawn().wait_ready(timeout, wait_connected)
 
     def ctl(self, cmd: str, **kw: Any) -> Any:
         return call(self.socket, {"cmd": cmd, **kw})

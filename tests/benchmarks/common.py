@@ -13,7 +13,6 @@ import contextlib
 import os
 import selectors
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,8 +26,7 @@ from typing import Any
 
 from agent.backend_sim import BackendSim, Received
 from agent.broker import Mosquitto
-from agent.control import ControlError, call
-from tests.helpers import REPO, station_config, to_toml
+from tests.helpers import REPO, Daemon, station_config
 
 __all__ = ["REPO"]  # re-exported for the other benchmark modules
 
@@ -252,98 +250,28 @@ def wait_suffix(backend: BackendSim, suffix: str, start: int, timeout: float = 1
 
 
 # ------------------------------------------------------------------------------ daemons
-class Station:
-    """One ``station-agent run`` child process with its own config, state dir and socket.
-
-    Unlike ``tests.helpers.Daemon`` it runs at the daemon's default log level (info), not
-    debug, so the numbers are those of a production configuration, and its start can be split
-    (``spawn`` then ``wait_ready``) so that many stations start in parallel.
-    """
+class Station(Daemon):
+    """A ``tests.helpers.Daemon`` configured for measuring: the daemon's default log level
+    (info, not the tests' debug) so the numbers are those of a production configuration, and
+    the benchmark environment (bytecode cache outside the repository)."""
 
     def __init__(self, tmp: Path, broker_url: str, prefix: str, station_id: str = "ST-BENCH",
                  env: dict[str, str] | None = None, **overrides: Any) -> None:
-        self.tmp = tmp
-        tmp.mkdir(parents=True, exist_ok=True)
-        self.station_id = station_id
-        self.prefix = prefix
         overrides.setdefault("mqtt", {})
         overrides["mqtt"] = {"keepalive_s": 30, "auth_timeout_s": 5.0, **overrides["mqtt"]}
-        self.config = station_config(tmp, broker_url, prefix, station_id=station_id,
-                                     **overrides)
-        self.env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = tmp / "agent.log"
-        self.config_path = tmp / "config.toml"
-        self.t_spawn = 0.0
-
-    @property
-    def socket(self) -> Path:
-        return Path(self.config["station"]["control_socket"])
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def spawn(self) -> Station:
-        self.config_path.write_text(to_toml(self.config))
-        with contextlib.suppress(FileNotFoundError):
-            self.socket.unlink()
-        env = child_env(**self.env)
-        with self.log_path.open("ab") as log:
-            self.t_spawn = time.monotonic()
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config_path),
-                 "--log-level", LOG_LEVEL],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp, env=env,
-            )
-        return self
+        super().__init__(tmp, station_config(tmp, broker_url, prefix, station_id=station_id,
+                                             **overrides),
+                         log_level=LOG_LEVEL, env=child_env(**(env or {})))
+        self.station_id = station_id
+        self.prefix = prefix
 
     def wait_ready(self, timeout: float = 60.0, connected: bool = True) -> Station:
-        proc = self.proc
-        assert proc is not None
-        wait_until(lambda: self.socket.exists() or proc.poll() is not None, timeout,
-                   f"{self.station_id} control socket", interval=0.01)
-        if proc.poll() is not None:
-            raise RuntimeError(f"{self.station_id} exited with {proc.returncode}:\n"
-                               f"{self.log()[-3000:]}")
-        if connected:
-            wait_until(lambda: (self.try_ctl("status") or {}).get("link", {}).get("connected"),
-                       timeout, f"{self.station_id} MQTT link", interval=0.02)
+        super().wait_ready(timeout, connected)
         return self
 
-    def start(self, timeout: float = 60.0, connected: bool = True) -> Station:
-        return self.spawn().wait_ready(timeout, connected)
-
-    def ctl(self, cmd: str, **kw: Any) -> Any:
-        return call(self.socket, {"cmd": cmd, **kw})
-
-    def try_ctl(self, cmd: str, **kw: Any) -> Any:
-        try:
-            return self.ctl(cmd, **kw)
-        except ControlError:
-            return None
-
-    def evse(self) -> dict[str, Any]:
-        evse: dict[str, Any] = self.ctl("status")["evses"][0]
-        return evse
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        rc = self.proc.returncode
-        self.proc = None
-        return rc
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def start(self, wait_connected: bool = True, timeout: float = 60.0) -> Station:
+        self.spawn()
+        return self.wait_ready(timeout, wait_connected)
 
 
 class TcpRelay:
