@@ -160,6 +160,7 @@ def _qr_verify(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
     since = time.monotonic()
     deadline = since + timeout
     with ctl.qr_seen:
+        log.info("qr verify: waiting up to %.0f s for a station code (%s)", timeout, evse_id)
         while True:
             seen = [e for t, e in ctl.qr_evse_codes if t >= since]
             if seen:

@@ -149,7 +149,8 @@ def test_qr_verify_matches_the_sticker(make_daemon, backend):
     proc = subprocess.Popen([sys.executable, "-m", "agent.stationctl", "--socket", str(d.socket),
                              "qr", "verify", EVSE2, "--timeout", "10"], stdout=subprocess.PIPE,
                             text=True)
-    time.sleep(0.5)
+    # the sticker is held up only once the daemon says it is looking for one
+    wait_until(lambda: "qr verify: waiting" in d.log(), 30, "qr verify started")
     d.ctl("sim.qr", payload=intercharge_payload(EVSE1))  # the sticker of the other EVSE
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 1 and "DOES NOT MATCH" in out
