@@ -77,11 +77,13 @@ class BackendSim:
             self._client.loop_stop()
             self._client = None
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
-                    props: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
+    ) -> None:
         p = self.prefix
-        client.subscribe([(f"{p}/+/{s}", 1) for s in
-                          ("status", "auth/req", "session", "cdr", "cmd/res")])
+        client.subscribe(
+            [(f"{p}/+/{s}", 1) for s in ("status", "auth/req", "session", "cdr", "cmd/res")]
+        )
         self._connected.set()
 
     # ------------------------------------------------------------------ inbound
@@ -124,8 +126,7 @@ class BackendSim:
         self.publish(station_id, "auth/res", res)
 
     # ------------------------------------------------------------------ outbound
-    def publish(self, station_id: str, suffix: str, data: Any, *, raw: bytes | None = None
-                ) -> None:
+    def publish(self, station_id: str, suffix: str, data: Any, *, raw: bytes | None = None) -> None:
         if self._client is None:
             raise BackendError("backend-sim is not started")
         payload = raw if raw is not None else json.dumps(data).encode()
@@ -133,13 +134,15 @@ class BackendSim:
 
     def command(self, station_id: str, command: str, **fields: Any) -> str:
         command_id = str(fields.pop("command_id", uuid.uuid4()))
-        self.publish(station_id, "cmd/req",
-                     {"v": 1, "command_id": command_id, "command": command, **fields})
+        self.publish(
+            station_id, "cmd/req", {"v": 1, "command_id": command_id, "command": command, **fields}
+        )
         return command_id
 
     # ------------------------------------------------------------------ waiting (tests)
-    def wait_for(self, pred: Callable[[Received], bool], timeout: float = 10.0,
-                 start: int = 0) -> Received:
+    def wait_for(
+        self, pred: Callable[[Received], bool], timeout: float = 10.0, start: int = 0
+    ) -> Received:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -153,22 +156,28 @@ class BackendSim:
 
     def messages(self, suffix: str, station_id: str | None = None) -> list[Any]:
         with self._cond:
-            return [r.data for r in self.received
-                    if r.suffix == suffix and (station_id is None or r.station_id == station_id)]
+            return [
+                r.data
+                for r in self.received
+                if r.suffix == suffix and (station_id is None or r.station_id == station_id)
+            ]
 
 
 def run_cli(broker: str, accept: list[str] | None, prefix: str) -> int:
     """``station-agent backend-sim``: print every message, answer auth, ack CDRs."""
 
     def show(rec: Received) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {rec.station_id} {rec.suffix}: "
-              f"{json.dumps(rec.data)}", flush=True)
+        print(
+            f"{time.strftime('%H:%M:%S')} {rec.station_id} {rec.suffix}: {json.dumps(rec.data)}",
+            flush=True,
+        )
 
-    sim = BackendSim(broker, prefix=prefix, accept=set(accept) if accept else None,
-                     on_message=show)
+    sim = BackendSim(broker, prefix=prefix, accept=set(accept) if accept else None, on_message=show)
     sim.start()
-    print(f"backend-sim on {broker}: accepting {accept if accept else 'all tokens'}; "
-          "Ctrl-C to stop", flush=True)
+    print(
+        f"backend-sim on {broker}: accepting {accept if accept else 'all tokens'}; Ctrl-C to stop",
+        flush=True,
+    )
     try:
         while True:
             time.sleep(3600)

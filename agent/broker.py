@@ -44,8 +44,9 @@ def broker_config(port: int, extra: str = "") -> str:
 class Mosquitto:
     """A ``mosquitto`` child process; ``start()``/``stop()`` may be repeated (outage tests)."""
 
-    def __init__(self, port: int | None = None, extra_config: str = "",
-                 workdir: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, extra_config: str = "", workdir: Path | None = None
+    ) -> None:
         self.port = port or free_port()
         self._extra = extra_config
         self._workdir = workdir
@@ -77,8 +78,9 @@ class Mosquitto:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                 raise AgentError(f"mosquitto exited at start: {err.strip()}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
             ):
                 return
             time.sleep(0.02)
@@ -107,8 +109,9 @@ class Mosquitto:
         self.start()
         return self
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 

@@ -96,14 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_backend_sim)
 
     d = sub.add_parser("demo", help="play whole charging sessions on a simulated station")
-    d.add_argument("--config", type=Path, default=None,
-                   help="station config (default: hardware/simulated.toml)")
+    d.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="station config (default: hardware/simulated.toml)",
+    )
     d.add_argument("--broker", help="use this broker instead of starting Mosquitto")
     d.add_argument("--seconds", type=float, default=3.0, help="charging time per session")
     d.set_defaults(func=cmd_demo)
 
-    ps = sub.add_parser("pn532-sim", help="a simulated PN532 reader on a pseudo-terminal",
-                        add_help=False)
+    ps = sub.add_parser(
+        "pn532-sim", help="a simulated PN532 reader on a pseudo-terminal", add_help=False
+    )
     ps.add_argument("rest", nargs=argparse.REMAINDER)
     ps.set_defaults(func=cmd_pn532_sim)
 

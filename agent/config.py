@@ -422,9 +422,7 @@ def _apply_evse_defaults(data: dict[str, Any], path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: evse_defaults: must be a table")
     evses = data.get("evse")
     if isinstance(evses, list):
-        data["evse"] = [
-            _deep_merge(defaults, e) if isinstance(e, dict) else e for e in evses
-        ]
+        data["evse"] = [_deep_merge(defaults, e) if isinstance(e, dict) else e for e in evses]
     return data
 
 

@@ -151,8 +151,9 @@ def call(path: Path, request: dict[str, Any], timeout: float = 15.0) -> Any:
         raise ControlError(f"station-agent is not running (no control socket at {path})") from err
     except PermissionError as err:
         sock.close()
-        raise ControlError(f"permission denied on {path} (are you in the station-agent group?)"
-                           ) from err
+        raise ControlError(
+            f"permission denied on {path} (are you in the station-agent group?)"
+        ) from err
     except OSError as err:
         sock.close()
         raise ControlError(f"cannot reach station-agent at {path}: {err}") from err

@@ -156,8 +156,16 @@ class MeterSample:
     reading: MeterReading | None
 
 
-Item = (CardTapped | QrScanned | PlugChanged | Inbound | LinkChange | ControlCall | Shutdown
-        | MeterSample)
+Item = (
+    CardTapped
+    | QrScanned
+    | PlugChanged
+    | Inbound
+    | LinkChange
+    | ControlCall
+    | Shutdown
+    | MeterSample
+)
 ControlHandler = Callable[["Controller", dict[str, Any]], Any]
 
 
@@ -216,7 +224,8 @@ class Metrics:
     def add(self, name: str, started: float | None) -> None:
         if started is not None:
             self.samples.setdefault(name, deque(maxlen=self._size)).append(
-                (time.perf_counter() - started) * 1000.0)
+                (time.perf_counter() - started) * 1000.0
+            )
 
     def summary(self) -> dict[str, dict[str, float]]:
         out = {}
@@ -228,8 +237,13 @@ class Metrics:
             def pct(p: float, data: list[float] = data) -> float:
                 return round(data[min(len(data) - 1, int(p * len(data)))], 3)
 
-            out[name] = {"n": len(data), "p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99),
-                         "max": round(data[-1], 3)}
+            out[name] = {
+                "n": len(data),
+                "p50": pct(0.5),
+                "p95": pct(0.95),
+                "p99": pct(0.99),
+                "max": round(data[-1], 3),
+            }
         return out
 
 
@@ -265,8 +279,9 @@ class Controller:
                 state=Evse(evse_id=ec.id),
             )
         self._qr_payload = qr_payload
-        self._meter_pool = ThreadPoolExecutor(max_workers=max(1, len(self.evses)),
-                                              thread_name_prefix="meter")
+        self._meter_pool = ThreadPoolExecutor(
+            max_workers=max(1, len(self.evses)), thread_name_prefix="meter"
+        )
         self._pending_auth: dict[str, PendingAuth] = {}  # by request_id
         self._deferred: list[tuple[str, Event]] = []
         self._dispatching = False
@@ -335,36 +350,58 @@ class Controller:
         for row in self.store.open_sessions():
             rt = self.evses.get(row.evse_id)
             power_loss = bool(self.boot_id and row.boot_id and row.boot_id != self.boot_id)
-            if (row.state == "charging" and not power_loss and rt is not None
-                    and rt.plug.is_plugged() and rt.state.available
-                    and rt.state.session is None):
+            if (
+                row.state == "charging"
+                and not power_loss
+                and rt is not None
+                and rt.plug.is_plugged()
+                and rt.state.available
+                and rt.state.session is None
+            ):
                 self._resume(rt, row)
                 continue
             if row.state == "charging":
                 reason = StopReason.POWER_LOSS if power_loss else StopReason.EV_DISCONNECTED
                 end = row.meter_last_at or row.updated_at
                 meter_stop = row.meter_last_kwh if row.meter_last_kwh is not None else 0.0
-                self._finish_record(row.session_id, reason, end, meter_stop,
-                                    evse_id=row.evse_id)
-                log.warning("session %s was charging when the agent stopped: ended (%s)",
-                            row.session_id, reason.value)
+                self._finish_record(row.session_id, reason, end, meter_stop, evse_id=row.evse_id)
+                log.warning(
+                    "session %s was charging when the agent stopped: ended (%s)",
+                    row.session_id,
+                    reason.value,
+                )
             else:
                 self.store.end_session(row.session_id, end=row.updated_at, reason="restart")
-                self._session_event(row.session_id, row.evse_id, SessionEventKind.STOPPED,
-                                    "restart", offline=row.offline)
-                log.warning("session %s was waiting for a car when the agent stopped: cancelled",
-                            row.session_id)
+                self._session_event(
+                    row.session_id,
+                    row.evse_id,
+                    SessionEventKind.STOPPED,
+                    "restart",
+                    offline=row.offline,
+                )
+                log.warning(
+                    "session %s was waiting for a car when the agent stopped: cancelled",
+                    row.session_id,
+                )
 
     def _resume(self, rt: EvseRuntime, row: SessionRow) -> None:
         token = TOKEN_ADAPTER.validate_python(row.token)
-        session = SessionInfo(session_id=row.session_id, token=token, token_key=token_key(token),
-                              contract_id=row.contract_id, offline=row.offline)
+        session = SessionInfo(
+            session_id=row.session_id,
+            token=token,
+            token_key=token_key(token),
+            contract_id=row.contract_id,
+            offline=row.offline,
+        )
         self.dispatch(rt.config.id, PlugIn())
         self.dispatch(rt.config.id, ResumeSession(session))
 
     # ------------------------------------------------------------------ main loop
-    def run(self, stop: threading.Event | None = None, on_tick: Callable[[], None] | None = None,
-            ) -> None:
+    def run(
+        self,
+        stop: threading.Event | None = None,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
         self._running = True
         while self._running and not (stop is not None and stop.is_set()):
             timeout = self._next_timeout()
@@ -475,15 +512,23 @@ class Controller:
         rt.state, actions = step(self.policy, rt.state, event)
         if rt.state.phase != before.phase:
             rt.message = None
-            log.info("%s: %s -> %s (%s)", evse_id, before.phase.value, rt.state.phase.value,
-                     type(event).__name__)
+            log.info(
+                "%s: %s -> %s (%s)",
+                evse_id,
+                before.phase.value,
+                rt.state.phase.value,
+                type(event).__name__,
+            )
         skip: set[int] = set()
         for i, action in enumerate(actions):
             if i in skip:
                 continue
             nxt = actions[i + 1] if i + 1 < len(actions) else None
-            if isinstance(action, Authorize) and isinstance(nxt, BeginCharging) \
-                    and nxt.session_id == action.session.session_id:
+            if (
+                isinstance(action, Authorize)
+                and isinstance(nxt, BeginCharging)
+                and nxt.session_id == action.session.session_id
+            ):
                 self._authorize(rt, action.session, charge=True)  # one commit, then the relay
                 skip.add(i + 1)
                 continue
@@ -524,13 +569,17 @@ class Controller:
         key = token_key(action.token)
         session_id = session.session_id if session else ""
         if not self.link.connected:
-            log.info("%s: backend link down: deciding offline (%s)", evse_id,
-                     self.config.auth.offline_policy)
+            log.info(
+                "%s: backend link down: deciding offline (%s)",
+                evse_id,
+                self.config.auth.offline_policy,
+            )
             self.dispatch(evse_id, self._offline_result(action.request_id, key))
             return
         local = self._local_decision(key)
-        confirm = bool(self.config.auth.local_first and local is not None
-                       and local.valid(self.clock.now()))
+        confirm = bool(
+            self.config.auth.local_first and local is not None and local.valid(self.clock.now())
+        )
         self._pending_auth[action.request_id] = PendingAuth(evse_id, key, session_id, confirm)
         msg = AuthRequest(
             request_id=action.request_id,
@@ -545,8 +594,9 @@ class Controller:
         self.metrics.add("tap_to_auth_req", self._tap_t)
         if confirm and local is not None:
             log.info("%s: token accepted locally, confirming with the backend", evse_id)
-            self.dispatch(evse_id, AuthResult(action.request_id, True, "accepted",
-                                              local.contract_id))
+            self.dispatch(
+                evse_id, AuthResult(action.request_id, True, "accepted", local.contract_id)
+            )
 
     def _local_decision(self, key: str) -> AuthEntry | None:
         """The local list decides first (it may block a token); else the auth cache."""
@@ -562,8 +612,9 @@ class Controller:
         if policy == "accept_all":
             if entry is not None and entry.status == "blocked":
                 return AuthResult(request_id, False, "blocked", offline=True)
-            return AuthResult(request_id, True, "accepted",
-                              entry.contract_id if entry else None, offline=True)
+            return AuthResult(
+                request_id, True, "accepted", entry.contract_id if entry else None, offline=True
+            )
         if policy == "local_list":
             if entry is not None and entry.valid(self.clock.now()):
                 return AuthResult(request_id, True, "accepted", entry.contract_id, offline=True)
@@ -579,8 +630,9 @@ class Controller:
         )
         seq = next(self._timer_seq)
         rt.timers[timer] = seq
-        heapq.heappush(self._timers, (self.clock.monotonic() + seconds, seq, rt.config.id, timer,
-                                      key))
+        heapq.heappush(
+            self._timers, (self.clock.monotonic() + seconds, seq, rt.config.id, timer, key)
+        )
 
     def _fire_timers(self) -> None:
         now = self.clock.monotonic()
@@ -592,8 +644,9 @@ class Controller:
             del rt.timers[timer]
             if timer is Timer.AUTH:
                 pending = self._pending_auth.pop(key, None)
-                log.warning("%s: no auth answer within %.1f s", evse_id,
-                            self.config.mqtt.auth_timeout_s)
+                log.warning(
+                    "%s: no auth answer within %.1f s", evse_id, self.config.mqtt.auth_timeout_s
+                )
                 result = self._offline_result(key, pending.token_key) if pending else None
                 if result is not None and result.accepted:
                     self.dispatch(evse_id, result)
@@ -604,10 +657,22 @@ class Controller:
             self._publish_status()
             self._refresh_display()
 
-    def _session_event(self, session_id: str, evse_id: str, kind: SessionEventKind,
-                       reason: str | None = None, offline: bool = False) -> None:
-        msg = SessionEvent(session_id=session_id, evse_id=evse_id, event=kind,
-                           ts=self.clock.now(), reason=reason, offline=offline or None)
+    def _session_event(
+        self,
+        session_id: str,
+        evse_id: str,
+        kind: SessionEventKind,
+        reason: str | None = None,
+        offline: bool = False,
+    ) -> None:
+        msg = SessionEvent(
+            session_id=session_id,
+            evse_id=evse_id,
+            event=kind,
+            ts=self.clock.now(),
+            reason=reason,
+            offline=offline or None,
+        )
         self._publish_or_queue("session", dump(msg))
 
     def _publish_or_queue(self, suffix: str, payload: bytes) -> None:
@@ -648,18 +713,28 @@ class Controller:
             boot_id=self.boot_id,
             meter_kwh=reading.energy_kwh if reading is not None else None,
         )
-        log.info("%s: session %s authorised%s for %s", rt.config.id, session.session_id,
-                 " offline" if session.offline else "", mask(session.token_key.split(":", 1)[1]))
+        log.info(
+            "%s: session %s authorised%s for %s",
+            rt.config.id,
+            session.session_id,
+            " offline" if session.offline else "",
+            mask(session.token_key.split(":", 1)[1]),
+        )
         if charge and reading is not None:
             rt.last_meter_store = self.clock.monotonic()
             closed = self._close_relay(rt, session.session_id)
-            self._session_event(session.session_id, rt.config.id, SessionEventKind.AUTHORIZED,
-                                offline=session.offline)
+            self._session_event(
+                session.session_id,
+                rt.config.id,
+                SessionEventKind.AUTHORIZED,
+                offline=session.offline,
+            )
             if closed:
                 self._charging_started(rt, session.session_id, reading.energy_kwh)
             return
-        self._session_event(session.session_id, rt.config.id, SessionEventKind.AUTHORIZED,
-                            offline=session.offline)
+        self._session_event(
+            session.session_id, rt.config.id, SessionEventKind.AUTHORIZED, offline=session.offline
+        )
         if charge:  # the meter could not be read: no session starts unmetered
             self.dispatch(rt.config.id, FaultRaised("meter_failed"))
 
@@ -697,8 +772,12 @@ class Controller:
     def _charging_started(self, rt: EvseRuntime, session_id: str, meter_kwh: float) -> None:
         log.info("%s: charging, session %s, meter %.3f kWh", rt.config.id, session_id, meter_kwh)
         session = rt.state.session
-        self._session_event(session_id, rt.config.id, SessionEventKind.STARTED,
-                            offline=bool(session and session.offline))
+        self._session_event(
+            session_id,
+            rt.config.id,
+            SessionEventKind.STARTED,
+            offline=bool(session and session.offline),
+        )
 
     def _resume_charging(self, rt: EvseRuntime, session_id: str) -> None:
         try:
@@ -728,12 +807,15 @@ class Controller:
         if callable(check):
             health = check()
             if not health.ok and rt.state.fault is None:
-                log.critical("%s: relay supervision: %s (%s)", rt.config.id, health.fault,
-                             health.detail)
+                log.critical(
+                    "%s: relay supervision: %s (%s)", rt.config.id, health.fault, health.detail
+                )
                 self.dispatch(rt.config.id, FaultRaised(health.fault or "relay_failed"))
         mono = self.clock.monotonic()
-        if rt.state.fault == "meter_failed" and \
-                mono - rt.last_meter_read >= rt.config.meter.poll_interval_s:
+        if (
+            rt.state.fault == "meter_failed"
+            and mono - rt.last_meter_read >= rt.config.meter.poll_interval_s
+        ):
             self._poll_meter(rt)  # probe: a meter that answers again heals the fault
         meter_health = rt.meter.health()
         if not meter_health.ok and rt.state.fault is None:
@@ -768,10 +850,12 @@ class Controller:
         rt.last_energy_kwh = sample.reading.energy_kwh
         session = rt.state.session
         mono = self.clock.monotonic()
-        if rt.state.phase is EvseState.CHARGING and session is not None and \
-                mono - rt.last_meter_store >= self.config.store.meter_interval_s:
-            self.store.record_meter(session.session_id, self.clock.now(),
-                                    sample.reading.energy_kwh)
+        if (
+            rt.state.phase is EvseState.CHARGING
+            and session is not None
+            and mono - rt.last_meter_store >= self.config.store.meter_interval_s
+        ):
+            self.store.record_meter(session.session_id, self.clock.now(), sample.reading.energy_kwh)
             rt.last_meter_store = mono
         self._supervise_devices(rt)
 
@@ -798,11 +882,19 @@ class Controller:
             log.error("%s: session %s not in the store", rt.config.id, session_id)
             return
         meter_stop = reading.energy_kwh if reading is not None else row.meter_last_kwh
-        self._finish_record(session_id, reason, self.clock.now(), meter_stop or 0.0,
-                            evse_id=rt.config.id)
+        self._finish_record(
+            session_id, reason, self.clock.now(), meter_stop or 0.0, evse_id=rt.config.id
+        )
 
-    def _finish_record(self, session_id: str, reason: StopReason, end: datetime,
-                       meter_stop: float, *, evse_id: str | None = None) -> None:
+    def _finish_record(
+        self,
+        session_id: str,
+        reason: StopReason,
+        end: datetime,
+        meter_stop: float,
+        *,
+        evse_id: str | None = None,
+    ) -> None:
         """Persist the end of a charging session with its CDR (one transaction), then tell the
         backend: the 'stopped' event (when ``evse_id`` is given) and the CDR itself."""
         row = self.store.get_session(session_id)
@@ -828,13 +920,16 @@ class Controller:
             offline=row.offline,
         )
         payload = dump(cdr).decode()
-        self.store.end_session(session_id, end=end, reason=reason.value,
-                               meter_stop_kwh=meter_stop, cdr_payload=payload)
-        log.info("session %s ended (%s): %.3f kWh, CDR queued", session_id, reason.value,
-                 cdr.energy_kwh)
+        self.store.end_session(
+            session_id, end=end, reason=reason.value, meter_stop_kwh=meter_stop, cdr_payload=payload
+        )
+        log.info(
+            "session %s ended (%s): %.3f kWh, CDR queued", session_id, reason.value, cdr.energy_kwh
+        )
         if evse_id is not None:
-            self._session_event(session_id, evse_id, SessionEventKind.STOPPED, reason.value,
-                                offline=row.offline)
+            self._session_event(
+                session_id, evse_id, SessionEventKind.STOPPED, reason.value, offline=row.offline
+            )
         if self.store.queued_event_count() == 0:  # else it follows the queued events
             self._send_cdr(session_id, payload)
 
@@ -848,8 +943,9 @@ class Controller:
             self._pending_auth.pop(session.request_id, None)
         if self.store.get_session(session.session_id) is not None:
             self.store.end_session(session.session_id, end=self.clock.now(), reason=action.reason)
-        self._session_event(session.session_id, rt.config.id, action.event, action.reason,
-                            offline=session.offline)
+        self._session_event(
+            session.session_id, rt.config.id, action.event, action.reason, offline=session.offline
+        )
 
     def _command_result(self, command_id: str, accepted: bool, reason: str | None) -> None:
         msg = CommandResponse(
@@ -858,8 +954,9 @@ class Controller:
             reason=reason,
         )
         payload = dump(msg)
-        self.store.save_command(command_id, payload.decode(), self.clock.now(),
-                                self._command_digest)
+        self.store.save_command(
+            command_id, payload.decode(), self.clock.now(), self._command_digest
+        )
         if not accepted:
             log.info("command %s rejected: %s", command_id, reason)
         self.link.publish("cmd/res", payload)
@@ -876,14 +973,21 @@ class Controller:
             if holder.state.phase is not EvseState.AUTHORIZED or s is None or not s.floating:
                 continue
             target = next(
-                (rt for rt in self.evses.values()
-                 if rt is not holder and rt.state.phase is EvseState.PREPARING),
+                (
+                    rt
+                    for rt in self.evses.values()
+                    if rt is not holder and rt.state.phase is EvseState.PREPARING
+                ),
                 None,
             )
             if target is None:
                 continue
-            log.info("floating session %s moves from %s to %s", s.session_id,
-                     holder.config.id, target.config.id)
+            log.info(
+                "floating session %s moves from %s to %s",
+                s.session_id,
+                holder.config.id,
+                target.config.id,
+            )
             self.dispatch(holder.config.id, ReleaseSession(s.session_id))
             self.dispatch(target.config.id, AdoptSession(s))
             return
@@ -926,8 +1030,13 @@ class Controller:
             return
         self.dispatch(
             evse_id,
-            TokenPresented(token=token, token_key=key, session_id=self.new_id(),
-                           request_id=self.new_id(), floating=floating),
+            TokenPresented(
+                token=token,
+                token_key=key,
+                session_id=self.new_id(),
+                request_id=self.new_id(),
+                floating=floating,
+            ),
         )
 
     def _route_token(self, key: str) -> tuple[str | None, bool]:
@@ -1018,8 +1127,11 @@ class Controller:
         if pending.confirm_only:
             self._cache(pending, res)
             if res.status is not AuthStatus.ACCEPTED:
-                log.warning("%s: backend refused a locally accepted token (%s): stopping",
-                            evse_id, res.status.value)
+                log.warning(
+                    "%s: backend refused a locally accepted token (%s): stopping",
+                    evse_id,
+                    res.status.value,
+                )
                 self.dispatch(evse_id, Deauthorized(pending.session_id))
             return
         self._answer_auth(pending, res)
@@ -1029,7 +1141,9 @@ class Controller:
         if self.config.auth.cache_size > 0:
             self.store.cache_put(
                 AuthEntry(pending.token_key, res.status.value, res.contract_id, res.expires_at),
-                self.clock.now(), self.config.auth.cache_size)
+                self.clock.now(),
+                self.config.auth.cache_size,
+            )
 
     def _answer_auth(self, pending: PendingAuth, res: AuthResponse) -> None:
         evse_id = pending.evse_id
@@ -1066,13 +1180,15 @@ class Controller:
                 return
         cmd = parse_command(data)
         if cmd.station_id is not None and cmd.station_id != self.config.station.id:
-            raise ProtocolError(f"addressed to station {cmd.station_id}, "
-                                f"not {self.config.station.id}")
+            raise ProtocolError(
+                f"addressed to station {cmd.station_id}, not {self.config.station.id}"
+            )
         if cmd.ts is not None:
             age = (self.clock.now() - cmd.ts).total_seconds()
             if age > self.config.cmd.max_age_s:
-                raise ProtocolError(f"command is {age:.0f} s old (limit "
-                                    f"{self.config.cmd.max_age_s:.0f} s)")
+                raise ProtocolError(
+                    f"command is {age:.0f} s old (limit {self.config.cmd.max_age_s:.0f} s)"
+                )
             if -age > self.config.cmd.max_age_s:
                 raise ProtocolError(f"command ts is {-age:.0f} s in the future: a clock is wrong")
         if isinstance(cmd, RemoteStart):
@@ -1087,14 +1203,17 @@ class Controller:
     def _update_local_list(self, cmd: UpdateLocalList) -> None:
         current = self.store.local_list_version()
         if cmd.version <= current:
-            self._command_result(cmd.command_id, False,
-                                 f"version {cmd.version} is not newer than {current}")
+            self._command_result(
+                cmd.command_id, False, f"version {cmd.version} is not newer than {current}"
+            )
             return
-        entries = [AuthEntry(e.token_key, e.status.value, e.contract_id, e.expires_at)
-                   for e in cmd.entries]
+        entries = [
+            AuthEntry(e.token_key, e.status.value, e.contract_id, e.expires_at) for e in cmd.entries
+        ]
         self.store.replace_local_list(cmd.version, entries, full=cmd.mode == "full")
-        log.info("local list now version %d (%s update, %d entries)", cmd.version, cmd.mode,
-                 len(entries))
+        log.info(
+            "local list now version %d (%s update, %d entries)", cmd.version, cmd.mode, len(entries)
+        )
         self._command_result(cmd.command_id, True, None)
 
     def _remote_start(self, cmd: RemoteStart) -> None:
@@ -1151,9 +1270,14 @@ class Controller:
         try:
             for rt in self.evses.values():
                 session = rt.state.session
-                if rt.state.phase is EvseState.CHARGING and session is not None and (
+                if (
+                    rt.state.phase is EvseState.CHARGING
+                    and session is not None
+                    and (
                         mono - rt.last_meter_store >= self.config.store.meter_interval_s
-                        or mono - rt.last_meter_read >= rt.config.meter.poll_interval_s):
+                        or mono - rt.last_meter_read >= rt.config.meter.poll_interval_s
+                    )
+                ):
                     self._poll_meter(rt)
                 self._supervise_devices(rt)
             if self.link.connected and self.store.queued_event_count():
@@ -1178,7 +1302,9 @@ class Controller:
             log.error(
                 "the broker does not deliver this station's own messages back: its ACL does not "
                 "let this identity use %s/#; the certificate CN or username must be %r",
-                self.config.topic_root, self.config.station.id)
+                self.config.topic_root,
+                self.config.station.id,
+            )
             self.station_faults["broker_acl"] = "own topics not delivered"
 
     # ------------------------------------------------------------------ status & display
@@ -1186,17 +1312,21 @@ class Controller:
         evses = []
         for evse_id, rt in self.evses.items():
             st = rt.state
-            evses.append(EvseStatus(
-                evse_id=evse_id,
-                state=st.phase,
-                session_id=st.session.session_id if st.session else None,
-                plugged=st.plugged,
-                relay_closed=rt.relay.is_closed(),
-                fault=st.fault,
-            ))
+            evses.append(
+                EvseStatus(
+                    evse_id=evse_id,
+                    state=st.phase,
+                    session_id=st.session.session_id if st.session else None,
+                    plugged=st.plugged,
+                    relay_closed=rt.relay.is_closed(),
+                    fault=st.fault,
+                )
+            )
         faults = sorted(self.station_faults)
-        devices: list[tuple[str, Any]] = [("rfid", self.drivers.rfid),
-                                          ("display", self.drivers.display)]
+        devices: list[tuple[str, Any]] = [
+            ("rfid", self.drivers.rfid),
+            ("display", self.drivers.display),
+        ]
         if self.drivers.qr is not None:
             devices.append(("qr", self.drivers.qr))
         for kind, device in devices:
@@ -1204,10 +1334,15 @@ class Controller:
             if not health.ok:
                 faults.append(f"{kind}:{health.fault}")
         pending, oldest = self.store.outbox_stats()
-        return StatusMessage(station_id=self.config.station.id, ts=self.clock.now(),
-                             version=__version__, evses=evses, faults=faults,
-                             outbox=OutboxStatus(pending=pending, oldest=oldest),
-                             local_list_version=self.store.local_list_version())
+        return StatusMessage(
+            station_id=self.config.station.id,
+            ts=self.clock.now(),
+            version=__version__,
+            evses=evses,
+            faults=faults,
+            outbox=OutboxStatus(pending=pending, oldest=oldest),
+            local_list_version=self.store.local_list_version(),
+        )
 
     def _publish_status(self) -> None:
         status = self.status()
@@ -1231,7 +1366,9 @@ class Controller:
             if st.phase is EvseState.FAULTED and st.fault:
                 message = f"Fault: {st.fault}"
             screen = EvseScreen(
-                evse_id=evse_id, state=st.phase.value, message=message,
+                evse_id=evse_id,
+                state=st.phase.value,
+                message=message,
                 qr_payload=self._qr_payload(evse_id) if self._qr_payload else None,
             )
             try:
@@ -1266,26 +1403,35 @@ class Controller:
 
     def sessions_view(self, limit: int = 50) -> list[dict[str, Any]]:
         out = []
-        live = {rt.state.session.session_id: rt.last_energy_kwh for rt in self.evses.values()
-                if rt.state.session is not None and rt.state.phase is EvseState.CHARGING}
+        live = {
+            rt.state.session.session_id: rt.last_energy_kwh
+            for rt in self.evses.values()
+            if rt.state.session is not None and rt.state.phase is EvseState.CHARGING
+        }
         for row in self.store.recent_sessions(limit):
             token = dict(row.token)
             last_kwh = live.get(row.session_id) or row.meter_last_kwh
-            out.append({
-                "session_id": row.session_id,
-                "evse_id": row.evse_id,
-                "state": row.state,
-                "token": {k: (mask(str(v)) if k in ("uid", "contract_id") else v)
-                          for k, v in token.items()},
-                "contract_id": mask(row.contract_id) if row.contract_id else None,
-                "session_start": rfc3339(row.session_start),
-                "charging_start": rfc3339(row.charging_start) if row.charging_start else None,
-                "session_end": rfc3339(row.session_end) if row.session_end else None,
-                "energy_kwh": (round(last_kwh - row.meter_start_kwh, 3)
-                               if last_kwh is not None
-                               and row.meter_start_kwh is not None else None),
-                "stop_reason": row.stop_reason,
-            })
+            out.append(
+                {
+                    "session_id": row.session_id,
+                    "evse_id": row.evse_id,
+                    "state": row.state,
+                    "token": {
+                        k: (mask(str(v)) if k in ("uid", "contract_id") else v)
+                        for k, v in token.items()
+                    },
+                    "contract_id": mask(row.contract_id) if row.contract_id else None,
+                    "session_start": rfc3339(row.session_start),
+                    "charging_start": rfc3339(row.charging_start) if row.charging_start else None,
+                    "session_end": rfc3339(row.session_end) if row.session_end else None,
+                    "energy_kwh": (
+                        round(last_kwh - row.meter_start_kwh, 3)
+                        if last_kwh is not None and row.meter_start_kwh is not None
+                        else None
+                    ),
+                    "stop_reason": row.stop_reason,
+                }
+            )
         return out
 
     def outbox_view(self) -> dict[str, Any]:
@@ -1293,18 +1439,25 @@ class Controller:
         entries = []
         for e in self.store.pending_cdrs(limit=200):
             cdr = json.loads(e.payload)
-            entries.append({
-                "session_id": e.session_id,
-                "evse_id": cdr.get("evse_id"),
-                "energy_kwh": cdr.get("energy_kwh"),
-                "token": {k: (mask(str(v)) if k in ("uid", "contract_id") else v)
-                          for k, v in cdr.get("token", {}).items()},
-                "created_at": rfc3339(e.created_at),
-                "attempts": e.attempts,
-                "last_attempt_at": rfc3339(e.last_attempt_at) if e.last_attempt_at else None,
-            })
-        return {"pending": pending, "oldest": rfc3339(oldest) if oldest else None,
-                "entries": entries}
+            entries.append(
+                {
+                    "session_id": e.session_id,
+                    "evse_id": cdr.get("evse_id"),
+                    "energy_kwh": cdr.get("energy_kwh"),
+                    "token": {
+                        k: (mask(str(v)) if k in ("uid", "contract_id") else v)
+                        for k, v in cdr.get("token", {}).items()
+                    },
+                    "created_at": rfc3339(e.created_at),
+                    "attempts": e.attempts,
+                    "last_attempt_at": rfc3339(e.last_attempt_at) if e.last_attempt_at else None,
+                }
+            )
+        return {
+            "pending": pending,
+            "oldest": rfc3339(oldest) if oldest else None,
+            "entries": entries,
+        }
 
 
 def _digest(data: dict[str, Any]) -> str:

@@ -49,8 +49,10 @@ def _evse_arg(ctl: Controller, req: dict[str, Any]) -> str:
 
 def _sim_device(device: object, kind: str, method: str) -> Any:
     if not type(device).__name__.startswith("Sim") or not hasattr(device, method):
-        raise ValueError(f"the {kind} is not a sim driver ({type(device).__name__}); "
-                         "sim commands only drive simulated devices")
+        raise ValueError(
+            f"the {kind} is not a sim driver ({type(device).__name__}); "
+            "sim commands only drive simulated devices"
+        )
     return getattr(device, method)
 
 
@@ -99,9 +101,11 @@ def _auth_list(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
     from agent.privacy import mask
 
     entries = [
-        {"token": f"{e.token_key.split(':', 1)[0]}:{mask(e.token_key.split(':', 1)[1])}",
-         "status": e.status,
-         "expires_at": e.expires_at.isoformat() if e.expires_at else None}
+        {
+            "token": f"{e.token_key.split(':', 1)[0]}:{mask(e.token_key.split(':', 1)[1])}",
+            "status": e.status,
+            "expires_at": e.expires_at.isoformat() if e.expires_at else None,
+        }
         for e in ctl.store.local_list_entries(limit=int(req.get("limit", 100)))
     ]
     return {
@@ -120,7 +124,7 @@ def _metrics(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
 def _sim_qr(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
     reader = ctl.drivers.qr
     if reader is None:
-        raise ValueError("no QR reader configured (qr.driver = \"none\")")
+        raise ValueError('no QR reader configured (qr.driver = "none")')
     feed = _sim_device(reader, "QR reader", "feed")
     payload = req.get("payload")
     if not isinstance(payload, str) or not payload:
@@ -138,8 +142,10 @@ def _rfid_read(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
     if got is None:
         return {"card": None, "timeout_s": timeout}
     card, seconds = got
-    return {"card": {"uid": card.uid, "card_type": card.card_type.value},
-            "seconds": round(seconds, 3)}
+    return {
+        "card": {"uid": card.uid, "card_type": card.card_type.value},
+        "seconds": round(seconds, 3),
+    }
 
 
 def _rfid_info(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +160,7 @@ def _rfid_info(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
 def _qr_verify(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
     """Wait for a station sticker in front of the camera; does its EvseID match this EVSE?"""
     if ctl.drivers.qr is None:
-        raise ValueError("no QR reader configured (qr.driver = \"none\")")
+        raise ValueError('no QR reader configured (qr.driver = "none")')
     evse_id = _evse_arg(ctl, req)
     timeout = min(max(float(req.get("timeout", 30.0)), 0.1), 300.0)
     since = time.monotonic()
@@ -226,7 +232,11 @@ def run(config: AgentConfig, clock: Clock | None = None) -> int:
         will_payload=dump(OfflineStatus(station_id=config.station.id)),
     )
     ctl = Controller(
-        config, drivers, store, link, clock=clock,
+        config,
+        drivers,
+        store,
+        link,
+        clock=clock,
         boot_id=read_boot_id(config.station.boot_id_file),
     )
     register_control_commands(ctl)
@@ -264,9 +274,13 @@ def run(config: AgentConfig, clock: Clock | None = None) -> int:
         ctl.start()
         control.start()
         link.start(ctl.post)
-        log.info("station %s up: %d EVSE(s), broker %s, control socket %s",
-                 config.station.id, len(ctl.evses), config.mqtt.url,
-                 config.station.control_socket)
+        log.info(
+            "station %s up: %d EVSE(s), broker %s, control socket %s",
+            config.station.id,
+            len(ctl.evses),
+            config.mqtt.url,
+            config.station.control_socket,
+        )
         notifier.ready(status=status_line(ctl))  # store open, relays open, drivers up
         ctl.run(stop, on_tick=on_tick)
     finally:
@@ -277,4 +291,3 @@ def run(config: AgentConfig, clock: Clock | None = None) -> int:
         store.close()
         log.info("station %s stopped", config.station.id)
     return 0
-

@@ -45,8 +45,10 @@ class Timeline:
         if rec.suffix == "auth/req":
             tok = d.get("token", {})
             ident = tok.get("uid") or tok.get("contract_id")
-            self.say("station", f"auth/req  {tok.get('type')} {ident}"
-                     f" for {d.get('evse_id') or 'any free EVSE'}")
+            self.say(
+                "station",
+                f"auth/req  {tok.get('type')} {ident} for {d.get('evse_id') or 'any free EVSE'}",
+            )
         elif rec.suffix == "session":
             extra = f" ({d['reason']})" if d.get("reason") else ""
             self.say("station", f"session   {d.get('event')}{extra} on {d.get('evse_id')}")
@@ -68,8 +70,12 @@ def _wait(pred: Any, timeout: float, what: str) -> Any:
 
 
 def _new_cdr(rec: Received, *, evse_id: str, seen: list[str]) -> bool:
-    return (rec.suffix == "cdr" and isinstance(rec.data, dict)
-            and rec.data.get("evse_id") == evse_id and rec.data["session_id"] not in seen)
+    return (
+        rec.suffix == "cdr"
+        and isinstance(rec.data, dict)
+        and rec.data.get("evse_id") == evse_id
+        and rec.data["session_id"] not in seen
+    )
 
 
 def _evse_state(sock: Path, evse_id: str) -> str:
@@ -98,9 +104,23 @@ def run_demo(config: Path | None = None, broker: str | None = None, seconds: flo
         stack.callback(log.close)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(config), "--broker",
-             broker, "--state-dir", str(tmp / "state"), "--socket", str(sock)],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "agent.cli",
+                "run",
+                "--config",
+                str(config),
+                "--broker",
+                broker,
+                "--state-dir",
+                str(tmp / "state"),
+                "--socket",
+                str(sock),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
 
         def stop_agent() -> None:
@@ -144,6 +164,8 @@ def run_demo(config: Path | None = None, broker: str | None = None, seconds: flo
             print(json.dumps(backend.cdrs[sid], indent=2))
         stop_agent()
         acked = len(session_ids) == len(cfg.evse)
-        print(f"\n{len(session_ids)} session(s), {len(session_ids)} CDR(s) acknowledged, "
-              f"{backend.cdr_duplicates} duplicate(s)")
+        print(
+            f"\n{len(session_ids)} session(s), {len(session_ids)} CDR(s) acknowledged, "
+            f"{backend.cdr_duplicates} duplicate(s)"
+        )
         return 0 if acked else 1

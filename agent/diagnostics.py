@@ -33,11 +33,16 @@ def relay_cycle(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
     evse_id = _evse(ctl, req)
     rt = ctl.evses[evse_id]
     st = rt.state
-    if st.session is not None or st.plugged or st.phase not in (EvseState.AVAILABLE,
-                                                                 EvseState.UNAVAILABLE):
-        raise ValueError(f"{evse_id} is {st.phase.value}"
-                         f"{' with a car plugged' if st.plugged else ''}: relay cycle needs an "
-                         "idle EVSE with no session and no car")
+    if (
+        st.session is not None
+        or st.plugged
+        or st.phase not in (EvseState.AVAILABLE, EvseState.UNAVAILABLE)
+    ):
+        raise ValueError(
+            f"{evse_id} is {st.phase.value}"
+            f"{' with a car plugged' if st.plugged else ''}: relay cycle needs an "
+            "idle EVSE with no session and no car"
+        )
     steps: list[dict[str, Any]] = []
     verdict = "ok"
     for action in ("close", "open"):
@@ -69,9 +74,15 @@ def meter_read(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
     rt = ctl.evses[evse_id]
     t0 = time.perf_counter()
     reading = rt.meter.read()
-    return {"evse_id": evse_id, "energy_kwh": reading.energy_kwh, "power_w": reading.power_w,
-            "voltage_v": reading.voltage_v, "driver": rt.config.meter.driver,
-            "model": getattr(rt.config.meter, "model", "sim"), "read_ms": _ms(t0)}
+    return {
+        "evse_id": evse_id,
+        "energy_kwh": reading.energy_kwh,
+        "power_w": reading.power_w,
+        "voltage_v": reading.voltage_v,
+        "driver": rt.config.meter.driver,
+        "model": getattr(rt.config.meter, "model", "sim"),
+        "read_ms": _ms(t0),
+    }
 
 
 def _check(name: str, fn: Callable[[], str]) -> dict[str, Any]:
@@ -103,15 +114,20 @@ def selftest(ctl: Controller, req: dict[str, Any]) -> list[dict[str, Any]]:
     for evse_id, rt in ctl.evses.items():
 
         def relay_probe(rt: Any = rt, evse_id: str = evse_id) -> str:
-            health = rt.relay.check_feedback() if hasattr(rt.relay, "check_feedback") \
+            health = (
+                rt.relay.check_feedback()
+                if hasattr(rt.relay, "check_feedback")
                 else rt.relay.health()
+            )
             if not health.ok:
                 raise DriverError(f"{evse_id} relay: {health.fault}: {health.detail}")
             fb = rt.relay.feedback_closed()
             if fb is not None and fb != rt.relay.is_closed():
                 commanded = "closed" if rt.relay.is_closed() else "open"
-                raise DriverError(f"{evse_id} relay feedback reads {'closed' if fb else 'open'}"
-                                  f" while commanded {commanded}")
+                raise DriverError(
+                    f"{evse_id} relay feedback reads {'closed' if fb else 'open'}"
+                    f" while commanded {commanded}"
+                )
             return f"{rt.config.relay.driver}, feedback {'not wired' if fb is None else 'ok'}"
 
         def meter_probe(rt: Any = rt) -> str:
@@ -121,8 +137,7 @@ def selftest(ctl: Controller, req: dict[str, Any]) -> list[dict[str, Any]]:
         checks.append(_check(f"relay {evse_id}", relay_probe))
         checks.append(_check(f"meter {evse_id}", meter_probe))
     if ctl.drivers.qr is not None:
-        checks.append(_check("camera", _health("QR reader", ctl.drivers.qr,
-                                               ctl.config.qr.driver)))
+        checks.append(_check("camera", _health("QR reader", ctl.drivers.qr, ctl.config.qr.driver)))
     display = ctl.drivers.display
 
     def display_probe() -> str:
@@ -133,8 +148,10 @@ def selftest(ctl: Controller, req: dict[str, Any]) -> list[dict[str, Any]]:
 
     def broker_probe() -> str:
         if not ctl.link.connected:
-            raise AgentError(f"not connected to {ctl.config.mqtt.url}: check the network, the "
-                             "broker address and the credentials")
+            raise AgentError(
+                f"not connected to {ctl.config.mqtt.url}: check the network, the "
+                "broker address and the credentials"
+            )
         return ctl.config.mqtt.url
 
     checks.append(_check("broker", broker_probe))

@@ -41,8 +41,9 @@ def build_rfid(cfg: RfidConfig, clock: Clock) -> RfidReader:
         from drivers.rfid.pn532 import Pn532Reader
 
         assert cfg.path is not None  # validated
-        return Pn532Reader(cfg.path, poll_interval_s=cfg.poll_interval_s,
-                           debounce_s=cfg.debounce_s, clock=clock)
+        return Pn532Reader(
+            cfg.path, poll_interval_s=cfg.poll_interval_s, debounce_s=cfg.debounce_s, clock=clock
+        )
     if cfg.driver == "none":
         from drivers.rfid.null import NullRfidReader
 
@@ -65,8 +66,9 @@ def build_display(cfg: DisplayConfig, url_template: str) -> Display:
     if cfg.driver == "framebuffer":
         from drivers.display.framebuffer import FramebufferDisplay
 
-        return FramebufferDisplay(cfg.device, width=cfg.width, height=cfg.height,
-                                  url_template=url_template)
+        return FramebufferDisplay(
+            cfg.device, width=cfg.width, height=cfg.height, url_template=url_template
+        )
     from drivers.display.sim import SimDisplay
 
     return SimDisplay()

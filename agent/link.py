@@ -96,8 +96,10 @@ class MqttLink:
             protocol=mqtt.MQTTv311,
         )
         client.will_set(self.topic("status"), self._will, qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=max(1, round(cfg.reconnect_min_s)),
-                                   max_delay=max(1, round(cfg.reconnect_max_s)))
+        client.reconnect_delay_set(
+            min_delay=max(1, round(cfg.reconnect_min_s)),
+            max_delay=max(1, round(cfg.reconnect_max_s)),
+        )
         client.max_queued_messages_set(0)  # unbounded in memory; the durable queue is SQLite
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -107,8 +109,9 @@ class MqttLink:
         client.on_subscribe = self._on_subscribe
         ctx: ssl.SSLContext | None = None
         if cfg.tls:
-            ctx = build_ssl_context(cfg.ca_file, cfg.cert_file, cfg.key_file,
-                                    cfg.tls_insecure_for_testing)
+            ctx = build_ssl_context(
+                cfg.ca_file, cfg.cert_file, cfg.key_file, cfg.tls_insecure_for_testing
+            )
             client.tls_set_context(ctx)
             if cfg.tls_insecure_for_testing:
                 log.warning("TLS certificate and hostname checks are OFF (testing only)")
@@ -180,14 +183,21 @@ class MqttLink:
         else:  # dropped before CONNACK (e.g. a TLS 1.3 certificate refusal)
             self._on_connect_fail(client, userdata)
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any,
-                      properties: Any) -> None:
-        refused = [t for t, rc in zip(self._subscribed, reason_codes, strict=False)
-                   if getattr(rc, "is_failure", False)]
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
+        refused = [
+            t
+            for t, rc in zip(self._subscribed, reason_codes, strict=False)
+            if getattr(rc, "is_failure", False)
+        ]
         if refused:
-            log.error("broker refused the subscription to %s: not authorised; the station's "
-                      "identity (certificate CN or username) must be station.id %r",
-                      ", ".join(refused), self._client_id)
+            log.error(
+                "broker refused the subscription to %s: not authorised; the station's "
+                "identity (certificate CN or username) must be station.id %r",
+                ", ".join(refused),
+                self._client_id,
+            )
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         """paho reports TLS refusals only as a lost socket: ask the broker why, once in a while."""

@@ -95,8 +95,11 @@ class _Out(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra=lambda schema: schema.setdefault("required", []).insert(0, "v")
-        if "v" not in schema.get("required", []) else None,
+        json_schema_extra=lambda schema: (
+            schema.setdefault("required", []).insert(0, "v")
+            if "v" not in schema.get("required", [])
+            else None
+        ),
     )
     v: Literal[1] = 1
 
@@ -398,8 +401,7 @@ def dump(msg: BaseModel) -> bytes:
 
 def _prune(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _prune(v) for k, v in value.items()
-                if not (v is None and k in OPTIONAL_FIELDS)}
+        return {k: _prune(v) for k, v in value.items() if not (v is None and k in OPTIONAL_FIELDS)}
     if isinstance(value, list):
         return [_prune(v) for v in value]
     return value

@@ -103,8 +103,11 @@ class Notifier:
 
     def _deliver(self, datagram: bytes, what: str) -> bool:
         if self._address is None:
-            return self._failed(what, f"NOTIFY_SOCKET={self._socket_name!r} is neither an "
-                                      "absolute path nor an abstract name ('@...')")
+            return self._failed(
+                what,
+                f"NOTIFY_SOCKET={self._socket_name!r} is neither an "
+                "absolute path nor an abstract name ('@...')",
+            )
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
                 sock.settimeout(SEND_TIMEOUT_S)
@@ -123,8 +126,13 @@ class Notifier:
             log.debug("sd_notify %s to %s failed again: %s", what, self._socket_name, reason)
         else:
             self._failing = True
-            log.warning("sd_notify %s to %s failed: %s (repeats are logged at debug level "
-                        "until a notification gets through)", what, self._socket_name, reason)
+            log.warning(
+                "sd_notify %s to %s failed: %s (repeats are logged at debug level "
+                "until a notification gets through)",
+                what,
+                self._socket_name,
+                reason,
+            )
         return False
 
     # ------------------------------------------------------------------ the messages
@@ -172,12 +180,14 @@ class Notifier:
             try:
                 pid = int(self._watchdog_pid)
             except ValueError:
-                log.warning("ignoring the watchdog: WATCHDOG_PID=%r is not a process id",
-                            self._watchdog_pid)
+                log.warning(
+                    "ignoring the watchdog: WATCHDOG_PID=%r is not a process id", self._watchdog_pid
+                )
                 return None
             if pid != os.getpid():
-                log.debug("the watchdog is meant for pid %d, not this process (%d)",
-                          pid, os.getpid())
+                log.debug(
+                    "the watchdog is meant for pid %d, not this process (%d)", pid, os.getpid()
+                )
                 return None
         return usec / 1_000_000
 

@@ -384,8 +384,9 @@ def _auth_result(policy: Policy, evse: Evse, event: Event) -> Result:
             DropSession(session, SessionEventKind.REJECTED, event.status),
             Notify("Card rejected"),
         ]
-    session = replace(session, contract_id=event.contract_id, request_id=None,
-                      offline=event.offline)
+    session = replace(
+        session, contract_id=event.contract_id, request_id=None, offline=event.offline
+    )
     if evse.plugged:
         return replace(evse, phase=EvseState.CHARGING, session=session), [
             CancelTimer(Timer.AUTH),

@@ -45,17 +45,20 @@ def _sessions_text(rows: list[dict[str, Any]]) -> str:
     out = [f"{'session':<36} {'evse':<20} {'state':<10} {'kWh':>8} {'reason':<16} start"]
     for r in rows:
         kwh = "-" if r["energy_kwh"] is None else f"{r['energy_kwh']:.3f}"
-        out.append(f"{r['session_id']:<36} {r['evse_id']:<20} {r['state']:<10} {kwh:>8} "
-                   f"{r['stop_reason'] or '-':<16} {r['session_start']}")
+        out.append(
+            f"{r['session_id']:<36} {r['evse_id']:<20} {r['state']:<10} {kwh:>8} "
+            f"{r['stop_reason'] or '-':<16} {r['session_start']}"
+        )
     return "\n".join(out)
 
 
 def _outbox_text(ob: dict[str, Any]) -> str:
-    out = [f"{ob['pending']} CDR(s) pending" + (f", oldest {ob['oldest']}" if ob["oldest"]
-                                                  else "")]
+    out = [f"{ob['pending']} CDR(s) pending" + (f", oldest {ob['oldest']}" if ob["oldest"] else "")]
     for e in ob["entries"]:
-        out.append(f"  {e['session_id']}  {e['evse_id']}  {e['energy_kwh']} kWh  "
-                   f"token {e['token']}  attempts {e['attempts']}  created {e['created_at']}")
+        out.append(
+            f"  {e['session_id']}  {e['evse_id']}  {e['energy_kwh']} kWh  "
+            f"token {e['token']}  attempts {e['attempts']}  created {e['created_at']}"
+        )
     return "\n".join(out)
 
 
@@ -97,8 +100,14 @@ def _qr_local(args: argparse.Namespace) -> int:
             print(f"stationctl: no EVSE_ID given and no readable config: {err}", file=sys.stderr)
             return EX_CONFIG
     try:
-        print(render_for_cli(evse_id, template, png_path=str(args.png) if args.png else None,
-                             terminal=not args.png or args.terminal))
+        print(
+            render_for_cli(
+                evse_id,
+                template,
+                png_path=str(args.png) if args.png else None,
+                terminal=not args.png or args.terminal,
+            )
+        )
     except ValueError as err:
         print(f"stationctl: {err}", file=sys.stderr)
         return 1
@@ -135,8 +144,11 @@ def _run(args: argparse.Namespace) -> int:
         rows = call(sock, {"cmd": "sessions", "limit": args.limit})
         _print_json(rows) if args.json else print(_sessions_text(rows))
     elif c == "qr":  # verify: the daemon's camera
-        res = call(sock, {"cmd": "qr.verify", "evse_id": args.evse_id, "timeout": args.timeout},
-                   timeout=args.timeout + 15)
+        res = call(
+            sock,
+            {"cmd": "qr.verify", "evse_id": args.evse_id, "timeout": args.timeout},
+            timeout=args.timeout + 15,
+        )
         if res["seen"] is None:
             print(f"no station code seen within {args.timeout:.0f} s")
             return 1
@@ -145,8 +157,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0 if res["match"] else 1
     elif c == "rfid":
         if args.rfid_command == "read":
-            res = call(sock, {"cmd": "rfid.read", "timeout": args.timeout},
-                       timeout=args.timeout + 15)
+            res = call(
+                sock, {"cmd": "rfid.read", "timeout": args.timeout}, timeout=args.timeout + 15
+            )
             if res["card"] is None:
                 print(f"no card within {args.timeout:.0f} s")
                 return 1
@@ -155,7 +168,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             info = call(sock, {"cmd": "rfid.info"})
             _print_json(info) if args.json else print(
-                "\n".join(f"{k}: {v}" for k, v in info.items()))
+                "\n".join(f"{k}: {v}" for k, v in info.items())
+            )
     elif c == "relay":
         res = call(sock, {"cmd": f"relay.{args.relay_command}", "evse_id": args.evse_id})
         if args.relay_command == "reset":
@@ -164,8 +178,10 @@ def _run(args: argparse.Namespace) -> int:
             for step in res["steps"]:
                 fb = step.get("feedback_closed")
                 state = "-" if fb is None else ("closed" if fb else "open")
-                print(f"  {step['step']:<10} {step.get('ms', 0):7.1f} ms  feedback {state}"
-                      + (f"  ERROR {step['error']}" if "error" in step else ""))
+                print(
+                    f"  {step['step']:<10} {step.get('ms', 0):7.1f} ms  feedback {state}"
+                    + (f"  ERROR {step['error']}" if "error" in step else "")
+                )
             print(f"{res['evse_id']}: {res['verdict']}")
             return 0 if res["verdict"].startswith("ok") else 1
     elif c == "meter":
@@ -173,25 +189,31 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(res)
         else:
-            print(f"{res['evse_id']}: {res['energy_kwh']:.3f} kWh, power {res['power_w']} W, "
-                  f"voltage {res['voltage_v']} V ({res['driver']} {res['model']}, "
-                  f"{res['read_ms']:.1f} ms)")
+            print(
+                f"{res['evse_id']}: {res['energy_kwh']:.3f} kWh, power {res['power_w']} W, "
+                f"voltage {res['voltage_v']} V ({res['driver']} {res['model']}, "
+                f"{res['read_ms']:.1f} ms)"
+            )
     elif c == "selftest":
         checks = call(sock, {"cmd": "selftest"}, timeout=60)
         if args.json:
             _print_json(checks)
         else:
             for chk in checks:
-                print(f"{'PASS' if chk['ok'] else 'FAIL'}  {chk['check']:<28} {chk['ms']:7.1f} ms"
-                      f"  {chk['detail']}")
+                print(
+                    f"{'PASS' if chk['ok'] else 'FAIL'}  {chk['check']:<28} {chk['ms']:7.1f} ms"
+                    f"  {chk['detail']}"
+                )
         return sum(1 for chk in checks if not chk["ok"])
     elif c == "auth":
         res = call(sock, {"cmd": "auth.list"})
         if args.json:
             _print_json(res)
         else:
-            print(f"local list version {res['version']}, {res['size']} entries; auth cache "
-                  f"{res['cache_size']} entries; offline policy {res['offline_policy']}")
+            print(
+                f"local list version {res['version']}, {res['size']} entries; auth cache "
+                f"{res['cache_size']} entries; offline policy {res['offline_policy']}"
+            )
             for e in res["entries"]:
                 print(f"  {e['token']:<24} {e['status']:<9} expires {e['expires_at'] or '-'}")
     elif c == "outbox":
@@ -208,11 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     # --socket is accepted before or after the sub-command; SUPPRESS keeps a sub-parser from
     # resetting a value given earlier on the line
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--socket", type=Path, default=argparse.SUPPRESS,
-                        help=f"control socket (default {DEFAULT_SOCKET})")
+    common.add_argument(
+        "--socket",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"control socket (default {DEFAULT_SOCKET})",
+    )
     p = argparse.ArgumentParser(prog="stationctl", description=__doc__)
-    p.add_argument("--socket", type=Path, default=DEFAULT_SOCKET,
-                   help=f"control socket (default {DEFAULT_SOCKET})")
+    p.add_argument(
+        "--socket",
+        type=Path,
+        default=DEFAULT_SOCKET,
+        help=f"control socket (default {DEFAULT_SOCKET})",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("status", parents=[common], help="station and EVSE state")
@@ -222,8 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     simsub = sim.add_subparsers(dest="sim_command", required=True)
     tap = simsub.add_parser("tap", parents=[common], help="present a card to the sim reader")
     tap.add_argument("uid")
-    tap.add_argument("--card-type", default="unknown",
-                     choices=["unknown", "mifare_classic", "ultralight", "iso_dep"])
+    tap.add_argument(
+        "--card-type",
+        default="unknown",
+        choices=["unknown", "mifare_classic", "ultralight", "iso_dep"],
+    )
     for name in ("plug", "unplug"):
         sp = simsub.add_parser(name, parents=[common], help=f"{name} the car (sim plug sensor)")
         sp.add_argument("evse_id", nargs="?")
@@ -250,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     dec = qrsub.add_parser("decode", parents=[common], help="decode the codes in an image")
     dec.add_argument("image", type=Path)
     dec.add_argument("--json", action="store_true")
-    ver = qrsub.add_parser("verify", parents=[common],
-                           help="hold the printed sticker to the camera: does it match?")
+    ver = qrsub.add_parser(
+        "verify", parents=[common], help="hold the printed sticker to the camera: does it match?"
+    )
     ver.add_argument("evse_id", nargs="?")
     ver.add_argument("--timeout", type=float, default=30.0)
 
@@ -264,8 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     rl = sub.add_parser("relay", parents=[common], help="contactor diagnostics")
     rlsub = rl.add_subparsers(dest="relay_command", required=True)
-    for name, text in (("cycle", "close and open an idle EVSE's relay, check the feedback"),
-                       ("reset", "clear a welded/stuck fault once the feedback reads open")):
+    for name, text in (
+        ("cycle", "close and open an idle EVSE's relay, check the feedback"),
+        ("reset", "clear a welded/stuck fault once the feedback reads open"),
+    ):
         rp = rlsub.add_parser(name, parents=[common], help=text)
         rp.add_argument("evse_id", nargs="?")
     mt = sub.add_parser("meter", parents=[common], help="energy meter diagnostics")
@@ -273,8 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     mr = mtsub.add_parser("read", parents=[common], help="read energy, power, voltage now")
     mr.add_argument("evse_id", nargs="?")
     mr.add_argument("--json", action="store_true")
-    stp = sub.add_parser("selftest", parents=[common],
-                         help="probe every device; exit status = number of failures")
+    stp = sub.add_parser(
+        "selftest", parents=[common], help="probe every device; exit status = number of failures"
+    )
     stp.add_argument("--json", action="store_true")
 
     au = sub.add_parser("auth", parents=[common], help="offline authorisation: the local list")

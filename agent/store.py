@@ -206,7 +206,9 @@ class Store:
         log.critical(
             "store %s is unreadable (%s): moved aside to %s and starting with an empty store; "
             "pending CDRs in it must be recovered by hand",
-            self.path, err, target,
+            self.path,
+            err,
+            target,
         )
         return target
 
@@ -297,8 +299,7 @@ class Store:
                 "UPDATE sessions SET state='charging', charging_start=?, meter_start_kwh=?,"
                 " meter_last_kwh=?, meter_last_at=?, updated_at=?, evse_id=COALESCE(?, evse_id)"
                 " WHERE session_id=?",
-                (rfc3339(ts), meter_kwh, meter_kwh, rfc3339(ts), rfc3339(ts), evse_id,
-                 session_id),
+                (rfc3339(ts), meter_kwh, meter_kwh, rfc3339(ts), rfc3339(ts), evse_id, session_id),
             )
 
     def record_meter(self, session_id: str, ts: datetime, meter_kwh: float) -> None:
@@ -359,9 +360,7 @@ class Store:
             " WHERE acked_at IS NULL ORDER BY seq LIMIT ?",
             (limit,),
         ).fetchall()
-        return [
-            OutboxEntry(r[0], r[1], r[2], parse_rfc3339(r[3]), r[4], _ts(r[5])) for r in rows
-        ]
+        return [OutboxEntry(r[0], r[1], r[2], parse_rfc3339(r[3]), r[4], _ts(r[5])) for r in rows]
 
     def mark_attempt(self, session_id: str, ts: datetime) -> None:
         with self._tx():
@@ -403,8 +402,9 @@ class Store:
         ).fetchone()
         return None if row is None else (str(row[0]), row[1])
 
-    def save_command(self, command_id: str, response: str, ts: datetime,
-                     digest: str | None = None) -> None:
+    def save_command(
+        self, command_id: str, response: str, ts: datetime, digest: str | None = None
+    ) -> None:
         with self._tx():
             self.db.execute(
                 "INSERT OR IGNORE INTO commands (command_id, response, received_at, digest)"
@@ -443,8 +443,15 @@ class Store:
                 " VALUES (?, ?, ?, ?) ON CONFLICT(token_key) DO UPDATE SET"
                 " status=excluded.status, contract_id=excluded.contract_id,"
                 " expires_at=excluded.expires_at",
-                [(e.token_key, e.status, e.contract_id,
-                  rfc3339(e.expires_at) if e.expires_at else None) for e in entries],
+                [
+                    (
+                        e.token_key,
+                        e.status,
+                        e.contract_id,
+                        rfc3339(e.expires_at) if e.expires_at else None,
+                    )
+                    for e in entries
+                ],
             )
             self.db.execute(
                 "INSERT INTO meta (key, value) VALUES ('local_list_version', ?)"
@@ -455,7 +462,8 @@ class Store:
     def local_list_entries(self, limit: int = 1000) -> list[AuthEntry]:
         rows = self.db.execute(
             "SELECT token_key, status, contract_id, expires_at FROM local_list"
-            " ORDER BY token_key LIMIT ?", (limit,),
+            " ORDER BY token_key LIMIT ?",
+            (limit,),
         ).fetchall()
         return [AuthEntry(r[0], r[1], r[2], _ts(r[3])) for r in rows]
 
@@ -481,8 +489,13 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT(token_key) DO UPDATE SET"
                 " status=excluded.status, contract_id=excluded.contract_id,"
                 " expires_at=excluded.expires_at, updated_at=excluded.updated_at",
-                (entry.token_key, entry.status, entry.contract_id,
-                 rfc3339(entry.expires_at) if entry.expires_at else None, rfc3339(now)),
+                (
+                    entry.token_key,
+                    entry.status,
+                    entry.contract_id,
+                    rfc3339(entry.expires_at) if entry.expires_at else None,
+                    rfc3339(now),
+                ),
             )
             excess = self.cache_size() - max_size
             if excess > 0:

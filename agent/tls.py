@@ -53,16 +53,19 @@ def _check_readable_file(path: PathLike, key: str | None, what: str) -> Path:
     except FileNotFoundError as err:
         raise ConfigError(f"{_where(p, key)}: no such {what} file") from err
     except PermissionError as err:
-        raise ConfigError(f"{_where(p, key)}: permission denied (the agent runs as user "
-                          f"station-agent: make the {what} file readable by its group)") from err
+        raise ConfigError(
+            f"{_where(p, key)}: permission denied (the agent runs as user "
+            f"station-agent: make the {what} file readable by its group)"
+        ) from err
     except OSError as err:
-        raise ConfigError(f"{_where(p, key)}: cannot read the {what} file: {err.strerror}"
-                          ) from err
+        raise ConfigError(f"{_where(p, key)}: cannot read the {what} file: {err.strerror}") from err
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{_where(p, key)}: not a regular file")
     if not os.access(p, os.R_OK):
-        raise ConfigError(f"{_where(p, key)}: permission denied (the agent runs as user "
-                          f"station-agent: make the {what} file readable by its group)")
+        raise ConfigError(
+            f"{_where(p, key)}: permission denied (the agent runs as user "
+            f"station-agent: make the {what} file readable by its group)"
+        )
     return p
 
 
@@ -77,9 +80,12 @@ def warn_if_world_readable(path: PathLike, key: str | None = None) -> bool:
         return False
     if str(p) not in _warned_world_readable:
         _warned_world_readable.add(str(p))
-        log.warning("%s is accessible to every user on this machine (mode %04o): "
-                    "run chmod 0640 on it (owner root, group station-agent)",
-                    _where(p, key), stat.S_IMODE(mode))
+        log.warning(
+            "%s is accessible to every user on this machine (mode %04o): "
+            "run chmod 0640 on it (owner root, group station-agent)",
+            _where(p, key),
+            stat.S_IMODE(mode),
+        )
     return True
 
 
@@ -98,8 +104,9 @@ def read_secret(path: PathLike, key: str | None = "mqtt.password_file") -> str:
     except OSError as err:
         raise ConfigError(f"{_where(p, key)}: cannot read: {err.strerror}") from err
     if len(raw) > MAX_SECRET_BYTES:
-        raise ConfigError(f"{_where(p, key)}: larger than {MAX_SECRET_BYTES} bytes: "
-                          "not a password file")
+        raise ConfigError(
+            f"{_where(p, key)}: larger than {MAX_SECRET_BYTES} bytes: not a password file"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -108,15 +115,18 @@ def read_secret(path: PathLike, key: str | None = "mqtt.password_file") -> str:
     if not lines or not lines[0]:
         raise ConfigError(f"{_where(p, key)}: empty (the secret must be on the first line)")
     if any(line.strip() for line in lines[1:]):
-        raise ConfigError(f"{_where(p, key)}: more than one line (the secret must be the "
-                          "only line)")
+        raise ConfigError(
+            f"{_where(p, key)}: more than one line (the secret must be the only line)"
+        )
     return lines[0]
 
 
 def _no_passphrase() -> NoReturn:
     # load_cert_chain would otherwise prompt on the terminal for an encrypted key
-    raise ConfigError("the private key is encrypted: station keys must be stored unencrypted "
-                      "(protect the file with mode 0640, owner root, group station-agent)")
+    raise ConfigError(
+        "the private key is encrypted: station keys must be stored unencrypted "
+        "(protect the file with mode 0640, owner root, group station-agent)"
+    )
 
 
 def build_ssl_context(
@@ -136,8 +146,10 @@ def build_ssl_context(
     Always: TLS 1.2 or newer, ``CERT_REQUIRED`` and hostname checking (unless insecure).
     """
     if key_file is not None and cert_file is None:
-        raise ConfigError("mqtt.key_file is set but mqtt.cert_file is not: mutual TLS needs "
-                          "the station's certificate too")
+        raise ConfigError(
+            "mqtt.key_file is set but mqtt.cert_file is not: mutual TLS needs "
+            "the station's certificate too"
+        )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED + check_hostname
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION
@@ -146,24 +158,33 @@ def build_ssl_context(
         try:
             ctx.load_verify_locations(cafile=str(ca))
         except ssl.SSLError as err:
-            raise ConfigError(f"mqtt.ca_file ({ca}): no usable PEM certificate in it "
-                              f"({err.reason or err})") from err
+            raise ConfigError(
+                f"mqtt.ca_file ({ca}): no usable PEM certificate in it ({err.reason or err})"
+            ) from err
         except (OSError, ValueError) as err:
             raise ConfigError(f"mqtt.ca_file ({ca}): cannot load: {err}") from err
     else:
         ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
         if not ctx.get_ca_certs() and not _has_default_ca_paths():
-            log.warning("no mqtt.ca_file and no system CA store found: the broker's certificate "
-                        "cannot be verified and the connection will fail")
+            log.warning(
+                "no mqtt.ca_file and no system CA store found: the broker's certificate "
+                "cannot be verified and the connection will fail"
+            )
     if cert_file is not None:
         cert = _check_readable_file(cert_file, "mqtt.cert_file", "certificate")
-        key = (_check_readable_file(key_file, "mqtt.key_file", "private key")
-               if key_file is not None else None)
-        warn_if_world_readable(key if key is not None else cert,
-                               "mqtt.key_file" if key is not None else "mqtt.cert_file")
+        key = (
+            _check_readable_file(key_file, "mqtt.key_file", "private key")
+            if key_file is not None
+            else None
+        )
+        warn_if_world_readable(
+            key if key is not None else cert,
+            "mqtt.key_file" if key is not None else "mqtt.cert_file",
+        )
         try:
-            ctx.load_cert_chain(str(cert), str(key) if key is not None else None,
-                                password=_no_passphrase)
+            ctx.load_cert_chain(
+                str(cert), str(key) if key is not None else None, password=_no_passphrase
+            )
         except ConfigError as err:
             raise ConfigError(f"{_where(key or cert, 'mqtt.key_file')}: {err}") from err
         except ssl.SSLError as err:
@@ -174,16 +195,17 @@ def build_ssl_context(
                 msg = "not a PEM certificate/private key"
             else:
                 msg = f"cannot load the certificate or key ({err.reason or err})"
-            raise ConfigError(f"mqtt.cert_file ({cert}) / mqtt.key_file ({key}): {msg}"
-                              ) from err
+            raise ConfigError(f"mqtt.cert_file ({cert}) / mqtt.key_file ({key}): {msg}") from err
         except OSError as err:
             raise ConfigError(f"mqtt.cert_file ({cert}): cannot load: {err.strerror}") from err
         check_certificate_dates(cert)
     if insecure_for_testing:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        log.warning("TLS certificate and hostname verification are OFF "
-                    "(mqtt.tls_insecure_for_testing): never use this on a station")
+        log.warning(
+            "TLS certificate and hostname verification are OFF "
+            "(mqtt.tls_insecure_for_testing): never use this on a station"
+        )
     return ctx
 
 
@@ -194,8 +216,7 @@ def _has_default_ca_paths() -> bool:
 
 # -------------------------------------------------------------------------- certificate dates
 EXPIRY_WARNING_DAYS = 30
-_PEM_CERT = re.compile(
-    r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
+_PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
 
 
 def _der_element(data: bytes, pos: int) -> tuple[int, int, int]:
@@ -208,7 +229,7 @@ def _der_element(data: bytes, pos: int) -> tuple[int, int, int]:
         n = length & 0x7F
         if n == 0 or n > 4 or pos + n > len(data):
             raise ValueError("bad DER length")
-        length = int.from_bytes(data[pos:pos + n], "big")
+        length = int.from_bytes(data[pos : pos + n], "big")
         pos += n
     if pos + length > len(data):
         raise ValueError("truncated DER")
@@ -271,14 +292,17 @@ def check_certificate_dates(path: PathLike, now: dt.datetime | None = None) -> s
     now = now or dt.datetime.now(dt.UTC)
     msg = None
     if now > not_after:
-        msg = (f"the station certificate {path} expired on {not_after:%Y-%m-%d %H:%M} UTC: the "
-               "broker will refuse the connection (or this station's clock is wrong)")
+        msg = (
+            f"the station certificate {path} expired on {not_after:%Y-%m-%d %H:%M} UTC: the "
+            "broker will refuse the connection (or this station's clock is wrong)"
+        )
     elif now < not_before:
-        msg = (f"the station certificate {path} is only valid from {not_before:%Y-%m-%d %H:%M} "
-               "UTC: is this station's clock wrong?")
+        msg = (
+            f"the station certificate {path} is only valid from {not_before:%Y-%m-%d %H:%M} "
+            "UTC: is this station's clock wrong?"
+        )
     elif not_after - now < dt.timedelta(days=EXPIRY_WARNING_DAYS):
-        msg = (f"the station certificate {path} expires on {not_after:%Y-%m-%d %H:%M} UTC: "
-               "renew it")
+        msg = f"the station certificate {path} expires on {not_after:%Y-%m-%d %H:%M} UTC: renew it"
     if msg:
         log.warning("%s", msg)
     return msg
@@ -286,41 +310,76 @@ def check_certificate_dates(path: PathLike, now: dt.datetime | None = None) -> s
 
 # -------------------------------------------------------------------------- error messages
 _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("certificate has expired",),
-     "the broker's certificate has expired (or this station's clock is wrong)"),
-    (("certificate is not yet valid",),
-     "the broker's certificate is not valid yet: is this station's clock wrong?"),
-    (("hostname mismatch", "ip address mismatch"),
-     "the broker's certificate is not valid for this host name: check the host in mqtt.url"),
-    (("unable to get local issuer", "self-signed certificate", "self signed certificate",
-      "unable to verify the first certificate"),
-     "the broker's certificate is not signed by a CA in mqtt.ca_file (wrong CA file?)"),
-    (("certificate verify failed",),
-     "the broker's certificate could not be verified"),
-    (("alert certificate expired",),
-     "the broker rejected this station's certificate: it has expired (mqtt.cert_file)"),
-    (("alert certificate revoked",),
-     "the broker rejected this station's certificate: it is revoked"),
-    (("alert unknown ca", "alert bad certificate", "alert certificate unknown",
-      "alert unsupported certificate"),
-     "the broker rejected this station's certificate (not signed by the CA it trusts?)"),
-    (("alert certificate required", "peer did not return a certificate"),
-     "the broker requires a client certificate: set mqtt.cert_file and mqtt.key_file"),
-    (("alert protocol version", "unsupported protocol", "no protocols available"),
-     "no common TLS version with the broker (the agent requires TLS 1.2 or newer)"),
-    (("handshake failure", "no shared cipher"),
-     "TLS handshake failed: no common cipher or the broker rejected the handshake"),
-    (("wrong version number", "packet length too long", "record layer failure"),
-     "the broker does not speak TLS on this port (mqtts:// to a plain MQTT port?)"),
-    (("eof occurred in violation of protocol", "unexpected eof", "connection reset"),
-     "the broker closed the connection during TLS set-up: it rejected this station's "
-     "certificate (expired, revoked, another CA) or the port is not a TLS listener; "
-     "agent.tls.probe_tls tells which"),
+    (
+        ("certificate has expired",),
+        "the broker's certificate has expired (or this station's clock is wrong)",
+    ),
+    (
+        ("certificate is not yet valid",),
+        "the broker's certificate is not valid yet: is this station's clock wrong?",
+    ),
+    (
+        ("hostname mismatch", "ip address mismatch"),
+        "the broker's certificate is not valid for this host name: check the host in mqtt.url",
+    ),
+    (
+        (
+            "unable to get local issuer",
+            "self-signed certificate",
+            "self signed certificate",
+            "unable to verify the first certificate",
+        ),
+        "the broker's certificate is not signed by a CA in mqtt.ca_file (wrong CA file?)",
+    ),
+    (("certificate verify failed",), "the broker's certificate could not be verified"),
+    (
+        ("alert certificate expired",),
+        "the broker rejected this station's certificate: it has expired (mqtt.cert_file)",
+    ),
+    (
+        ("alert certificate revoked",),
+        "the broker rejected this station's certificate: it is revoked",
+    ),
+    (
+        (
+            "alert unknown ca",
+            "alert bad certificate",
+            "alert certificate unknown",
+            "alert unsupported certificate",
+        ),
+        "the broker rejected this station's certificate (not signed by the CA it trusts?)",
+    ),
+    (
+        ("alert certificate required", "peer did not return a certificate"),
+        "the broker requires a client certificate: set mqtt.cert_file and mqtt.key_file",
+    ),
+    (
+        ("alert protocol version", "unsupported protocol", "no protocols available"),
+        "no common TLS version with the broker (the agent requires TLS 1.2 or newer)",
+    ),
+    (
+        ("handshake failure", "no shared cipher"),
+        "TLS handshake failed: no common cipher or the broker rejected the handshake",
+    ),
+    (
+        ("wrong version number", "packet length too long", "record layer failure"),
+        "the broker does not speak TLS on this port (mqtts:// to a plain MQTT port?)",
+    ),
+    (
+        ("eof occurred in violation of protocol", "unexpected eof", "connection reset"),
+        "the broker closed the connection during TLS set-up: it rejected this station's "
+        "certificate (expired, revoked, another CA) or the port is not a TLS listener; "
+        "agent.tls.probe_tls tells which",
+    ),
 )
-NOT_TLS = ("the broker closed the connection during the TLS handshake: is this port a TLS "
-           "listener? (mqtts:// to a plain MQTT port)")
-REJECTED = ("the broker closed the connection right after the TLS handshake without an alert: "
-            "it most likely rejected this station's certificate (see the broker's log)")
+NOT_TLS = (
+    "the broker closed the connection during the TLS handshake: is this port a TLS "
+    "listener? (mqtts:// to a plain MQTT port)"
+)
+REJECTED = (
+    "the broker closed the connection right after the TLS handshake without an alert: "
+    "it most likely rejected this station's certificate (see the broker's log)"
+)
 
 
 def explain_tls_error(err: BaseException) -> str:
@@ -340,8 +399,14 @@ def tls_backend_error(err: BaseException, url: str) -> BackendError:
     return BackendError(f"TLS connection to {url} failed: {explain_tls_error(err)}")
 
 
-def probe_tls(host: str, port: int, context: ssl.SSLContext, *, timeout_s: float = 5.0,
-              alert_wait_s: float = 1.0) -> str:
+def probe_tls(
+    host: str,
+    port: int,
+    context: ssl.SSLContext,
+    *,
+    timeout_s: float = 5.0,
+    alert_wait_s: float = 1.0,
+) -> str:
     """Handshake with the broker and wait ``alert_wait_s`` for a rejection of our certificate.
 
     Returns the negotiated TLS version when the broker accepted the connection; raises
@@ -372,8 +437,7 @@ def probe_tls(host: str, port: int, context: ssl.SSLContext, *, timeout_s: float
             except ssl.SSLError as err:
                 raise tls_backend_error(err, url) from err
             except OSError as err:
-                raise BackendError(f"TLS connection to {url} failed: {REJECTED} [{err}]"
-                                   ) from err
+                raise BackendError(f"TLS connection to {url} failed: {REJECTED} [{err}]") from err
             if not data:
                 raise BackendError(f"TLS connection to {url} failed: {REJECTED}")
             return version

@@ -40,13 +40,11 @@ def backend(broker: Mosquitto, prefix: str) -> Iterator[BackendSim]:
 
 
 @pytest.fixture
-def make_daemon(tmp_path: Path, broker: Mosquitto, prefix: str
-                ) -> Iterator[Callable[..., Daemon]]:
+def make_daemon(tmp_path: Path, broker: Mosquitto, prefix: str) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
     def make(start: bool = True, evses: int = 1, **overrides: Any) -> Daemon:
-        d = Daemon(tmp_path, station_config(tmp_path, broker.url, prefix, evses=evses,
-                                            **overrides))
+        d = Daemon(tmp_path, station_config(tmp_path, broker.url, prefix, evses=evses, **overrides))
         started.append(d)
         return d.start() if start else d
 

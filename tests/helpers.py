@@ -57,13 +57,20 @@ def to_toml(data: dict[str, Any]) -> str:
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k),
-                                                                               dict) else v
+        out[k] = (
+            deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 
-def station_config(tmp: Path, broker_url: str, prefix: str, station_id: str = "ST-TEST",
-                   evses: int = 1, **overrides: Any) -> dict[str, Any]:
+def station_config(
+    tmp: Path,
+    broker_url: str,
+    prefix: str,
+    station_id: str = "ST-TEST",
+    evses: int = 1,
+    **overrides: Any,
+) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "station": {
             "id": station_id,
@@ -73,16 +80,23 @@ def station_config(tmp: Path, broker_url: str, prefix: str, station_id: str = "S
             "control_socket": str(tmp / "control.sock"),
             "boot_id_file": str(tmp / "boot_id"),
         },
-        "mqtt": {"url": broker_url, "topic_prefix": prefix, "auth_timeout_s": 3.0,
-                 "keepalive_s": 5, "cdr_retry_initial_s": 1.0},
+        "mqtt": {
+            "url": broker_url,
+            "topic_prefix": prefix,
+            "auth_timeout_s": 3.0,
+            "keepalive_s": 5,
+            "cdr_retry_initial_s": 1.0,
+        },
         "auth": {"stop_with_same_token": True, "connection_timeout_s": 30.0},
         "rfid": {"driver": "sim"},
         "display": {"driver": "sim"},
         "evse": [
-            {"id": f"DE*ICE*E000001*{i + 1}",
-             "relay": {"driver": "sim", "log_file": str(tmp / f"relay{i + 1}.log")},
-             "meter": {"driver": "sim", "power_kw": 11.0, "time_factor": 60.0},
-             "plug": {"driver": "sim"}}
+            {
+                "id": f"DE*ICE*E000001*{i + 1}",
+                "relay": {"driver": "sim", "log_file": str(tmp / f"relay{i + 1}.log")},
+                "meter": {"driver": "sim", "power_kw": 11.0, "time_factor": 60.0},
+                "plug": {"driver": "sim"},
+            }
             for i in range(evses)
         ],
     }
@@ -139,22 +153,37 @@ class Daemon:
         with self.log_path.open("ab") as log:
             self.t_spawn = time.monotonic()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config_path),
-                 "--log-level", self.log_level],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp, env=self.env,
+                [
+                    sys.executable,
+                    "-m",
+                    "agent.cli",
+                    "run",
+                    "--config",
+                    str(self.config_path),
+                    "--log-level",
+                    self.log_level,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.tmp,
+                env=self.env,
             )
         return self
 
     def wait_ready(self, timeout: float = 15.0, connected: bool = True) -> Daemon:
         proc = self.proc
         assert proc is not None
-        wait_until(lambda: self.socket.exists() or proc.poll() is not None, timeout,
-                   "control socket")
+        wait_until(
+            lambda: self.socket.exists() or proc.poll() is not None, timeout, "control socket"
+        )
         if proc.poll() is not None:
             raise AssertionError(f"daemon exited with {proc.returncode}:\n{self.log()[-3000:]}")
         if connected:
-            wait_until(lambda: (self.try_ctl("status") or {}).get("link", {}).get("connected"),
-                       timeout, "MQTT link")
+            wait_until(
+                lambda: (self.try_ctl("status") or {}).get("link", {}).get("connected"),
+                timeout,
+                "MQTT link",
+            )
         return self
 
     def start(self, wait_connected: bool = True, timeout: float = 15.0) -> Daemon:
@@ -173,11 +202,12 @@ class Daemon:
         st = self.ctl("status")
         return next(e for e in st["evses"] if e["evse_id"] == evse_id)
 
-    def wait_state(self, state: str, evse_id: str = EVSE1, timeout: float = 10.0
-                   ) -> dict[str, Any]:
+    def wait_state(self, state: str, evse_id: str = EVSE1, timeout: float = 10.0) -> dict[str, Any]:
         return wait_until(
-            lambda: (e := self.evse(evse_id))["state"] == state and e, timeout,
-            f"{evse_id} to be {state} (now {self.evse(evse_id)['state']})")
+            lambda: (e := self.evse(evse_id))["state"] == state and e,
+            timeout,
+            f"{evse_id} to be {state} (now {self.evse(evse_id)['state']})",
+        )
 
     def relay_log(self, n: int = 1) -> list[str]:
         p = self.tmp / f"relay{n}.log"

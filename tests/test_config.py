@@ -75,9 +75,10 @@ def test_mqtts_port_default(tmp_path: Path) -> None:
 
 
 def test_overrides_win(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, MINIMAL),
-                      {"mqtt": {"url": "mqtt://10.0.0.1:1999"},
-                       "station": {"state_dir": str(tmp_path)}})
+    cfg = load_config(
+        write(tmp_path, MINIMAL),
+        {"mqtt": {"url": "mqtt://10.0.0.1:1999"}, "station": {"state_dir": str(tmp_path)}},
+    )
     assert cfg.mqtt.port == 1999
     assert cfg.station.state_dir == tmp_path
     assert cfg.station.id == "ST-0001"  # untouched keys of the same table survive
@@ -117,35 +118,71 @@ BAD: list[tuple[str, str, str, str]] = [
     ("station-id-hash", 'id = "ST-0001"=>id = "ST#0001"', "station.id", "topic"),
     ("station-id-empty", 'id = "ST-0001"=>id = ""', "station.id", "must match"),
     ("station-id-too-long", f'id = "ST-0001"=>id = "{"S" * 65}"', "station.id", "must match"),
-    ("operator-id", 'operator_id = "DE*ICE"=>operator_id = "D*ICE"', "station.operator_id",
-     "OperatorID"),
-    ("operator-id-type", 'operator_id = "DE*ICE"=>operator_id = ["DE*ICE"]',
-     "station.operator_id", "string"),
-    ("station-missing", '[station]=>[stationx]', "station", "Field required"),
-    ("location-missing", 'location = "Porschestr. 1, Stuttgart"=>', "station.location",
-     "Field required"),
-    ("location-empty", 'location = "Porschestr. 1, Stuttgart"=>location = ""',
-     "station.location", "at least 1"),
-    ("unknown-station-key", '[station]=>[station]\ncolour = "red"', "station.colour",
-     "unknown key"),
+    (
+        "operator-id",
+        'operator_id = "DE*ICE"=>operator_id = "D*ICE"',
+        "station.operator_id",
+        "OperatorID",
+    ),
+    (
+        "operator-id-type",
+        'operator_id = "DE*ICE"=>operator_id = ["DE*ICE"]',
+        "station.operator_id",
+        "string",
+    ),
+    ("station-missing", "[station]=>[stationx]", "station", "Field required"),
+    (
+        "location-missing",
+        'location = "Porschestr. 1, Stuttgart"=>',
+        "station.location",
+        "Field required",
+    ),
+    (
+        "location-empty",
+        'location = "Porschestr. 1, Stuttgart"=>location = ""',
+        "station.location",
+        "at least 1",
+    ),
+    (
+        "unknown-station-key",
+        '[station]=>[station]\ncolour = "red"',
+        "station.colour",
+        "unknown key",
+    ),
     ("unknown-table", '[station]=>[mqttt]\nurl = "x"\n[station]', "mqttt", "unknown key"),
     ("evse-id", 'id = "DE*ICE*E000001*2"=>id = "DE*ICE*X000001*2"', "evse[1].id", "EvseID"),
     ("evse-id-type", 'id = "DE*ICE*E000001*2"=>id = 2', "evse[1].id", "string"),
-    ("evse-unknown-key", 'id = "DE*ICE*E000001*2"=>id = "DE*ICE*E000001*2"\ncolour = 1',
-     "evse[1].colour", "unknown key"),
-    ("evse-meter-unknown-key",
-     'id = "DE*ICE*E000001*2"=>id = "DE*ICE*E000001*2"\nmeter = { driver = "sim", kw = 1 }',
-     "evse[1].meter.kw", "unknown key"),
-    ("evse-meter-power-type",
-     'id = "DE*ICE*E000001*2"=>id = "DE*ICE*E000001*2"\n'
-     'meter = { driver = "sim", power_kw = "lots" }',
-     "evse[1].meter.power_kw", "number"),
-    ("evse-meter-no-driver",
-     'id = "DE*ICE*E000001*2"=>id = "DE*ICE*E000001*2"\nmeter = { power_kw = 7.4 }',
-     "evse[1].meter", "driver"),
-    ("evse-relay-driver",
-     'id = "DE*ICE*E000001*2"=>id = "DE*ICE*E000001*2"\nrelay = { driver = "gpio9" }',
-     "evse[1].relay", "gpio9"),
+    (
+        "evse-unknown-key",
+        'id = "DE*ICE*E000001*2"=>id = "DE*ICE*E000001*2"\ncolour = 1',
+        "evse[1].colour",
+        "unknown key",
+    ),
+    (
+        "evse-meter-unknown-key",
+        'id = "DE*ICE*E000001*2"=>id = "DE*ICE*E000001*2"\nmeter = { driver = "sim", kw = 1 }',
+        "evse[1].meter.kw",
+        "unknown key",
+    ),
+    (
+        "evse-meter-power-type",
+        'id = "DE*ICE*E000001*2"=>id = "DE*ICE*E000001*2"\n'
+        'meter = { driver = "sim", power_kw = "lots" }',
+        "evse[1].meter.power_kw",
+        "number",
+    ),
+    (
+        "evse-meter-no-driver",
+        'id = "DE*ICE*E000001*2"=>id = "DE*ICE*E000001*2"\nmeter = { power_kw = 7.4 }',
+        "evse[1].meter",
+        "driver",
+    ),
+    (
+        "evse-relay-driver",
+        'id = "DE*ICE*E000001*2"=>id = "DE*ICE*E000001*2"\nrelay = { driver = "gpio9" }',
+        "evse[1].relay",
+        "gpio9",
+    ),
 ]
 
 TAIL_BAD: list[tuple[str, str, str, str]] = [
@@ -155,22 +192,37 @@ TAIL_BAD: list[tuple[str, str, str, str]] = [
     ("mqtt-bad-port", '[mqtt]\nurl = "mqtt://host:99999"\n', "mqtt.url", "port"),
     ("mqtt-url-type", "[mqtt]\nurl = 1883\n", "mqtt.url", "string"),
     ("mqtt-prefix-plus", '[mqtt]\ntopic_prefix = "a/+"\n', "mqtt.topic_prefix", "'+'"),
-    ("mqtt-timeout-negative", "[mqtt]\nauth_timeout_s = -1\n", "mqtt.auth_timeout_s",
-     "greater than 0"),
+    (
+        "mqtt-timeout-negative",
+        "[mqtt]\nauth_timeout_s = -1\n",
+        "mqtt.auth_timeout_s",
+        "greater than 0",
+    ),
     ("mqtt-timeout-type", '[mqtt]\nauth_timeout_s = "soon"\n', "mqtt.auth_timeout_s", "number"),
     ("mqtt-keepalive-float", "[mqtt]\nkeepalive_s = 1.5\n", "mqtt.keepalive_s", "integer"),
     ("mqtt-unknown-key", '[mqtt]\nhost = "x"\n', "mqtt.host", "unknown key"),
-    ("auth-bool-type", '[auth]\nstop_with_same_token = "perhaps"\n',
-     "auth.stop_with_same_token", "boolean"),
-    ("auth-timeout-zero", "[auth]\nconnection_timeout_s = 0\n", "auth.connection_timeout_s",
-     "greater than 0"),
-    ("store-retention", "[store]\nretention_days = 0\n", "store.retention_days",
-     "greater than or equal to 1"),
+    (
+        "auth-bool-type",
+        '[auth]\nstop_with_same_token = "perhaps"\n',
+        "auth.stop_with_same_token",
+        "boolean",
+    ),
+    (
+        "auth-timeout-zero",
+        "[auth]\nconnection_timeout_s = 0\n",
+        "auth.connection_timeout_s",
+        "greater than 0",
+    ),
+    (
+        "store-retention",
+        "[store]\nretention_days = 0\n",
+        "store.retention_days",
+        "greater than or equal to 1",
+    ),
     ("rfid-driver", '[rfid]\ndriver = "magic"\n', "rfid.driver", "'sim'"),
     ("rfid-pn532-no-path", '[rfid]\ndriver = "pn532"\n', "rfid", "needs path"),
-    ("qr-template", '[qr]\nurl_template = "http://m.example/qr"\n', "qr.url_template",
-     "{evse_id}"),
-    ("evse-defaults-not-table", 'evse_defaults = 5\n', "evse_defaults", "table"),
+    ("qr-template", '[qr]\nurl_template = "http://m.example/qr"\n', "qr.url_template", "{evse_id}"),
+    ("evse-defaults-not-table", "evse_defaults = 5\n", "evse_defaults", "table"),
 ]
 
 
@@ -182,16 +234,16 @@ def _apply(change: str) -> str:
     return head + new + tail
 
 
-@pytest.mark.parametrize(("change", "key", "reason"), [b[1:] for b in BAD],
-                         ids=[b[0] for b in BAD])
+@pytest.mark.parametrize(("change", "key", "reason"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_invalid_values(tmp_path: Path, change: str, key: str, reason: str) -> None:
     msg = config_error(write(tmp_path, _apply(change)))
     assert f"{key}:" in msg or f"{key} " in msg, msg
     assert reason in msg, msg
 
 
-@pytest.mark.parametrize(("tail", "key", "reason"), [b[1:] for b in TAIL_BAD],
-                         ids=[b[0] for b in TAIL_BAD])
+@pytest.mark.parametrize(
+    ("tail", "key", "reason"), [b[1:] for b in TAIL_BAD], ids=[b[0] for b in TAIL_BAD]
+)
 def test_invalid_tables(tmp_path: Path, tail: str, key: str, reason: str) -> None:
     # top-level keys must come before the first table
     text = tail + MINIMAL if tail.startswith("evse_defaults") else MINIMAL + tail
@@ -201,7 +253,7 @@ def test_invalid_tables(tmp_path: Path, tail: str, key: str, reason: str) -> Non
 
 
 def test_unknown_key_message_names_it(tmp_path: Path) -> None:
-    msg = config_error(write(tmp_path, MINIMAL + '[auth]\nstop_with_same_card = true\n'))
+    msg = config_error(write(tmp_path, MINIMAL + "[auth]\nstop_with_same_card = true\n"))
     assert "auth.stop_with_same_card: unknown key" in msg
 
 
@@ -260,8 +312,10 @@ driver = "none"
 def test_include_board_profile_main_file_wins(tmp_path: Path) -> None:
     (tmp_path / "boards").mkdir()
     write(tmp_path / "boards", BOARD, "board.toml")
-    main = 'include = "boards/board.toml"\n' + MINIMAL + (
-        '[mqtt]\nurl = "mqtt://backend.example:1883"\n[display]\ndriver = "sim"\n'
+    main = (
+        'include = "boards/board.toml"\n'
+        + MINIMAL
+        + ('[mqtt]\nurl = "mqtt://backend.example:1883"\n[display]\ndriver = "sim"\n')
     )
     cfg = load_config(write(tmp_path, main))
     assert cfg.mqtt.url == "mqtt://backend.example:1883"  # main overrides
@@ -309,7 +363,8 @@ def test_include_loop_is_refused(tmp_path: Path) -> None:
 def test_evse_defaults_apply_to_each_evse(tmp_path: Path) -> None:
     text = (
         '[evse_defaults]\nmeter = { driver = "sim", power_kw = 7.4, initial_kwh = 3.0 }\n'
-        'plug = { driver = "sim", plugged = true }\n' + MINIMAL
+        'plug = { driver = "sim", plugged = true }\n'
+        + MINIMAL
         + 'meter = { driver = "sim", power_kw = 22.0 }\n'  # belongs to the second EVSE
     )
     cfg = load_config(write(tmp_path, text))
@@ -332,8 +387,14 @@ def test_evse_defaults_errors_name_the_evse(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------ CLI
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
-                          timeout=60, cwd=REPO, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
 
 
 def test_cli_run_with_broken_config_exits_78(tmp_path: Path) -> None:

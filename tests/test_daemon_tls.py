@@ -39,19 +39,21 @@ def tls_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[T
 def tls_backend(pki: Pki, tls_broker: TlsBroker) -> Iterator[BackendSim]:
     files = pki.clients[BACKEND]
     ctx = build_ssl_context(pki.ca, files.cert, files.key)
-    sim = BackendSim(f"mqtt://localhost:{tls_broker.tls_port}", tls_context=ctx,
-                     client_id=BACKEND)
+    sim = BackendSim(f"mqtt://localhost:{tls_broker.tls_port}", tls_context=ctx, client_id=BACKEND)
     sim.start()
     yield sim
     sim.stop()
 
 
-def tls_daemon(tmp: Path, broker: TlsBroker, *, ca: Path, cert: Path, key: Path,
-               station: str = STATION_A) -> Daemon:
-    cfg = station_config(tmp, f"mqtts://localhost:{broker.tls_port}", "stations",
-                         station_id=station)
-    cfg["mqtt"].update({"ca_file": str(ca), "cert_file": str(cert), "key_file": str(key),
-                        "keepalive_s": 5})
+def tls_daemon(
+    tmp: Path, broker: TlsBroker, *, ca: Path, cert: Path, key: Path, station: str = STATION_A
+) -> Daemon:
+    cfg = station_config(
+        tmp, f"mqtts://localhost:{broker.tls_port}", "stations", station_id=station
+    )
+    cfg["mqtt"].update(
+        {"ca_file": str(ca), "cert_file": str(cert), "key_file": str(key), "keepalive_s": 5}
+    )
     return Daemon(tmp, cfg)
 
 
@@ -98,8 +100,9 @@ def test_expired_certificate_is_reported(tmp_path, pki, tls_broker):
         d.stop()
 
 
-def test_certificate_of_another_station_gets_nothing_through(tmp_path, pki, tls_broker,
-                                                             tls_backend):
+def test_certificate_of_another_station_gets_nothing_through(
+    tmp_path, pki, tls_broker, tls_backend
+):
     other = pki.clients[STATION_B]  # ST-A configured with ST-B's certificate
     d = tls_daemon(tmp_path, tls_broker, ca=pki.ca, cert=other.cert, key=other.key)
     try:
@@ -126,7 +129,12 @@ def test_secrets_are_not_accepted_in_the_config_file(tmp_path):
     cfg["mqtt"]["username"] = "st"
     path = tmp_path / "config.toml"
     path.write_text(to_toml(cfg))
-    r = subprocess.run([sys.executable, "-m", "agent.cli", "run", "--config", str(path)],
-                       check=False, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", "--config", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 78
     assert "mqtt.password: unknown key" in r.stderr and "hunter2" not in r.stderr

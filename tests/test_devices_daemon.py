@@ -26,8 +26,12 @@ EMAID = "DE8ACC12345678A"  # check digit A is right
 
 def wait_msg(backend, suffix: str, timeout: float = 10.0, **match):
     def pred(r: Received) -> bool:
-        return r.suffix == suffix and isinstance(r.data, dict) and all(
-            r.data.get(k) == v for k, v in match.items())
+        return (
+            r.suffix == suffix
+            and isinstance(r.data, dict)
+            and all(r.data.get(k) == v for k, v in match.items())
+        )
+
     return backend.wait_for(pred, timeout).data
 
 
@@ -65,8 +69,11 @@ def test_reader_unplugged_daemon_survives_and_reports(make_daemon, backend, pn53
     d = make_daemon(rfid={"driver": "pn532", "path": pn532.device_path, "debounce_s": 0.3})
     wait_until(lambda: d.ctl("rfid.info").get("connected"), 10, "reader open")
     pn532.unplug()
-    wait_until(lambda: any(f.startswith("rfid:") for f in d.ctl("status")["faults"]), 10,
-               "reader fault in status")
+    wait_until(
+        lambda: any(f.startswith("rfid:") for f in d.ctl("status")["faults"]),
+        10,
+        "reader fault in status",
+    )
     st = wait_msg(backend, "status", online=True, faults=["rfid:reader_unavailable"])
     assert st["evses"][0]["state"] == "available"
     # remote start still works while the reader is gone
@@ -80,8 +87,21 @@ def test_reader_unplugged_daemon_survives_and_reports(make_daemon, backend, pn53
 def test_stationctl_rfid_read_shows_the_uid(make_daemon, backend, pn532):
     d = make_daemon(rfid={"driver": "pn532", "path": pn532.device_path, "debounce_s": 0.3})
     wait_until(lambda: d.ctl("rfid.info").get("connected"), 10, "reader open")
-    proc = subprocess.Popen([sys.executable, "-m", "agent.stationctl", "--socket", str(d.socket),
-                             "rfid", "read", "--timeout", "10"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent.stationctl",
+            "--socket",
+            str(d.socket),
+            "rfid",
+            "read",
+            "--timeout",
+            "10",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(0.3)
     pn532.place_card("E3F1A27B", sak=0x08)
     out, _ = proc.communicate(timeout=20)
@@ -103,8 +123,10 @@ def test_contract_qr_from_the_camera_directory_charges(make_daemon, backend, tmp
     inbox = tmp_path / "camera"
     inbox.mkdir()
     png = tmp_path / "screen.png"
-    d = make_daemon(qr={"driver": "files", "directory": str(inbox), "debounce_s": 5.0},
-                    display={"driver": "png", "path": str(png)})
+    d = make_daemon(
+        qr={"driver": "files", "directory": str(inbox), "debounce_s": 5.0},
+        display={"driver": "png", "path": str(png)},
+    )
     d.ctl("sim.plug")
     contract_png(inbox, f"https://app.example/charge?emaid={EMAID}&pin=4711", "code1.png")
     req = wait_msg(backend, "auth/req")
@@ -119,8 +141,13 @@ def test_contract_qr_from_the_camera_directory_charges(make_daemon, backend, tmp
     assert "4711" not in log and EMAID not in log  # PIN never logged, EMAID masked
     # the screen the PNG driver wrote carries this EVSE's Intercharge code
     wait_until(png.exists, 5, "screen written")
-    r = subprocess.run([sys.executable, "-m", "agent.stationctl", "qr", "decode", str(png),
-                        "--json"], check=False, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "agent.stationctl", "qr", "decode", str(png), "--json"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     codes = json.loads(r.stdout)["codes"]
     assert {c["kind"] for c in codes} == {"evse"}
@@ -146,9 +173,22 @@ def test_unknown_and_station_codes_do_not_authorise(make_daemon, backend):
 
 def test_qr_verify_matches_the_sticker(make_daemon, backend):
     d = make_daemon(evses=2, qr={"driver": "sim"})
-    proc = subprocess.Popen([sys.executable, "-m", "agent.stationctl", "--socket", str(d.socket),
-                             "qr", "verify", EVSE2, "--timeout", "10"], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent.stationctl",
+            "--socket",
+            str(d.socket),
+            "qr",
+            "verify",
+            EVSE2,
+            "--timeout",
+            "10",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     # the sticker is held up only once the daemon says it is looking for one
     wait_until(lambda: "qr verify: waiting" in d.log(), 30, "qr verify started")
     d.ctl("sim.qr", payload=intercharge_payload(EVSE1))  # the sticker of the other EVSE

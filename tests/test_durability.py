@@ -33,18 +33,27 @@ def durable_config(tmp: Path, url: str, prefix: str, **over: Any) -> dict[str, A
     cfg = station_config(tmp, url, prefix, **over)
     for i, evse in enumerate(cfg["evse"], start=1):
         evse["plug"] = {"driver": "sim", "state_file": str(tmp / f"plug{i}.state")}
-        evse["meter"] = {"driver": "sim", "power_kw": 11.0, "time_factor": 60.0,
-                         "state_file": str(tmp / f"meter{i}.state")}
+        evse["meter"] = {
+            "driver": "sim",
+            "power_kw": 11.0,
+            "time_factor": 60.0,
+            "state_file": str(tmp / f"meter{i}.state"),
+        }
     cfg["store"] = {"meter_interval_s": 0.2, **cfg.get("store", {})}
     (tmp / "boot_id").write_text("boot-1\n")
     return cfg
 
 
-def wait_msg(backend: BackendSim, suffix: str, timeout: float = 10.0, start: int = 0,
-             **match: Any) -> Any:
+def wait_msg(
+    backend: BackendSim, suffix: str, timeout: float = 10.0, start: int = 0, **match: Any
+) -> Any:
     def pred(r: Received) -> bool:
-        return r.suffix == suffix and isinstance(r.data, dict) and all(
-            r.data.get(k) == v for k, v in match.items())
+        return (
+            r.suffix == suffix
+            and isinstance(r.data, dict)
+            and all(r.data.get(k) == v for k, v in match.items())
+        )
+
     return backend.wait_for(pred, timeout, start).data
 
 
@@ -58,8 +67,9 @@ def parse_relay_log(path: Path) -> list[tuple[datetime, str]]:
     return out
 
 
-def closed_intervals(relay_log: Path, kills: list[datetime]) -> list[tuple[datetime, datetime,
-                                                                            bool]]:
+def closed_intervals(
+    relay_log: Path, kills: list[datetime]
+) -> list[tuple[datetime, datetime, bool]]:
     """(closed at, opened at, ended by a crash) for every time the sim relay was closed.
 
     A killed process logs no "open": its relay interval ends at the kill (the contactor of a
@@ -82,14 +92,18 @@ def closed_intervals(relay_log: Path, kills: list[datetime]) -> list[tuple[datet
     return out
 
 
-def assert_relay_only_closed_in_sessions(relay_log: Path, cdrs: list[dict[str, Any]],
-                                         kills: list[datetime]) -> int:
+def assert_relay_only_closed_in_sessions(
+    relay_log: Path, cdrs: list[dict[str, Any]], kills: list[datetime]
+) -> int:
     """Every closed interval of the relay lies within an authorised session: it closed after
     the session's charging start was committed and opened by its (committed) end, or the
     process died while that session was still open."""
     slack = timedelta(milliseconds=2)  # timestamps are truncated to milliseconds
-    sessions = [(datetime.fromisoformat(c["charging_start"]),
-                 datetime.fromisoformat(c["charging_end"])) for c in cdrs if c["charging_start"]]
+    sessions = [
+        (datetime.fromisoformat(c["charging_start"]), datetime.fromisoformat(c["charging_end"]))
+        for c in cdrs
+        if c["charging_start"]
+    ]
     starts = sorted(start for start, _ in sessions)
     intervals = closed_intervals(relay_log, kills)
 
@@ -105,7 +119,8 @@ def assert_relay_only_closed_in_sessions(relay_log: Path, cdrs: list[dict[str, A
 
     for closed, opened, _ in intervals:
         assert any(covers(a, b, closed, opened) for a, b in sessions), (
-            f"relay closed {closed} .. {opened} outside any authorised session")
+            f"relay closed {closed} .. {opened} outside any authorised session"
+        )
     return len(intervals)
 
 
@@ -126,14 +141,14 @@ def durable(tmp_path, broker, prefix):
 # ------------------------------------------------------------------------------- crash test
 KILL_POINTS = [
     "idle",
-    "authorizing",            # auth request out, no answer yet
-    "authorized",             # waiting for the car
-    "charging",               # relay closed
-    "charging_late",          # after several meter persists
-    "just_after_unplug",      # unplug sent, kill at once
-    "just_after_stop_tap",    # stop tap sent, kill at once
-    "cdr_unacked",            # CDR published, ack not yet received
-    "after_ack",              # everything settled
+    "authorizing",  # auth request out, no answer yet
+    "authorized",  # waiting for the car
+    "charging",  # relay closed
+    "charging_late",  # after several meter persists
+    "just_after_unplug",  # unplug sent, kill at once
+    "just_after_stop_tap",  # stop tap sent, kill at once
+    "cdr_unacked",  # CDR published, ack not yet received
+    "after_ack",  # everything settled
 ]
 
 
@@ -186,8 +201,9 @@ def test_kill_9_at_every_point_loses_no_cdr(durable, backend):
         d.kill()
         kill_times.append(datetime.now(UTC))
         kills += 1
-        started |= {m["session_id"] for m in backend.messages("session", ST)
-                    if m["event"] == "started"}
+        started |= {
+            m["session_id"] for m in backend.messages("session", ST) if m["event"] == "started"
+        }
         backend.auto_ack = True
         backend.answer_auth = True
         d.start()
@@ -203,11 +219,13 @@ def test_kill_9_at_every_point_loses_no_cdr(durable, backend):
     assert kills == len(points) >= 15
     assert started, "no session started: the test exercised nothing"
     assert cdr_ids == started, (
-        f"missing CDRs: {started - cdr_ids}, unexpected CDRs: {cdr_ids - started}")
+        f"missing CDRs: {started - cdr_ids}, unexpected CDRs: {cdr_ids - started}"
+    )
     for cdr in backend.cdrs.values():
         assert cdr["energy_kwh"] >= 0 and cdr["meter_stop_kwh"] >= cdr["meter_start_kwh"]
-    closes = assert_relay_only_closed_in_sessions(d.tmp / "relay1.log",
-                                                  list(backend.cdrs.values()), kill_times)
+    closes = assert_relay_only_closed_in_sessions(
+        d.tmp / "relay1.log", list(backend.cdrs.values()), kill_times
+    )
     assert closes >= len(started)
     print(f"crash test: {kills} kill -9 points, {len(started)} sessions, {closes} relay closings")
 
@@ -234,8 +252,7 @@ def test_sigterm_mid_charge_resumes_the_same_session(durable, backend):
     # energy before and after the restart: >= 1 s of charging at 11 kW x 60 = 0.18 kWh/s
     assert cdr["energy_kwh"] >= 0.15
     first = [m for m in backend.messages("session", ST) if m["event"] == "authorized"]
-    assert datetime.fromisoformat(cdr["session_start"]) <= datetime.fromisoformat(
-        first[0]["ts"])
+    assert datetime.fromisoformat(cdr["session_start"]) <= datetime.fromisoformat(first[0]["ts"])
     assert len(backend.messages("cdr", ST)) == 1
 
 
@@ -279,11 +296,17 @@ def test_broker_outage_offline_sessions_delivered_in_order(tmp_path, prefix):
         backend = BackendSim(mosq.url, prefix=prefix)
         backend.start()
         try:
-            d = Daemon(tmp_path, durable_config(tmp_path, mosq.url, prefix,
-                                                mqtt={"keepalive_s": 5}))
+            d = Daemon(
+                tmp_path, durable_config(tmp_path, mosq.url, prefix, mqtt={"keepalive_s": 5})
+            )
             d.start()
-            cid = backend.command(ST, "update_local_list", version=1, mode="full",
-                                  entries=[{"uid": UID_A, "status": "accepted"}])
+            cid = backend.command(
+                ST,
+                "update_local_list",
+                version=1,
+                mode="full",
+                entries=[{"uid": UID_A, "status": "accepted"}],
+            )
             assert wait_msg(backend, "cmd/res", command_id=cid)["status"] == "accepted"
             assert d.ctl("auth.list")["version"] == 1
             mosq.stop()
@@ -297,8 +320,11 @@ def test_broker_outage_offline_sessions_delivered_in_order(tmp_path, prefix):
                 d.wait_state("available")
             d.ctl("sim.plug")
             d.ctl("sim.tap", uid=UID_B)  # not on the list: refused offline
-            wait_until(lambda: d.evse()["state"] == "preparing" and "unknown" in d.log(), 5,
-                       "offline refusal")
+            wait_until(
+                lambda: d.evse()["state"] == "preparing" and "unknown" in d.log(),
+                5,
+                "offline refusal",
+            )
             d.ctl("sim.unplug")
             assert d.ctl("outbox")["pending"] == 3
             mosq.start()
@@ -308,7 +334,8 @@ def test_broker_outage_offline_sessions_delivered_in_order(tmp_path, prefix):
             assert all(c["offline"] for c in cdrs[-3:])
             evs = [m for m in backend.messages("session", ST) if m["session_id"] in offline_ids]
             assert [(m["session_id"], m["event"]) for m in evs] == [
-                (sid, ev) for sid in offline_ids for ev in ("authorized", "started", "stopped")]
+                (sid, ev) for sid in offline_ids for ev in ("authorized", "started", "stopped")
+            ]
             assert all(m.get("offline") is True for m in evs)
             d.stop()
         finally:
@@ -359,8 +386,13 @@ def test_local_first_and_deauthorisation(durable, backend):
     backend.accept = set()  # the backend refuses everyone
     d = durable(auth={"local_first": True})
     d.start()
-    cid = backend.command(ST, "update_local_list", version=5, mode="full",
-                          entries=[{"uid": UID_A, "status": "accepted"}])
+    cid = backend.command(
+        ST,
+        "update_local_list",
+        version=5,
+        mode="full",
+        entries=[{"uid": UID_A, "status": "accepted"}],
+    )
     assert wait_msg(backend, "cmd/res", command_id=cid)["status"] == "accepted"
     old = backend.command(ST, "update_local_list", version=5, mode="differential", entries=[])
     assert "not newer" in wait_msg(backend, "cmd/res", command_id=old)["reason"]
@@ -415,12 +447,21 @@ def test_newer_agent_upgrades_an_older_database(tmp_path):
         db.execute(stmt)
     db.execute("PRAGMA user_version = 1")
     sid = str(uuid.uuid4())
-    db.execute("INSERT INTO sessions (session_id, evse_id, token, state, session_start,"
-               " updated_at) VALUES (?, ?, ?, 'ended', ?, ?)",
-               (sid, EVSE1, json.dumps({"type": "rfid", "uid": UID_A}),
-                "2026-01-01T00:00:00.000+00:00", "2026-01-01T00:00:00.000+00:00"))
-    db.execute("INSERT INTO outbox (session_id, payload, created_at) VALUES (?, '{}', ?)",
-               (sid, "2026-01-01T00:00:00.000+00:00"))
+    db.execute(
+        "INSERT INTO sessions (session_id, evse_id, token, state, session_start,"
+        " updated_at) VALUES (?, ?, ?, 'ended', ?, ?)",
+        (
+            sid,
+            EVSE1,
+            json.dumps({"type": "rfid", "uid": UID_A}),
+            "2026-01-01T00:00:00.000+00:00",
+            "2026-01-01T00:00:00.000+00:00",
+        ),
+    )
+    db.execute(
+        "INSERT INTO outbox (session_id, payload, created_at) VALUES (?, '{}', ?)",
+        (sid, "2026-01-01T00:00:00.000+00:00"),
+    )
     db.commit()
     db.close()
     store = Store(tmp_path)
@@ -491,9 +532,13 @@ def test_database_size_cap_fails_writes_cleanly(tmp_path):
     with pytest.raises(StoreError, match="full"):
         for _ in range(10000):
             sid = str(uuid.uuid4())
-            store.insert_session(session_id=sid, evse_id=EVSE1,
-                                 token={"type": "rfid", "uid": UID_A}, contract_id=None,
-                                 start=now)
+            store.insert_session(
+                session_id=sid,
+                evse_id=EVSE1,
+                token={"type": "rfid", "uid": UID_A},
+                contract_id=None,
+                start=now,
+            )
     assert store.get_session(sid) is None  # the failing transaction left nothing
     assert store.integrity_ok()
     store.close()

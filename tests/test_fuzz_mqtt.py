@@ -79,11 +79,29 @@ MAX_PAYLOAD = 64 * 1024
 MAX_AGE_S = 300  # cmd.max_age_s, default
 
 # every field name the contract knows, any topic (an "extra field" mutation never uses one)
-KNOWN_FIELDS = frozenset({
-    "v", "command_id", "command", "evse_id", "contract_id", "session_id", "available",
-    "request_id", "status", "expires_at", "ts", "version", "mode", "entries", "uid", "emaid",
-    "station_id", "token", "pin",
-})
+KNOWN_FIELDS = frozenset(
+    {
+        "v",
+        "command_id",
+        "command",
+        "evse_id",
+        "contract_id",
+        "session_id",
+        "available",
+        "request_id",
+        "status",
+        "expires_at",
+        "ts",
+        "version",
+        "mode",
+        "entries",
+        "uid",
+        "emaid",
+        "station_id",
+        "token",
+        "pin",
+    }
+)
 
 # fuzz budget: BATCHES x (20..60) payloads; derandomized so every run tries the same payloads
 BATCHES = 160
@@ -133,9 +151,16 @@ def render_json(value: Any, refs: dict[str, str], ascii_only: bool, indent: bool
     if isinstance(value, dict):
         value = Pairs(tuple(value.items()))
     if isinstance(value, Pairs):
-        return "{" + sep.join(
-            json.dumps(k, ensure_ascii=ascii_only) + colon
-            + render_json(v, refs, ascii_only, indent) for k, v in value.items) + "}"
+        return (
+            "{"
+            + sep.join(
+                json.dumps(k, ensure_ascii=ascii_only)
+                + colon
+                + render_json(v, refs, ascii_only, indent)
+                for k, v in value.items
+            )
+            + "}"
+        )
     if isinstance(value, list | tuple):
         return "[" + sep.join(render_json(v, refs, ascii_only, indent) for v in value) + "]"
     return json.dumps(value, ensure_ascii=ascii_only)
@@ -151,32 +176,80 @@ def render(spec: Spec, refs: dict[str, str]) -> bytes:
 
 # ------------------------------------------------------------------------- strategies
 SPECIAL_TEXT = [
-    "\x00", "\u202e", "\u200f", "\u0645\u0631\u062d\u0628\u0627", "\ufeff", "\ud800", "\udfff",
-    "\U0001f50c", "e\u0301", "\uff11", "\u2028", "\\", '"', "\n", "'", "%s", "%(x)s", "{}",
-    "${jndi:ldap://x}", "../../etc/passwd", "'; DROP TABLE commands;--", "\x1b[2J", "null",
+    "\x00",
+    "\u202e",
+    "\u200f",
+    "\u0645\u0631\u062d\u0628\u0627",
+    "\ufeff",
+    "\ud800",
+    "\udfff",
+    "\U0001f50c",
+    "e\u0301",
+    "\uff11",
+    "\u2028",
+    "\\",
+    '"',
+    "\n",
+    "'",
+    "%s",
+    "%(x)s",
+    "{}",
+    "${jndi:ldap://x}",
+    "../../etc/passwd",
+    "'; DROP TABLE commands;--",
+    "\x1b[2J",
+    "null",
 ]
 NUMBER_TEXT = [
-    "1e308", "-1e308", "1e309", "-1e400", "1" + "0" * 400, "-" + "9" * 400, "7" * 4300,
-    "-0", "-0.0", "0e0", "NaN", "-NaN", "Infinity", "-Infinity", "4.9e-324", "2.5e-400",
-    "9007199254740993", "0x10", "01", "+1", ".5", "1.", "True", "none", "1_000",
+    "1e308",
+    "-1e308",
+    "1e309",
+    "-1e400",
+    "1" + "0" * 400,
+    "-" + "9" * 400,
+    "7" * 4300,
+    "-0",
+    "-0.0",
+    "0e0",
+    "NaN",
+    "-NaN",
+    "Infinity",
+    "-Infinity",
+    "4.9e-324",
+    "2.5e-400",
+    "9007199254740993",
+    "0x10",
+    "01",
+    "+1",
+    ".5",
+    "1.",
+    "True",
+    "none",
+    "1_000",
 ]
 LONG_SIZES = [63, 64, 65, 1000, 20_000, 70_000]
 
 special_text = st.lists(st.sampled_from(SPECIAL_TEXT), min_size=1, max_size=5).map("".join)
 control_text = st.text(st.characters(categories=["Cs", "Cc", "Cf", "Zs", "Mn"]), max_size=10)
-long_text = st.builds(lambda c, n: c * n, st.sampled_from(["x", "\u00e9", "\x00", "\u202e"]),
-                      st.sampled_from(LONG_SIZES))
+long_text = st.builds(
+    lambda c, n: c * n,
+    st.sampled_from(["x", "\u00e9", "\x00", "\u202e"]),
+    st.sampled_from(LONG_SIZES),
+)
 texts = st.one_of(st.text(max_size=30), special_text, control_text, long_text)
 raw_numbers = st.sampled_from(NUMBER_TEXT).map(Raw)
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), texts, raw_numbers,
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    texts,
+    raw_numbers,
 )
 names = st.one_of(st.sampled_from(sorted(KNOWN_FIELDS)), st.text(max_size=8), special_text)
 json_values = st.recursive(
     scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(names, inner, max_size=4)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(names, inner, max_size=4)),
     max_leaves=10,
 )
 
@@ -188,79 +261,162 @@ def _uuid(r: random.Random) -> str:
 uuids = st.randoms(use_true_random=False).map(_uuid)
 # command ids: mostly fresh uuids, sometimes odd but readable, sometimes unreadable
 command_ids = st.one_of(
-    uuids, uuids, uuids,
-    st.text(min_size=1, max_size=64), special_text.filter(lambda s: len(s) <= 64),
-    st.just(""), st.sampled_from(["x" * 64, "x" * 65, "\ud800", "cmd-\udfff"]),
+    uuids,
+    uuids,
+    uuids,
+    st.text(min_size=1, max_size=64),
+    special_text.filter(lambda s: len(s) <= 64),
+    st.just(""),
+    st.sampled_from(["x" * 64, "x" * 65, "\ud800", "cmd-\udfff"]),
 )
 recent_ts = st.builds(lambda: datetime.now(UTC).isoformat())
 old_ts = st.one_of(
     st.sampled_from(["1970-01-01T00:00:00+00:00", "2020-01-01T00:00:00Z"]),
-    st.builds(lambda age, tz: (datetime.now(UTC) - timedelta(seconds=age)).astimezone(
-        timezone(timedelta(hours=tz))).isoformat(), st.integers(MAX_AGE_S + 60, 10**9),
-        st.integers(-12, 14)),
+    st.builds(
+        lambda age, tz: (
+            (datetime.now(UTC) - timedelta(seconds=age))
+            .astimezone(timezone(timedelta(hours=tz)))
+            .isoformat()
+        ),
+        st.integers(MAX_AGE_S + 60, 10**9),
+        st.integers(-12, 14),
+    ),
 )
 
 
 def templates(cid: str, sid: str) -> dict[str, tuple[str, dict[str, Any], tuple[str, ...]]]:
     """Valid messages that WOULD change the state; (topic, body, required fields)."""
     return {
-        "auth_res": ("auth/res", {"v": 1, "request_id": Ref("pending_request"),
-                                  "status": "accepted", "contract_id": CONTRACT,
-                                  "expires_at": "2099-01-01T00:00:00Z"},
-                     ("v", "request_id", "status")),
-        "cdr_ack": ("cdr/ack", {"v": 1, "session_id": Ref("pending_cdr")},
-                    ("v", "session_id")),
-        "remote_stop": ("cmd/req", {"v": 1, "command_id": cid, "command": "remote_stop",
-                                    "session_id": Ref("live_session")},
-                        ("v", "command_id", "command", "session_id")),
-        "set_unavailable": ("cmd/req", {"v": 1, "command_id": cid,
-                                        "command": "set_availability",
-                                        "evse_id": Ref("evse1"), "available": False},
-                            ("v", "command_id", "command", "evse_id", "available")),
-        "update_local_list": ("cmd/req", {"v": 1, "command_id": cid,
-                                          "command": "update_local_list", "version": 7,
-                                          "mode": "full",
-                                          "entries": [{"uid": UID_A, "status": "blocked"}]},
-                              ("v", "command_id", "command", "version", "mode", "entries")),
-        "remote_start": ("cmd/req", {"v": 1, "command_id": cid, "command": "remote_start",
-                                     "evse_id": Ref("evse1"), "contract_id": CONTRACT,
-                                     "session_id": sid},
-                         ("v", "command_id", "command", "evse_id", "contract_id")),
+        "auth_res": (
+            "auth/res",
+            {
+                "v": 1,
+                "request_id": Ref("pending_request"),
+                "status": "accepted",
+                "contract_id": CONTRACT,
+                "expires_at": "2099-01-01T00:00:00Z",
+            },
+            ("v", "request_id", "status"),
+        ),
+        "cdr_ack": ("cdr/ack", {"v": 1, "session_id": Ref("pending_cdr")}, ("v", "session_id")),
+        "remote_stop": (
+            "cmd/req",
+            {
+                "v": 1,
+                "command_id": cid,
+                "command": "remote_stop",
+                "session_id": Ref("live_session"),
+            },
+            ("v", "command_id", "command", "session_id"),
+        ),
+        "set_unavailable": (
+            "cmd/req",
+            {
+                "v": 1,
+                "command_id": cid,
+                "command": "set_availability",
+                "evse_id": Ref("evse1"),
+                "available": False,
+            },
+            ("v", "command_id", "command", "evse_id", "available"),
+        ),
+        "update_local_list": (
+            "cmd/req",
+            {
+                "v": 1,
+                "command_id": cid,
+                "command": "update_local_list",
+                "version": 7,
+                "mode": "full",
+                "entries": [{"uid": UID_A, "status": "blocked"}],
+            },
+            ("v", "command_id", "command", "version", "mode", "entries"),
+        ),
+        "remote_start": (
+            "cmd/req",
+            {
+                "v": 1,
+                "command_id": cid,
+                "command": "remote_start",
+                "evse_id": Ref("evse1"),
+                "contract_id": CONTRACT,
+                "session_id": sid,
+            },
+            ("v", "command_id", "command", "evse_id", "contract_id"),
+        ),
     }
 
 
 # values that are never valid for a field (strict types: no coercion)
 WRONG_V = st.one_of(
     st.sampled_from(["1", "v1", True, False, 2, 0, -1, None, [1], {"v": 1}, 1.5, ""]),
-    st.sampled_from(["1e309", "NaN", "-0", "10" + "0" * 400, "-1", "Infinity",
-                     "1.0", "1e0", "1.00", "10e-1", "1" * 4301]).map(Raw),
+    st.sampled_from(
+        [
+            "1e309",
+            "NaN",
+            "-0",
+            "10" + "0" * 400,
+            "-1",
+            "Infinity",
+            "1.0",
+            "1e0",
+            "1.00",
+            "10e-1",
+            "1" * 4301,
+        ]
+    ).map(Raw),
 )
-not_str = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
-                    st.lists(scalars, max_size=3), st.dictionaries(st.text(max_size=5), scalars,
-                                                                   max_size=3), raw_numbers)
+not_str = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.lists(scalars, max_size=3),
+    st.dictionaries(st.text(max_size=5), scalars, max_size=3),
+    raw_numbers,
+)
 not_bool: st.SearchStrategy[Any] = st.one_of(
     st.sampled_from(["true", "false", 1, 0, "yes", None, [], {}]),
-    st.sampled_from(["1.0", "0.0", "NaN", "1e309"]).map(Raw), st.text(max_size=5))
+    st.sampled_from(["1.0", "0.0", "NaN", "1e309"]).map(Raw),
+    st.text(max_size=5),
+)
 not_int: st.SearchStrategy[Any] = st.one_of(
     st.sampled_from(["7", 7.5, True, None, [], {}]),
-    st.sampled_from(["7.0", "7e0", "NaN", "Infinity"]).map(Raw))
+    st.sampled_from(["7.0", "7e0", "NaN", "Infinity"]).map(Raw),
+)
 BAD_SESSION_IDS = [
-    "not-a-uuid", "", " ", "12345678-1234-1234-1234-12345678901", "{12345678-1234-1234-1234-"
-    "123456789012}", "12345678123412341234123456789012", "12345678-1234-1234-1234-1234567890123",
-    "12345678_1234_1234_1234_123456789012", "\u0661" * 8 + "-1234-1234-1234-123456789012",
-    "12345678-1234-1234-1234-123456789012\n", "../../../../etc/passwd",
+    "not-a-uuid",
+    "",
+    " ",
+    "12345678-1234-1234-1234-12345678901",
+    "{12345678-1234-1234-1234-123456789012}",
+    "12345678123412341234123456789012",
+    "12345678-1234-1234-1234-1234567890123",
+    "12345678_1234_1234_1234_123456789012",
+    "\u0661" * 8 + "-1234-1234-1234-123456789012",
+    "12345678-1234-1234-1234-123456789012\n",
+    "../../../../etc/passwd",
 ]
 BAD_VALUES: dict[str, Any] = {
-    "command": st.sampled_from(["Remote_Start", "remote_start ", "remote-start", "REMOTE_STOP",
-                                "reboot", "", "set_availability\x00", "remote_stop\u200f"]),
+    "command": st.sampled_from(
+        [
+            "Remote_Start",
+            "remote_start ",
+            "remote-start",
+            "REMOTE_STOP",
+            "reboot",
+            "",
+            "set_availability\x00",
+            "remote_stop\u200f",
+        ]
+    ),
     "status": st.sampled_from(["ACCEPTED", "Accepted", " accepted", "ok", "", "accepted\x00"]),
     "session_id": st.sampled_from(BAD_SESSION_IDS),
     "request_id": st.sampled_from(["", "r" * 65]),
     "contract_id": st.sampled_from(["", "C" * 65]),
     "evse_id": st.sampled_from(["", "E" * 65]),
     "command_id": st.sampled_from(["c" * 65, "c" * 1000]),
-    "expires_at": st.sampled_from(["2099-01-01T00:00:00", "tomorrow", "2099-13-01T00:00:00Z",
-                                   ""]),
+    "expires_at": st.sampled_from(["2099-01-01T00:00:00", "tomorrow", "2099-13-01T00:00:00Z", ""]),
     "ts": st.sampled_from(["2026-01-01T00:00:00", "now", "", "2026-02-30T00:00:00Z"]),
     "version": st.sampled_from([0, -1]),
     "mode": st.sampled_from(["FULL", "partial", ""]),
@@ -278,14 +434,24 @@ def mutated(draw: st.DrawFn) -> Spec:
     name = draw(st.sampled_from(sorted(templates(cid, "").keys())))
     topic, body, required = templates(cid, draw(uuids))[name]
     body = dict(body)
-    kinds = draw(st.lists(st.sampled_from(["wrong_v", "drop", "extra", "wrong_type", "bad_value",
-                                           "other_station", "old_ts"]),
-                          min_size=1, max_size=3, unique=True))
+    kinds = draw(
+        st.lists(
+            st.sampled_from(
+                ["wrong_v", "drop", "extra", "wrong_type", "bad_value", "other_station", "old_ts"]
+            ),
+            min_size=1,
+            max_size=3,
+            unique=True,
+        )
+    )
     must_reject = False
     for kind in kinds:
         if kind == "other_station" and topic == "cmd/req":  # addressed to another station
-            body["station_id"] = draw(st.sampled_from(
-                ["ST-OTHER", ST.lower(), ST + " ", ST + "\u200f", "+", "#", "ST-FUZZ/x"]))
+            body["station_id"] = draw(
+                st.sampled_from(
+                    ["ST-OTHER", ST.lower(), ST + " ", ST + "\u200f", "+", "#", "ST-FUZZ/x"]
+                )
+            )
             must_reject = True
         elif kind == "old_ts" and topic == "cmd/req":  # older than cmd.max_age_s
             body["ts"] = draw(old_ts)
@@ -298,8 +464,11 @@ def mutated(draw: st.DrawFn) -> Spec:
             body.pop(key, None)
             must_reject = True
         elif kind == "extra":
-            key = draw(st.one_of(st.text(min_size=1, max_size=12), special_text).filter(
-                lambda k: k not in KNOWN_FIELDS and k not in body))
+            key = draw(
+                st.one_of(st.text(min_size=1, max_size=12), special_text).filter(
+                    lambda k: k not in KNOWN_FIELDS and k not in body
+                )
+            )
             body[key] = draw(json_values)
             must_reject = True
         elif kind == "wrong_type":
@@ -308,12 +477,21 @@ def mutated(draw: st.DrawFn) -> Spec:
                 continue
             key = draw(st.sampled_from(keys))
             typ = FIELD_TYPE.get(key, "str")
-            body[key] = draw({"bool": not_bool, "int": not_int,
-                              "list": st.one_of(not_str.filter(lambda x: not isinstance(x, list)),
-                                                st.text(max_size=5)),
-                              "str": not_str}[typ])
-            if body[key] is None and key in OPTIONAL and not (
-                    key == "session_id" and name == "remote_stop"):
+            body[key] = draw(
+                {
+                    "bool": not_bool,
+                    "int": not_int,
+                    "list": st.one_of(
+                        not_str.filter(lambda x: not isinstance(x, list)), st.text(max_size=5)
+                    ),
+                    "str": not_str,
+                }[typ]
+            )
+            if (
+                body[key] is None
+                and key in OPTIONAL
+                and not (key == "session_id" and name == "remote_stop")
+            ):
                 body[key] = 5  # null is valid for an optional field
             must_reject = True
         else:
@@ -326,48 +504,91 @@ def mutated(draw: st.DrawFn) -> Spec:
     if draw(st.booleans()) and "v" in body:  # a duplicate key: the last one counts
         items = list(body.items())
         items.insert(0, ("v", draw(st.sampled_from([2, "1", None]))))
-        return Spec(topic, Pairs(tuple(items)), f"mutated:{name}", must_reject,
-                    draw(st.booleans()), draw(st.booleans()))
-    return Spec(topic, body, f"mutated:{name}", must_reject, draw(st.booleans()),
-                draw(st.booleans()))
+        return Spec(
+            topic,
+            Pairs(tuple(items)),
+            f"mutated:{name}",
+            must_reject,
+            draw(st.booleans()),
+            draw(st.booleans()),
+        )
+    return Spec(
+        topic, body, f"mutated:{name}", must_reject, draw(st.booleans()), draw(st.booleans())
+    )
 
 
 @st.composite
 def harmless(draw: st.DrawFn) -> Spec:
     """Valid messages that must be answered properly and change nothing."""
     cid = draw(uuids)
-    which = draw(st.sampled_from(["set_available", "remote_start", "remote_stop", "auth_res",
-                                  "cdr_ack"]))
-    evse = draw(st.sampled_from([Ref("evse1"), Ref("evse2"), UNKNOWN_EVSE, EVSE1 + "\u200f",
-                                 EVSE1.lower()]))
+    which = draw(
+        st.sampled_from(["set_available", "remote_start", "remote_stop", "auth_res", "cdr_ack"])
+    )
+    evse = draw(
+        st.sampled_from([Ref("evse1"), Ref("evse2"), UNKNOWN_EVSE, EVSE1 + "\u200f", EVSE1.lower()])
+    )
     ts = draw(st.one_of(st.none(), recent_ts))
     body: dict[str, Any]
     if which == "set_available":
-        body = {"v": 1, "command_id": cid, "command": "set_availability", "evse_id": evse,
-                "available": True}
+        body = {
+            "v": 1,
+            "command_id": cid,
+            "command": "set_availability",
+            "evse_id": evse,
+            "available": True,
+        }
         topic = "cmd/req"
     elif which == "remote_start":
-        contract = draw(st.one_of(st.just(CONTRACT), st.text(min_size=1, max_size=64),
-                                  special_text.filter(lambda s: len(s) <= 64)))
-        body = {"v": 1, "command_id": cid, "command": "remote_start", "evse_id": evse,
-                "contract_id": contract}
+        contract = draw(
+            st.one_of(
+                st.just(CONTRACT),
+                st.text(min_size=1, max_size=64),
+                special_text.filter(lambda s: len(s) <= 64),
+            )
+        )
+        body = {
+            "v": 1,
+            "command_id": cid,
+            "command": "remote_start",
+            "evse_id": evse,
+            "contract_id": contract,
+        }
         if draw(st.booleans()):
-            body["session_id"] = draw(st.one_of(
-                uuids, st.sampled_from([Ref("live_session"), Ref("acked_cdr")])))
+            body["session_id"] = draw(
+                st.one_of(uuids, st.sampled_from([Ref("live_session"), Ref("acked_cdr")]))
+            )
         topic = "cmd/req"
     elif which == "remote_stop":
-        body = {"v": 1, "command_id": cid, "command": "remote_stop", "session_id": draw(
-            st.one_of(uuids, st.sampled_from([Ref("acked_cdr"), Ref("pending_cdr")])))}
+        body = {
+            "v": 1,
+            "command_id": cid,
+            "command": "remote_stop",
+            "session_id": draw(
+                st.one_of(uuids, st.sampled_from([Ref("acked_cdr"), Ref("pending_cdr")]))
+            ),
+        }
         topic = "cmd/req"
     elif which == "auth_res":
-        body = {"v": 1, "request_id": draw(st.one_of(uuids, st.text(min_size=1, max_size=64))),
-                "status": draw(st.sampled_from(["accepted", "rejected", "blocked", "expired",
-                                                "unknown"]))}
+        body = {
+            "v": 1,
+            "request_id": draw(st.one_of(uuids, st.text(min_size=1, max_size=64))),
+            "status": draw(
+                st.sampled_from(["accepted", "rejected", "blocked", "expired", "unknown"])
+            ),
+        }
         topic = "auth/res"
     else:
-        body = {"v": 1, "session_id": draw(st.one_of(
-            uuids, st.sampled_from([Ref("acked_cdr"), Ref("live_session"),
-                                    Ref("pending_session")])))}
+        body = {
+            "v": 1,
+            "session_id": draw(
+                st.one_of(
+                    uuids,
+                    st.sampled_from(
+                        [Ref("acked_cdr"), Ref("live_session"), Ref("pending_session")]
+                    ),
+                )
+            ),
+        }
         topic = "cdr/ack"
     if ts is not None and topic == "cmd/req":
         body["ts"] = ts
@@ -380,8 +601,7 @@ def _nest(kind: str, depth: int) -> bytes:
     """A JSON value nested ``depth`` arrays/objects deep."""
     if kind == "mixed":
         half = depth // 2
-        return (b'[{"a":' * half + b"[" * (depth % 2) + b"1" + b"]" * (depth % 2)
-                + b"}]" * half)
+        return b'[{"a":' * half + b"[" * (depth % 2) + b"1" + b"]" * (depth % 2) + b"}]" * half
     opener, closer = {"list": (b"[", b"]"), "dict": (b'{"a":', b"}")}[kind]
     return opener * depth + b"1" + closer * depth
 
@@ -391,8 +611,11 @@ def nested(draw: st.DrawFn) -> Spec:
     """Deep nesting alone or inside an otherwise harmless valid command (must be refused)."""
     kind = draw(st.sampled_from(["list", "dict", "mixed"]))
     # not 900..1099: where exactly json.loads gives up depends on the caller's stack depth
-    depth = draw(st.one_of(st.integers(1, 899), st.integers(1100, 1500),
-                           st.sampled_from([5000, 10_000, 20_000])))
+    depth = draw(
+        st.one_of(
+            st.integers(1, 899), st.integers(1100, 1500), st.sampled_from([5000, 10_000, 20_000])
+        )
+    )
     while len(_nest(kind, depth)) > 70_000:
         depth //= 2
     inner = _nest(kind, depth)
@@ -400,41 +623,93 @@ def nested(draw: st.DrawFn) -> Spec:
     if draw(st.booleans()):
         return Spec(topic, inner, f"nested:{kind}")
     cid = draw(uuids)
-    head = json.dumps({"v": 1, "command_id": cid, "command": "set_availability",
-                       "evse_id": EVSE1, "available": True})[:-1].encode()
-    return Spec("cmd/req", head + b', "deep": ' + inner + b"}", f"nested-in-cmd:{kind}",
-                must_reject=True)
+    head = json.dumps(
+        {
+            "v": 1,
+            "command_id": cid,
+            "command": "set_availability",
+            "evse_id": EVSE1,
+            "available": True,
+        }
+    )[:-1].encode()
+    return Spec(
+        "cmd/req", head + b', "deep": ' + inner + b"}", f"nested-in-cmd:{kind}", must_reject=True
+    )
 
 
 @st.composite
 def sized(draw: st.DrawFn) -> Spec:
     """A harmless command padded (unknown field) to exactly the size limit, or one byte more."""
     size = draw(st.sampled_from([MAX_PAYLOAD - 1, MAX_PAYLOAD, MAX_PAYLOAD + 1, 3 * MAX_PAYLOAD]))
-    head = json.dumps({"v": 1, "command_id": draw(uuids), "command": "set_availability",
-                       "evse_id": EVSE1, "available": True, "pad": ""})
+    head = json.dumps(
+        {
+            "v": 1,
+            "command_id": draw(uuids),
+            "command": "set_availability",
+            "evse_id": EVSE1,
+            "available": True,
+            "pad": "",
+        }
+    )
     pad = size - len(head)
-    return Spec("cmd/req", (head[:-2] + "x" * pad + '"}').encode(), f"sized:{size}",
-                must_reject=True)
+    return Spec(
+        "cmd/req", (head[:-2] + "x" * pad + '"}').encode(), f"sized:{size}", must_reject=True
+    )
 
 
-raw_bytes = st.builds(Spec, st.sampled_from(TOPICS), st.binary(max_size=300),
-                      st.just("random-bytes"))
+raw_bytes = st.builds(
+    Spec, st.sampled_from(TOPICS), st.binary(max_size=300), st.just("random-bytes")
+)
 raw_text = st.builds(
-    Spec, st.sampled_from(TOPICS),
-    st.one_of(st.text(max_size=100).map(lambda s: s.encode("utf-8", "surrogatepass")),
-              st.sampled_from([*NUMBER_TEXT, "null", "[]", "{}", '"{}"', "true", "\ufeff{}",
-                               '{"v":1}', "{'v': 1}", "{v:1}", ""]).map(lambda s: s.encode())),
-    st.just("raw-text"))
+    Spec,
+    st.sampled_from(TOPICS),
+    st.one_of(
+        st.text(max_size=100).map(lambda s: s.encode("utf-8", "surrogatepass")),
+        st.sampled_from(
+            [
+                *NUMBER_TEXT,
+                "null",
+                "[]",
+                "{}",
+                '"{}"',
+                "true",
+                "\ufeff{}",
+                '{"v":1}',
+                "{'v': 1}",
+                "{v:1}",
+                "",
+            ]
+        ).map(lambda s: s.encode()),
+    ),
+    st.just("raw-text"),
+)
 random_objects = st.builds(
     lambda topic, obj, a: Spec(topic, obj, "random-object", False, a),
-    st.sampled_from(TOPICS), st.dictionaries(names, json_values, max_size=6), st.booleans())
+    st.sampled_from(TOPICS),
+    st.dictionaries(names, json_values, max_size=6),
+    st.booleans(),
+)
 wrapped_values = st.builds(  # a whole payload that is valid JSON but not an object
-    lambda topic, value: Spec(topic, [value] if isinstance(value, dict) else value,
-                              "not-an-object"),
-    st.sampled_from(TOPICS), json_values)
+    lambda topic, value: Spec(
+        topic, [value] if isinstance(value, dict) else value, "not-an-object"
+    ),
+    st.sampled_from(TOPICS),
+    json_values,
+)
 
-payloads = st.one_of(mutated(), mutated(), mutated(), harmless(), harmless(), nested(), sized(),
-                     raw_bytes, raw_text, random_objects, wrapped_values)
+payloads = st.one_of(
+    mutated(),
+    mutated(),
+    mutated(),
+    harmless(),
+    harmless(),
+    nested(),
+    sized(),
+    raw_bytes,
+    raw_text,
+    random_objects,
+    wrapped_values,
+)
 batches = st.lists(payloads, min_size=20, max_size=60)
 
 
@@ -445,7 +720,6 @@ class Expect:
     valid: bool  # the daemon takes it as a message it acts on
     harmful: bool = False  # valid and it would legitimately change the state
     store: tuple[str, str, str] | None = None  # (command_id, status, digest) the daemon stores
-
 
 
 def digest(data: dict[str, Any]) -> str:
@@ -485,8 +759,9 @@ def nesting(raw: bytes) -> int:
 DAEMON_MAX_DEPTH = 1000
 
 
-def expect(topic: str, raw: bytes, refs: dict[str, str],
-           stored: dict[str, tuple[str, str]]) -> Expect:
+def expect(
+    topic: str, raw: bytes, refs: dict[str, str], stored: dict[str, tuple[str, str]]
+) -> Expect:
     """What the daemon must do with one payload (mirrors Controller._on_inbound/_on_command)."""
     if len(raw) <= MAX_PAYLOAD and nesting(raw) >= DAEMON_MAX_DEPTH:
         return Expect(None, False)  # "not valid JSON: maximum recursion depth exceeded"
@@ -561,8 +836,12 @@ class Station:
 
 def _wait_msg(backend: BackendSim, suffix: str, start: int = 0, **match: Any) -> Any:
     def pred(r: Received) -> bool:
-        return r.suffix == suffix and isinstance(r.data, dict) and all(
-            r.data.get(k) == v for k, v in match.items())
+        return (
+            r.suffix == suffix
+            and isinstance(r.data, dict)
+            and all(r.data.get(k) == v for k, v in match.items())
+        )
+
     return backend.wait_for(pred, 10, start).data
 
 
@@ -579,9 +858,12 @@ def station(broker: Mosquitto, tmp_path: Path) -> Iterator[Station]:
     backend = BackendSim(broker.url, prefix=prefix)
     backend.start()
     cfg = station_config(
-        tmp_path, broker.url, prefix, station_id=ST, evses=2,
-        mqtt={"auth_timeout_s": 120.0, "cdr_retry_initial_s": 3600.0,
-              "cdr_retry_max_s": 3600.0},
+        tmp_path,
+        broker.url,
+        prefix,
+        station_id=ST,
+        evses=2,
+        mqtt={"auth_timeout_s": 120.0, "cdr_retry_initial_s": 3600.0, "cdr_retry_max_s": 3600.0},
         auth={"connection_timeout_s": 3600.0},
     )
     d = Daemon(tmp_path, cfg).start()
@@ -589,8 +871,11 @@ def station(broker: Mosquitto, tmp_path: Path) -> Iterator[Station]:
         # session A: charged, CDR acknowledged
         acked = _charge(d, UID_A)
         d.ctl("sim.unplug", evse_id=EVSE1)
-        wait_until(lambda: d.ctl("outbox")["pending"] == 0 and backend.cdrs.get(acked), 10,
-                   "CDR A acknowledged")
+        wait_until(
+            lambda: d.ctl("outbox")["pending"] == 0 and backend.cdrs.get(acked),
+            10,
+            "CDR A acknowledged",
+        )
         # session B: charged, CDR left unacknowledged
         backend.auto_ack = False
         pending_cdr = _charge(d, UID_B)
@@ -608,9 +893,15 @@ def station(broker: Mosquitto, tmp_path: Path) -> Iterator[Station]:
         req = _wait_msg(backend, "auth/req", n)
         assert req["token"]["uid"] == UID_D and req["evse_id"] == EVSE2
         pending_session = d.wait_state("authorizing", EVSE2)["session_id"]
-        refs = {"evse1": EVSE1, "evse2": EVSE2, "acked_cdr": acked, "pending_cdr": pending_cdr,
-                "live_session": live, "pending_session": pending_session,
-                "pending_request": req["request_id"]}
+        refs = {
+            "evse1": EVSE1,
+            "evse2": EVSE2,
+            "acked_cdr": acked,
+            "pending_cdr": pending_cdr,
+            "live_session": live,
+            "pending_session": pending_session,
+            "pending_request": req["request_id"],
+        }
         s = Station(d, backend, refs, {}, [])
         st0 = s.status()
         assert st0["outbox"]["pending"] == 1
@@ -637,7 +928,8 @@ def run_batch(s: Station, specs: list[tuple[str, bytes, str, bool]]) -> None:
             s.stats["dropped (valid and state-changing)"] += 1
             continue
         assert not (must_reject and exp.valid), (
-            f"the daemon's parser accepts an invalid {topic} payload ({kind}): {raw[:300]!r}")
+            f"the daemon's parser accepts an invalid {topic} payload ({kind}): {raw[:300]!r}"
+        )
         if exp.store is not None:
             s.stored.setdefault(exp.store[0], (exp.store[1], exp.store[2]))
         if exp.response is not None:
@@ -649,30 +941,41 @@ def run_batch(s: Station, specs: list[tuple[str, bytes, str, bool]]) -> None:
     sentinel = f"sentinel-{uuid.uuid4()}"
     backend.command(ST, "set_availability", command_id=sentinel, evse_id=EVSE1, available=True)
     try:
-        backend.wait_for(lambda r: r.suffix == "cmd/res" and isinstance(r.data, dict)
-                         and r.data.get("command_id") == sentinel, 20, start)
+        backend.wait_for(
+            lambda r: (
+                r.suffix == "cmd/res"
+                and isinstance(r.data, dict)
+                and r.data.get("command_id") == sentinel
+            ),
+            20,
+            start,
+        )
     except TimeoutError:
         alive = d.proc is not None and d.proc.poll() is None
-        raise AssertionError(f"no answer to the sentinel (daemon alive: {alive});\n"
-                             f"log tail:\n{d.log()[-3000:]}") from None
+        raise AssertionError(
+            f"no answer to the sentinel (daemon alive: {alive});\nlog tail:\n{d.log()[-3000:]}"
+        ) from None
     assert d.proc is not None and d.proc.poll() is None, "daemon died"
     t0 = time.monotonic()
     st = s.status(timeout=1.0)
     assert time.monotonic() - t0 < 1.0, "status took more than 1 s"
     assert s.snapshot(st) == s.baseline, "state changed"
     new = backend.received[start:]
-    got = [(r.data.get("command_id"), r.data.get("status")) for r in new
-           if r.suffix == "cmd/res" and isinstance(r.data, dict)]
+    got = [
+        (r.data.get("command_id"), r.data.get("status"))
+        for r in new
+        if r.suffix == "cmd/res" and isinstance(r.data, dict)
+    ]
     assert got[-1] == (sentinel, "accepted")
     got = got[:-1]
-    mismatch = [(i, g, e) for i, (g, e) in enumerate(zip(got, expected, strict=False))
-                if g != e]
+    mismatch = [(i, g, e) for i, (g, e) in enumerate(zip(got, expected, strict=False)) if g != e]
     if len(got) != len(expected) or mismatch:
         cid = (mismatch[0][1][0] if mismatch else None) or ""
         lines = [ln for ln in d.log().splitlines() if cid and cid in ln][:10]
         raise AssertionError(
             f"cmd/res answers: got {len(got)}, expected {len(expected)}; first mismatches "
-            f"{mismatch[:3]}; daemon log for {cid!r}:\n" + "\n".join(lines))
+            f"{mismatch[:3]}; daemon log for {cid!r}:\n" + "\n".join(lines)
+        )
     for r in new:
         assert r.suffix not in ("session", "cdr", "auth/req"), f"unexpected {r.suffix}: {r.data}"
         if r.suffix == "status":  # a republished status may only repeat the same state
@@ -685,18 +988,24 @@ def test_fuzz_mqtt_inputs_never_crash_or_change_state(station: Station) -> None:
 
     # no shrinking: the daemon keeps state between examples, a shrunk example would not
     # reproduce on it; the failing batch and the daemon's log lines are in the message instead
-    @settings(max_examples=BATCHES, deadline=None, derandomize=True, database=None,
-              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=BATCHES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(batch=batches)
     def fuzz(batch: list[Spec]) -> None:
-        run_batch(s, [(spec.topic, render(spec, s.refs), spec.kind, spec.must_reject)
-                      for spec in batch])
+        run_batch(
+            s, [(spec.topic, render(spec, s.refs), spec.kind, spec.must_reject) for spec in batch]
+        )
 
     t0 = time.monotonic()
     fuzz()
     elapsed = time.monotonic() - t0
-    assert sessions_without_energy(s.daemon.ctl("sessions")) == sessions_without_energy(
-        s.sessions)
+    assert sessions_without_energy(s.daemon.ctl("sessions")) == sessions_without_energy(s.sessions)
     assert "Traceback" not in s.daemon.log()
     print(f"\nMQTT fuzz: {s.stats['published']} payloads in {elapsed:.1f} s")
     for key, n in sorted(s.stats.items()):
@@ -709,16 +1018,31 @@ def _burst(r: random.Random, i: int) -> tuple[str, bytes]:
     cid = f"burst-{i}"
     choice = i % 8
     if choice == 0:
-        return "cmd/req", json.dumps({"v": 2, "command_id": cid, "command": "remote_stop",
-                                      "session_id": str(uuid.uuid4())}).encode()
+        return "cmd/req", json.dumps(
+            {"v": 2, "command_id": cid, "command": "remote_stop", "session_id": str(uuid.uuid4())}
+        ).encode()
     if choice == 2:
         return "cmd/req", json.dumps({"v": 1, "command_id": cid, "command": "reboot"}).encode()
     if choice == 4:
-        return "cmd/req", json.dumps({"v": 1, "command_id": cid, "command": "set_availability",
-                                      "evse_id": EVSE1, "available": "no"}).encode()
+        return "cmd/req", json.dumps(
+            {
+                "v": 1,
+                "command_id": cid,
+                "command": "set_availability",
+                "evse_id": EVSE1,
+                "available": "no",
+            }
+        ).encode()
     if choice == 6:
-        return "cmd/req", json.dumps({"v": 1, "command_id": cid, "command": "remote_stop",
-                                      "session_id": "not-a-uuid", "x": [1] * 50}).encode()
+        return "cmd/req", json.dumps(
+            {
+                "v": 1,
+                "command_id": cid,
+                "command": "remote_stop",
+                "session_id": "not-a-uuid",
+                "x": [1] * 50,
+            }
+        ).encode()
     if choice == 1:
         return r.choice(TOPICS), r.randbytes(r.randrange(0, 200))
     if choice == 3:
@@ -743,8 +1067,15 @@ def test_burst_of_2000_malformed_messages(station: Station) -> None:
     assert st["evses"] == s.baseline["evses"]
     sentinel = f"sentinel-{uuid.uuid4()}"
     backend.command(ST, "set_availability", command_id=sentinel, evse_id=EVSE1, available=True)
-    backend.wait_for(lambda m: m.suffix == "cmd/res" and isinstance(m.data, dict)
-                     and m.data.get("command_id") == sentinel, 30, start)
+    backend.wait_for(
+        lambda m: (
+            m.suffix == "cmd/res"
+            and isinstance(m.data, dict)
+            and m.data.get("command_id") == sentinel
+        ),
+        30,
+        start,
+    )
     drained = time.monotonic() - t0
     assert d.proc is not None and d.proc.poll() is None
     t1 = time.monotonic()
@@ -756,8 +1087,10 @@ def test_burst_of_2000_malformed_messages(station: Station) -> None:
     assert [a["command_id"] for a in answers[:-1]] == expected
     assert all(a["status"] == "rejected" for a in answers[:-1])
     assert not [m for m in new if m.suffix in ("session", "cdr", "auth/req")]
-    print(f"\nburst: 2000 malformed messages published in {published:.2f} s, "
-          f"worked off in {drained:.2f} s")
+    print(
+        f"\nburst: 2000 malformed messages published in {published:.2f} s, "
+        f"worked off in {drained:.2f} s"
+    )
 
 
 # ------------------------------------------------------------------------- single payloads
@@ -766,14 +1099,22 @@ def _publish_and_check_alive(s: Station, topic: str, *raws: bytes) -> None:
     for raw in raws:
         s.backend.publish(ST, topic, None, raw=raw)
     sentinel = f"sentinel-{uuid.uuid4()}"
-    s.backend.command(ST, "set_availability", command_id=sentinel, evse_id=EVSE1,
-                      available=True)
+    s.backend.command(ST, "set_availability", command_id=sentinel, evse_id=EVSE1, available=True)
     proc = s.daemon.proc
     assert proc is not None
-    wait_until(lambda: proc.poll() is not None or any(
-        r.suffix == "cmd/res" and isinstance(r.data, dict)
-        and r.data.get("command_id") == sentinel for r in s.backend.received[start:]),
-        10, "the sentinel's answer")
+    wait_until(
+        lambda: (
+            proc.poll() is not None
+            or any(
+                r.suffix == "cmd/res"
+                and isinstance(r.data, dict)
+                and r.data.get("command_id") == sentinel
+                for r in s.backend.received[start:]
+            )
+        ),
+        10,
+        "the sentinel's answer",
+    )
     assert proc.poll() is None, "daemon died:\n" + s.daemon.log()[-1500:]
     assert s.snapshot(s.status(timeout=1.0)) == s.baseline
 
@@ -791,8 +1132,10 @@ def test_integer_over_4300_digits_is_refused(station: Station) -> None:
 def test_lone_surrogate_command_id_is_refused(station: Station, v: int) -> None:
     """A "\\ud800" command_id once crashed Store.command_response (v=1) and
     Controller._reject_unstored -> dump (v=2) with UnicodeEncodeError."""
-    raw = (f'{{"v": {v}, "command_id": "\\ud800", "command": "remote_stop", '
-           '"session_id": "not-a-uuid"}').encode()
+    raw = (
+        f'{{"v": {v}, "command_id": "\\ud800", "command": "remote_stop", '
+        '"session_id": "not-a-uuid"}'
+    ).encode()
     _publish_and_check_alive(station, "cmd/req", raw)
 
 
@@ -800,8 +1143,15 @@ def test_v_1_0_is_not_version_1(station: Station) -> None:
     """v=1.0 passed check_version (1.0 == 1) and pydantic's Literal[1]: set_availability false
     with v=1.0 ended the charging session."""
     s = station
-    raw = json.dumps({"v": 1.0, "command_id": "float-v", "command": "set_availability",
-                      "evse_id": EVSE1, "available": False}).encode()
+    raw = json.dumps(
+        {
+            "v": 1.0,
+            "command_id": "float-v",
+            "command": "set_availability",
+            "evse_id": EVSE1,
+            "available": False,
+        }
+    ).encode()
     s.backend.publish(ST, "cmd/req", None, raw=raw)
     res = _wait_msg(s.backend, "cmd/res", command_id="float-v")
     assert res["status"] == "rejected"
@@ -824,13 +1174,21 @@ def test_v_float_refused_by_parsers(topic: str, v: str) -> None:
 # ------------------------------------------------------------------------- known bugs
 @pytest.mark.parametrize("topic", TOPICS)
 def test_regression_nesting_just_below_the_recursion_limit_kills_the_daemon(
-        station: Station, topic: str) -> None:
+    station: Station, topic: str
+) -> None:
     raws = []
     for depth in range(950, 1000):
-        head = json.dumps({"v": 1, "command_id": f"deep-{depth}", "command": "remote_stop",
-                           "session_id": "not-a-uuid"})[:-1].encode()
+        head = json.dumps(
+            {
+                "v": 1,
+                "command_id": f"deep-{depth}",
+                "command": "remote_stop",
+                "session_id": "not-a-uuid",
+            }
+        )[:-1].encode()
         raws.append(head + b', "deep": ' + _nest("list", depth) + b"}")
     _publish_and_check_alive(station, topic, *raws)
+
 
 def test_oracle_nesting_depth() -> None:
     for kind in ("list", "dict", "mixed"):

@@ -24,8 +24,12 @@ def events(backend: BackendSim, kind: str | None = None) -> list[dict[str, Any]]
 
 def wait_msg(backend: BackendSim, suffix: str, timeout: float = 10.0, **match: Any) -> Any:
     def pred(r: Received) -> bool:
-        return r.suffix == suffix and isinstance(r.data, dict) and all(
-            r.data.get(k) == v for k, v in match.items())
+        return (
+            r.suffix == suffix
+            and isinstance(r.data, dict)
+            and all(r.data.get(k) == v for k, v in match.items())
+        )
+
     return backend.wait_for(pred, timeout).data
 
 
@@ -52,10 +56,12 @@ def test_tap_first_then_plug_charges_and_uploads_cdr(make_daemon, backend):
     assert cdr["token"]["uid"] == UID_A and cdr["evse_id"] == EVSE1
     assert cdr["operator_id"] == "DE*ICE" and cdr["location"] == "Teststr. 1, Stuttgart"
     assert cdr["energy_kwh"] > 0
-    assert cdr["energy_kwh"] == pytest.approx(cdr["meter_stop_kwh"] - cdr["meter_start_kwh"],
-                                              abs=0.0011)
-    assert cdr["session_start"] <= cdr["charging_start"] <= cdr["charging_end"] \
-        == cdr["session_end"]
+    assert cdr["energy_kwh"] == pytest.approx(
+        cdr["meter_stop_kwh"] - cdr["meter_start_kwh"], abs=0.0011
+    )
+    assert (
+        cdr["session_start"] <= cdr["charging_start"] <= cdr["charging_end"] == cdr["session_end"]
+    )
     wait_until(lambda: d.ctl("outbox")["pending"] == 0, 5, "CDR ack")
     assert [x["event"] for x in events(backend)] == ["authorized", "started", "stopped"]
     assert d.relay_log()[1::2] == ["close", "open"]
@@ -95,8 +101,9 @@ def test_remote_start_with_car_plugged_and_remote_stop(make_daemon, backend):
     d.ctl("sim.plug")
     d.wait_state("preparing")
     sid = str(uuid.uuid4())
-    cid = backend.command(ST, "remote_start", evse_id=EVSE1, contract_id="DE8ACC12345678A",
-                          session_id=sid)
+    cid = backend.command(
+        ST, "remote_start", evse_id=EVSE1, contract_id="DE8ACC12345678A", session_id=sid
+    )
     assert cmd_res(backend, cid)["status"] == "accepted"
     e = d.wait_state("charging")
     assert e["session_id"] == sid
@@ -123,8 +130,9 @@ def test_remote_start_waits_for_the_car(make_daemon, backend):
 
 def test_remote_commands_rejected_with_reasons(make_daemon, backend):
     d = make_daemon()
-    cid = backend.command(ST, "remote_start", evse_id="DE*ICE*E999999*9",
-                          contract_id="DE8ACC12345678A")
+    cid = backend.command(
+        ST, "remote_start", evse_id="DE*ICE*E999999*9", contract_id="DE8ACC12345678A"
+    )
     assert "unknown evse_id" in cmd_res(backend, cid)["reason"]
     cid = backend.command(ST, "remote_stop", session_id=str(uuid.uuid4()))
     assert cmd_res(backend, cid)["reason"] == "unknown session_id"
@@ -160,8 +168,7 @@ def test_auth_timeout_is_a_rejection(make_daemon, backend):
     assert d.relay_log() == []
     # a late answer for that request is logged and ignored
     req = backend.messages("auth/req", ST)[0]
-    backend.publish(ST, "auth/res", {"v": 1, "request_id": req["request_id"],
-                                     "status": "accepted"})
+    backend.publish(ST, "auth/res", {"v": 1, "request_id": req["request_id"], "status": "accepted"})
     wait_until(lambda: "unknown or stale request" in d.log(), 5, "stale log line")
     assert d.evse()["state"] == "preparing"
 
@@ -197,8 +204,13 @@ def test_availability_off_stops_session_and_blocks_new_ones(make_daemon, backend
 def test_replayed_command_same_answer_no_second_action(make_daemon, backend):
     d = make_daemon()
     d.ctl("sim.plug")
-    cmd = {"v": 1, "command_id": "cmd-42", "command": "remote_start", "evse_id": EVSE1,
-           "contract_id": "DE8ACC12345678A"}
+    cmd = {
+        "v": 1,
+        "command_id": "cmd-42",
+        "command": "remote_start",
+        "evse_id": EVSE1,
+        "contract_id": "DE8ACC12345678A",
+    }
     backend.publish(ST, "cmd/req", cmd)
     first = cmd_res(backend, "cmd-42")
     d.wait_state("charging")
@@ -220,21 +232,65 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     ("not json", b"{nope", "not valid JSON"),
     ("not utf-8", b"\xff\xfe{}", "not UTF-8"),
     ("array", b"[1, 2]", "JSON object"),
-    ("missing v", json.dumps({"command_id": "m1", "command": "remote_stop",
-                              "session_id": str(uuid.uuid4())}).encode(), "'v' is missing"),
-    ("wrong v", json.dumps({"v": 2, "command_id": "m2", "command": "remote_stop",
-                            "session_id": str(uuid.uuid4())}).encode(), "version"),
-    ("unknown command", json.dumps({"v": 1, "command_id": "m3", "command": "reboot"}).encode(),
-     "unknown command"),
-    ("missing field", json.dumps({"v": 1, "command_id": "m4", "command": "remote_start",
-                                  "evse_id": EVSE1}).encode(), "contract_id"),
-    ("wrong type", json.dumps({"v": 1, "command_id": "m5", "command": "set_availability",
-                               "evse_id": EVSE1, "available": "no"}).encode(), "available"),
-    ("unknown field", json.dumps({"v": 1, "command_id": "m6", "command": "remote_stop",
-                                  "session_id": str(uuid.uuid4()), "force": True}).encode(),
-     "unknown field"),
-    ("too large", json.dumps({"v": 1, "command_id": "m7", "command": "remote_stop",
-                              "pad": "x" * 70000}).encode(), "exceeds"),
+    (
+        "missing v",
+        json.dumps(
+            {"command_id": "m1", "command": "remote_stop", "session_id": str(uuid.uuid4())}
+        ).encode(),
+        "'v' is missing",
+    ),
+    (
+        "wrong v",
+        json.dumps(
+            {"v": 2, "command_id": "m2", "command": "remote_stop", "session_id": str(uuid.uuid4())}
+        ).encode(),
+        "version",
+    ),
+    (
+        "unknown command",
+        json.dumps({"v": 1, "command_id": "m3", "command": "reboot"}).encode(),
+        "unknown command",
+    ),
+    (
+        "missing field",
+        json.dumps(
+            {"v": 1, "command_id": "m4", "command": "remote_start", "evse_id": EVSE1}
+        ).encode(),
+        "contract_id",
+    ),
+    (
+        "wrong type",
+        json.dumps(
+            {
+                "v": 1,
+                "command_id": "m5",
+                "command": "set_availability",
+                "evse_id": EVSE1,
+                "available": "no",
+            }
+        ).encode(),
+        "available",
+    ),
+    (
+        "unknown field",
+        json.dumps(
+            {
+                "v": 1,
+                "command_id": "m6",
+                "command": "remote_stop",
+                "session_id": str(uuid.uuid4()),
+                "force": True,
+            }
+        ).encode(),
+        "unknown field",
+    ),
+    (
+        "too large",
+        json.dumps(
+            {"v": 1, "command_id": "m7", "command": "remote_stop", "pad": "x" * 70000}
+        ).encode(),
+        "exceeds",
+    ),
 ]
 
 
@@ -284,8 +340,9 @@ def test_two_evses_tap_without_car_follows_the_plug(make_daemon, backend):
     d = make_daemon(evses=2)
     d.ctl("sim.tap", uid=UID_A)
     assert wait_msg(backend, "auth/req")["evse_id"] is None  # not tied to an EVSE yet
-    wait_until(lambda: any(e["state"] == "authorized" for e in d.ctl("status")["evses"]), 5,
-               "authorized")
+    wait_until(
+        lambda: any(e["state"] == "authorized" for e in d.ctl("status")["evses"]), 5, "authorized"
+    )
     d.ctl("sim.plug", evse_id=EVSE2)
     d.wait_state("charging", EVSE2)
     assert d.evse(EVSE1)["state"] == "available"
@@ -324,9 +381,13 @@ def test_stationctl_commands(make_daemon, backend, tmp_path):
     d = make_daemon()
 
     def ctl(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "agent.stationctl", "--socket",
-                               str(d.socket), *args], check=False, capture_output=True,
-                              text=True, timeout=30)
+        return subprocess.run(
+            [sys.executable, "-m", "agent.stationctl", "--socket", str(d.socket), *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     assert "available" in ctl("status").stdout
     assert json.loads(ctl("status", "--json").stdout)["station_id"] == ST
@@ -364,22 +425,52 @@ def test_sim_commands_refused_for_non_sim_devices(make_daemon, backend):
 def test_commands_for_another_station_too_old_or_reused_id_are_rejected(make_daemon, backend):
     d = make_daemon()
     d.ctl("sim.plug")
-    backend.publish(ST, "cmd/req", {"v": 1, "command_id": "other", "command": "remote_start",
-                                    "evse_id": EVSE1, "contract_id": "DE8ACC12345678A",
-                                    "station_id": "ST-OTHER"})
+    backend.publish(
+        ST,
+        "cmd/req",
+        {
+            "v": 1,
+            "command_id": "other",
+            "command": "remote_start",
+            "evse_id": EVSE1,
+            "contract_id": "DE8ACC12345678A",
+            "station_id": "ST-OTHER",
+        },
+    )
     assert "addressed to station ST-OTHER" in cmd_res(backend, "other")["reason"]
-    stale = backend.command(ST, "remote_start", evse_id=EVSE1, contract_id="DE8ACC12345678A",
-                            ts="2020-01-01T00:00:00.000+00:00")
+    stale = backend.command(
+        ST,
+        "remote_start",
+        evse_id=EVSE1,
+        contract_id="DE8ACC12345678A",
+        ts="2020-01-01T00:00:00.000+00:00",
+    )
     assert "old" in cmd_res(backend, stale)["reason"]
-    future = backend.command(ST, "remote_start", evse_id=EVSE1, contract_id="DE8ACC12345678A",
-                             ts="9999-01-01T00:00:00.000+00:00")
+    future = backend.command(
+        ST,
+        "remote_start",
+        evse_id=EVSE1,
+        contract_id="DE8ACC12345678A",
+        ts="9999-01-01T00:00:00.000+00:00",
+    )
     assert "future" in cmd_res(backend, future)["reason"]
-    naive = backend.command(ST, "remote_start", evse_id=EVSE1, contract_id="DE8ACC12345678A",
-                            ts="2026-01-01T00:00:00")
+    naive = backend.command(
+        ST, "remote_start", evse_id=EVSE1, contract_id="DE8ACC12345678A", ts="2026-01-01T00:00:00"
+    )
     assert cmd_res(backend, naive)["status"] == "rejected"
     assert d.evse()["state"] == "preparing"
-    backend.publish(ST, "cmd/req", {"v": 1, "command_id": "c-1", "command": "set_availability",
-                                    "evse_id": EVSE1, "available": True, "station_id": ST})
+    backend.publish(
+        ST,
+        "cmd/req",
+        {
+            "v": 1,
+            "command_id": "c-1",
+            "command": "set_availability",
+            "evse_id": EVSE1,
+            "available": True,
+            "station_id": ST,
+        },
+    )
     assert cmd_res(backend, "c-1")["status"] == "accepted"
     n = len(backend.received)
     backend.command(ST, "set_availability", command_id="c-1", evse_id=EVSE1, available=False)

@@ -89,12 +89,26 @@ def cdr(**over: Any) -> m.Cdr:
 
 def status() -> m.StatusMessage:
     return m.StatusMessage(
-        station_id="ST-0001", ts=TS, version="0.1.0",
+        station_id="ST-0001",
+        ts=TS,
+        version="0.1.0",
         evses=[
-            m.EvseStatus(evse_id=EVSE, state=m.EvseState.CHARGING, session_id=SID, plugged=True,
-                         relay_closed=True, fault=None),
-            m.EvseStatus(evse_id="DE*ICE*E000001*2", state=m.EvseState.FAULTED, session_id=None,
-                         plugged=False, relay_closed=False, fault="relay welded"),
+            m.EvseStatus(
+                evse_id=EVSE,
+                state=m.EvseState.CHARGING,
+                session_id=SID,
+                plugged=True,
+                relay_closed=True,
+                fault=None,
+            ),
+            m.EvseStatus(
+                evse_id="DE*ICE*E000001*2",
+                state=m.EvseState.FAULTED,
+                session_id=None,
+                plugged=False,
+                relay_closed=False,
+                fault="relay welded",
+            ),
         ],
         outbox=m.OutboxStatus(pending=2, oldest=TS_CET),
     )
@@ -103,25 +117,56 @@ def status() -> m.StatusMessage:
 OUTGOING: list[tuple[str, BaseModel]] = [
     ("status", status()),
     ("status-offline", m.OfflineStatus(station_id="ST-0001")),
-    ("auth-req", m.AuthRequest(request_id=str(uuid.uuid4()), evse_id=EVSE,
-                               token=m.RfidToken(uid=UID, card_type="mifare_classic"), ts=TS)),
-    ("auth-req", m.AuthRequest(request_id=str(uuid.uuid4()), evse_id=None,
-                               token=m.QrToken(contract_id="DE8ACC12345678", pin="1234"), ts=TS)),
-    ("session", m.SessionEvent(session_id=SID, evse_id=EVSE, event=m.SessionEventKind.STARTED,
-                               ts=TS)),
-    ("session", m.SessionEvent(session_id=SID, evse_id=EVSE, event=m.SessionEventKind.REJECTED,
-                               ts=TS, reason="blocked")),
+    (
+        "auth-req",
+        m.AuthRequest(
+            request_id=str(uuid.uuid4()),
+            evse_id=EVSE,
+            token=m.RfidToken(uid=UID, card_type="mifare_classic"),
+            ts=TS,
+        ),
+    ),
+    (
+        "auth-req",
+        m.AuthRequest(
+            request_id=str(uuid.uuid4()),
+            evse_id=None,
+            token=m.QrToken(contract_id="DE8ACC12345678", pin="1234"),
+            ts=TS,
+        ),
+    ),
+    (
+        "session",
+        m.SessionEvent(session_id=SID, evse_id=EVSE, event=m.SessionEventKind.STARTED, ts=TS),
+    ),
+    (
+        "session",
+        m.SessionEvent(
+            session_id=SID, evse_id=EVSE, event=m.SessionEventKind.REJECTED, ts=TS, reason="blocked"
+        ),
+    ),
     ("cdr", cdr()),
-    ("cdr", cdr(token=m.RemoteToken(contract_id="DE8ACC12345678"), contract_id="DE8ACC12345678",
-                charging_start=None, charging_end=None, stop_reason=m.StopReason.REMOTE)),
+    (
+        "cdr",
+        cdr(
+            token=m.RemoteToken(contract_id="DE8ACC12345678"),
+            contract_id="DE8ACC12345678",
+            charging_start=None,
+            charging_end=None,
+            stop_reason=m.StopReason.REMOTE,
+        ),
+    ),
     ("cmd-res", m.CommandResponse(command_id="c-1", status=m.CommandStatus.ACCEPTED)),
-    ("cmd-res", m.CommandResponse(command_id="c-2", status=m.CommandStatus.REJECTED,
-                                  reason="EVSE is busy")),
+    (
+        "cmd-res",
+        m.CommandResponse(command_id="c-2", status=m.CommandStatus.REJECTED, reason="EVSE is busy"),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "msg"), OUTGOING, ids=[f"{n}-{i}" for i, (n, _) in
-                                                          enumerate(OUTGOING)])
+@pytest.mark.parametrize(
+    ("name", "msg"), OUTGOING, ids=[f"{n}-{i}" for i, (n, _) in enumerate(OUTGOING)]
+)
 def test_dumps_validate_against_their_schema(name: str, msg: BaseModel) -> None:
     data = json.loads(m.dump(msg).decode("utf-8"))
     assert data["v"] == 1
@@ -136,8 +181,10 @@ def test_dumps_validate_against_their_schema(name: str, msg: BaseModel) -> None:
         ("session", {**json.loads(m.dump(OUTGOING[4][1])), "event": "exploded", "ts": 5}),
         ("cdr", {**json.loads(m.dump(cdr())), "stop_reason": "bored", "token": 17}),
         ("cmd-res", {**json.loads(m.dump(OUTGOING[-1][1])), "status": "maybe"}),
-        ("auth-req", {k: v for k, v in json.loads(m.dump(OUTGOING[2][1])).items()
-                      if k != "v"}),  # no "v"
+        (
+            "auth-req",
+            {k: v for k, v in json.loads(m.dump(OUTGOING[2][1])).items() if k != "v"},
+        ),  # no "v"
     ],
     ids=["status", "session", "cdr", "cmd-res", "auth-req-no-v"],
 )
@@ -153,8 +200,13 @@ def test_timestamps_are_rfc3339_utc_with_milliseconds() -> None:
         for key in ("ts", "session_start", "session_end", "charging_start", "charging_end"):
             if data.get(key) is not None:
                 assert RFC3339_MS_UTC.fullmatch(data[key]), (key, data[key])
-    ev = json.loads(m.dump(m.SessionEvent(session_id=SID, evse_id=EVSE,
-                                          event=m.SessionEventKind.STOPPED, ts=TS_CET)))
+    ev = json.loads(
+        m.dump(
+            m.SessionEvent(
+                session_id=SID, evse_id=EVSE, event=m.SessionEventKind.STOPPED, ts=TS_CET
+            )
+        )
+    )
     assert ev["ts"] == "2026-03-01T12:30:15.123+00:00"  # converted to UTC, truncated to ms
     c = json.loads(m.dump(cdr(session_start=TS_CET)))
     assert c["session_start"] == "2026-03-01T12:30:15.123+00:00"
@@ -166,10 +218,13 @@ def test_cdr_energy_has_three_decimals() -> None:
     assert data["meter_start_kwh"] == 1520.25
     assert data["meter_stop_kwh"] == 1531.25
     assert data["energy_kwh"] == 11.0
-    data = json.loads(m.dump(cdr(meter_start_kwh=0.0004, meter_stop_kwh=12.3456789,
-                                 energy_kwh=12.3456785)))
+    data = json.loads(
+        m.dump(cdr(meter_start_kwh=0.0004, meter_stop_kwh=12.3456789, energy_kwh=12.3456785))
+    )
     assert (data["meter_start_kwh"], data["meter_stop_kwh"], data["energy_kwh"]) == (
-        0.0, 12.346, 12.346
+        0.0,
+        12.346,
+        12.346,
     )
     raw = m.dump(cdr(energy_kwh=1 / 3)).decode()
     assert '"energy_kwh":0.333' in raw
@@ -178,9 +233,21 @@ def test_cdr_energy_has_three_decimals() -> None:
 def test_cdr_fields_and_nulls() -> None:
     data = json.loads(m.dump(cdr(charging_start=None, charging_end=None)))
     assert set(data) >= {
-        "v", "session_id", "evse_id", "operator_id", "location", "contract_id", "token",
-        "session_start", "session_end", "charging_start", "charging_end", "meter_start_kwh",
-        "meter_stop_kwh", "energy_kwh", "stop_reason",
+        "v",
+        "session_id",
+        "evse_id",
+        "operator_id",
+        "location",
+        "contract_id",
+        "token",
+        "session_start",
+        "session_end",
+        "charging_start",
+        "charging_end",
+        "meter_start_kwh",
+        "meter_stop_kwh",
+        "energy_kwh",
+        "stop_reason",
     }
     # required-but-null fields stay, as null
     assert data["contract_id"] is None and data["charging_start"] is None
@@ -191,16 +258,29 @@ def test_cdr_fields_and_nulls() -> None:
 def test_dump_omits_null_reason() -> None:
     ok = json.loads(m.dump(m.CommandResponse(command_id="c-1", status=m.CommandStatus.ACCEPTED)))
     assert ok == {"v": 1, "command_id": "c-1", "status": "accepted"}
-    rej = json.loads(m.dump(m.CommandResponse(command_id="c-1", status=m.CommandStatus.REJECTED,
-                                              reason="unknown session_id")))
-    assert rej == {"v": 1, "command_id": "c-1", "status": "rejected",
-                   "reason": "unknown session_id"}
-    ev = json.loads(m.dump(m.SessionEvent(session_id=SID, evse_id=EVSE,
-                                          event=m.SessionEventKind.STARTED, ts=TS)))
+    rej = json.loads(
+        m.dump(
+            m.CommandResponse(
+                command_id="c-1", status=m.CommandStatus.REJECTED, reason="unknown session_id"
+            )
+        )
+    )
+    assert rej == {
+        "v": 1,
+        "command_id": "c-1",
+        "status": "rejected",
+        "reason": "unknown session_id",
+    }
+    ev = json.loads(
+        m.dump(
+            m.SessionEvent(session_id=SID, evse_id=EVSE, event=m.SessionEventKind.STARTED, ts=TS)
+        )
+    )
     assert "reason" not in ev
     # only the optional fields are pruned: a null evse_id in auth-req stays
-    req = json.loads(m.dump(m.AuthRequest(request_id="r", evse_id=None,
-                                          token=m.RfidToken(uid=UID), ts=TS)))
+    req = json.loads(
+        m.dump(m.AuthRequest(request_id="r", evse_id=None, token=m.RfidToken(uid=UID), ts=TS))
+    )
     assert "evse_id" in req and req["evse_id"] is None
 
 
@@ -214,11 +294,19 @@ def test_status_and_offline_shape() -> None:
     data = json.loads(m.dump(status()))
     assert data["online"] is True
     assert [e["state"] for e in data["evses"]] == ["charging", "faulted"]
-    assert set(data["evses"][0]) == {"evse_id", "state", "session_id", "plugged",
-                                     "relay_closed", "fault"}
+    assert set(data["evses"][0]) == {
+        "evse_id",
+        "state",
+        "session_id",
+        "plugged",
+        "relay_closed",
+        "fault",
+    }
     assert data["outbox"] == {"pending": 2, "oldest": "2026-03-01T12:30:15.123+00:00"}
     assert json.loads(m.dump(m.OfflineStatus(station_id="ST-0001"))) == {
-        "v": 1, "station_id": "ST-0001", "online": False,
+        "v": 1,
+        "station_id": "ST-0001",
+        "online": False,
     }
 
 
@@ -251,17 +339,36 @@ def raw(obj: Any) -> bytes:
     return json.dumps(obj).encode()
 
 
-AUTH_RES = {"v": 1, "request_id": str(uuid.uuid4()), "status": "accepted",
-            "contract_id": "DE8ACC12345678", "expires_at": "2026-03-02T00:00:00.000+00:00"}
+AUTH_RES = {
+    "v": 1,
+    "request_id": str(uuid.uuid4()),
+    "status": "accepted",
+    "contract_id": "DE8ACC12345678",
+    "expires_at": "2026-03-02T00:00:00.000+00:00",
+}
 CDR_ACK = {"v": 1, "session_id": SID}
-CMD_START = {"v": 1, "command_id": "c-1", "command": "remote_start", "evse_id": EVSE,
-             "contract_id": "DE8ACC12345678", "session_id": SID}
+CMD_START = {
+    "v": 1,
+    "command_id": "c-1",
+    "command": "remote_start",
+    "evse_id": EVSE,
+    "contract_id": "DE8ACC12345678",
+    "session_id": SID,
+}
 CMD_STOP = {"v": 1, "command_id": "c-2", "command": "remote_stop", "session_id": SID}
-CMD_AVAIL = {"v": 1, "command_id": "c-3", "command": "set_availability", "evse_id": EVSE,
-             "available": False}
+CMD_AVAIL = {
+    "v": 1,
+    "command_id": "c-3",
+    "command": "set_availability",
+    "evse_id": EVSE,
+    "available": False,
+}
 
-PARSERS = {"auth-res": m.parse_auth_response, "cdr-ack": m.parse_cdr_ack,
-           "cmd-req": m.parse_command}
+PARSERS = {
+    "auth-res": m.parse_auth_response,
+    "cdr-ack": m.parse_cdr_ack,
+    "cmd-req": m.parse_command,
+}
 
 
 def decode(name: str, payload: bytes) -> Any:
@@ -298,9 +405,14 @@ def test_valid_incoming_messages() -> None:
 
 @pytest.mark.parametrize(
     ("name", "obj"),
-    [("auth-res", AUTH_RES), ("auth-res", {"v": 1, "request_id": "r", "status": "expired"}),
-     ("cdr-ack", CDR_ACK), ("cmd-req", CMD_START), ("cmd-req", CMD_STOP),
-     ("cmd-req", CMD_AVAIL)],
+    [
+        ("auth-res", AUTH_RES),
+        ("auth-res", {"v": 1, "request_id": "r", "status": "expired"}),
+        ("cdr-ack", CDR_ACK),
+        ("cmd-req", CMD_START),
+        ("cmd-req", CMD_STOP),
+        ("cmd-req", CMD_AVAIL),
+    ],
 )
 def test_valid_incoming_messages_match_schema(name: str, obj: dict[str, Any]) -> None:
     validator(name).validate(obj)
@@ -431,13 +543,30 @@ def test_wrong_types_are_not_coerced(name: str, obj: dict[str, Any], field: str)
 
 @pytest.mark.parametrize(
     ("name", "obj"),
-    [("auth-res", {**AUTH_RES, "colour": "red"}), ("cdr-ack", {**CDR_ACK, "evse_id": EVSE}),
-     ("cmd-req", {**CMD_STOP, "evse_id": EVSE}), ("cmd-req", {**CMD_AVAIL, "force": True})],
+    [
+        ("auth-res", {**AUTH_RES, "colour": "red"}),
+        ("cdr-ack", {**CDR_ACK, "evse_id": EVSE}),
+        ("cmd-req", {**CMD_STOP, "evse_id": EVSE}),
+        ("cmd-req", {**CMD_AVAIL, "force": True}),
+    ],
 )
 def test_unknown_fields(name: str, obj: dict[str, Any]) -> None:
     msg = rejected(name, raw(obj))
-    extra = (set(obj) - {"v", "command_id", "command", "request_id", "status", "contract_id",
-                         "expires_at", "session_id", "evse_id", "available"}) or {"evse_id"}
+    extra = (
+        set(obj)
+        - {
+            "v",
+            "command_id",
+            "command",
+            "request_id",
+            "status",
+            "contract_id",
+            "expires_at",
+            "session_id",
+            "evse_id",
+            "available",
+        }
+    ) or {"evse_id"}
     assert "unknown field" in msg
     assert any(key in msg for key in extra), msg
 
@@ -457,8 +586,17 @@ def test_missing_command() -> None:
 
 @pytest.mark.parametrize(
     "session_id",
-    ["", "abc", SID.replace("-", ""), SID + "0", SID[:-1], SID + "\n", " " + SID,
-     "5f0c9a52_8d4e_4b7a_9c1e_2a3b4c5d6e7f", "5f0c9a52-8d4e-4b7a-9c1e-2a3b4c5d6e7ö"],
+    [
+        "",
+        "abc",
+        SID.replace("-", ""),
+        SID + "0",
+        SID[:-1],
+        SID + "\n",
+        " " + SID,
+        "5f0c9a52_8d4e_4b7a_9c1e_2a3b4c5d6e7f",
+        "5f0c9a52-8d4e-4b7a-9c1e-2a3b4c5d6e7ö",
+    ],
 )
 def test_bad_session_id_pattern(session_id: str) -> None:
     for name, obj in (("cdr-ack", CDR_ACK), ("cmd-req", CMD_STOP), ("cmd-req", CMD_START)):
@@ -482,8 +620,10 @@ def test_rejection_keeps_command_id_readable() -> None:
 
 @pytest.mark.parametrize(
     ("name", "obj"),
-    [("auth-res", {**AUTH_RES, "expires_at": "2026-03-02T00:00:00"}),
-     ("cmd-req", {**CMD_STOP, "ts": "2026-03-02T00:00:00.000"})],
+    [
+        ("auth-res", {**AUTH_RES, "expires_at": "2026-03-02T00:00:00"}),
+        ("cmd-req", {**CMD_STOP, "ts": "2026-03-02T00:00:00.000"}),
+    ],
     ids=["auth-res-expires_at", "cmd-req-ts"],
 )
 def test_timestamps_without_offset_are_rejected(name: str, obj: dict[str, Any]) -> None:

@@ -89,13 +89,19 @@ def test_encode_decode_uint64_roundtrip(raw: int, order: Any) -> None:
 class MeterServer:
     """A pymodbus server thread whose device holds one meter model's registers."""
 
-    def __init__(self, rmap: RegisterMap, order: Any, values: dict[str, float],
-                 make_server: Callable[[Any], Any] | None = None) -> None:
+    def __init__(
+        self,
+        rmap: RegisterMap,
+        order: Any,
+        values: dict[str, float],
+        make_server: Callable[[Any], Any] | None = None,
+    ) -> None:
         self.rmap, self.order = rmap, order
         self.fc = 4 if rmap.function == "input" else 3
         table = [
-            SimData(reg.address, values=encode(values[name], reg, order),
-                    datatype=DataType.REGISTERS)
+            SimData(
+                reg.address, values=encode(values[name], reg, order), datatype=DataType.REGISTERS
+            )
             for name, reg in self._registers()
             if name in values
         ]
@@ -104,8 +110,7 @@ class MeterServer:
         holding, inputs = (table, dummy) if self.fc == 3 else (dummy, table)
         blocks = (bits, list(bits), holding, inputs)
         device = SimDevice(id=1, simdata=blocks)
-        factory = make_server or (
-            lambda dev: ModbusTcpServer(dev, address=("127.0.0.1", 0)))
+        factory = make_server or (lambda dev: ModbusTcpServer(dev, address=("127.0.0.1", 0)))
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
         self.server: Any = None
@@ -116,14 +121,18 @@ class MeterServer:
             ready.set()
             await self.server.serving
 
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(main(),),
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.loop.run_until_complete, args=(main(),), daemon=True
+        )
         self.thread.start()
         assert ready.wait(5), "Modbus server did not start"
 
     def _registers(self) -> list[tuple[str, Register]]:
-        pairs = [("energy_kwh", self.rmap.energy_kwh), ("power_w", self.rmap.power_w),
-                 ("voltage_v", self.rmap.voltage_v)]
+        pairs = [
+            ("energy_kwh", self.rmap.energy_kwh),
+            ("power_w", self.rmap.power_w),
+            ("voltage_v", self.rmap.voltage_v),
+        ]
         return [(name, reg) for name, reg in pairs if reg is not None]
 
     @property
@@ -134,13 +143,15 @@ class MeterServer:
         reg = dict(self._registers())[name]
         words = encode(value, reg, self.order)
         fut = asyncio.run_coroutine_threadsafe(
-            self.server.context.async_setValues(1, self.fc, reg.address, words), self.loop)
+            self.server.context.async_setValues(1, self.fc, reg.address, words), self.loop
+        )
         assert fut.result(5) is None
 
     def set_words(self, name: str, words: list[int]) -> None:
         reg = dict(self._registers())[name]
         fut = asyncio.run_coroutine_threadsafe(
-            self.server.context.async_setValues(1, self.fc, reg.address, words), self.loop)
+            self.server.context.async_setValues(1, self.fc, reg.address, words), self.loop
+        )
         assert fut.result(5) is None
 
     def stop(self) -> None:
@@ -162,8 +173,9 @@ def sdm630() -> Iterator[MeterServer]:
 
 
 def tcp_meter(srv: MeterServer, **kwargs: Any) -> ModbusMeter:
-    return ModbusMeter(srv.rmap.model, "tcp", host="127.0.0.1", port=srv.port, timeout_s=1.0,
-                       **kwargs)
+    return ModbusMeter(
+        srv.rmap.model, "tcp", host="127.0.0.1", port=srv.port, timeout_s=1.0, **kwargs
+    )
 
 
 @pytest.mark.parametrize("order", ["big", "little"])
@@ -268,8 +280,15 @@ def test_abb_not_available_marker_is_rejected() -> None:
 
 
 def test_unreachable_meter_fails_then_recovers(sdm630: MeterServer) -> None:
-    meter = ModbusMeter("sdm630", "tcp", host="127.0.0.1", port=sdm630.port, timeout_s=0.3,
-                        retries=0, max_failures=2)
+    meter = ModbusMeter(
+        "sdm630",
+        "tcp",
+        host="127.0.0.1",
+        port=sdm630.port,
+        timeout_s=0.3,
+        retries=0,
+        max_failures=2,
+    )
     assert meter.read().voltage_v == pytest.approx(231.5)
     port = sdm630.port
     sdm630.stop()
@@ -278,8 +297,12 @@ def test_unreachable_meter_fails_then_recovers(sdm630: MeterServer) -> None:
             meter.read()
     assert meter.health().fault == "meter_failed"
     # a new server on the same port: the meter reconnects by itself
-    revived = MeterServer(register_map("sdm630"), "big", GOOD, make_server=lambda dev: (
-        ModbusTcpServer(dev, address=("127.0.0.1", port))))
+    revived = MeterServer(
+        register_map("sdm630"),
+        "big",
+        GOOD,
+        make_server=lambda dev: ModbusTcpServer(dev, address=("127.0.0.1", port)),
+    )
     try:
         assert meter.read().energy_kwh == pytest.approx(1234.5)
         assert meter.health().ok
@@ -319,8 +342,9 @@ def test_constructor_does_no_io_and_validates() -> None:
 
 
 def test_missing_serial_port_is_a_failure(tmp_path: Any) -> None:
-    meter = ModbusMeter("sdm630", "rtu", port=str(tmp_path / "ttyUSB7"), max_failures=1,
-                        timeout_s=0.2)
+    meter = ModbusMeter(
+        "sdm630", "rtu", port=str(tmp_path / "ttyUSB7"), max_failures=1, timeout_s=0.2
+    )
     with pytest.raises(DriverError):
         meter.read()
     detail = meter.health().detail or ""
@@ -357,11 +381,16 @@ def pty_bridge() -> Iterator[tuple[str, str]]:
 
 def test_rtu_over_pty_with_pymodbus_serial_server(pty_bridge: tuple[str, str]) -> None:
     server_port, client_port = pty_bridge
-    srv = MeterServer(register_map("sdm630"), "big", GOOD, make_server=lambda dev: (
-        ModbusSerialServer(dev, port=server_port, baudrate=9600)))
+    srv = MeterServer(
+        register_map("sdm630"),
+        "big",
+        GOOD,
+        make_server=lambda dev: ModbusSerialServer(dev, port=server_port, baudrate=9600),
+    )
     try:
-        meter = ModbusMeter("sdm630", "rtu", port=client_port, baudrate=9600, parity="N",
-                            device_id=1, timeout_s=1.0)
+        meter = ModbusMeter(
+            "sdm630", "rtu", port=client_port, baudrate=9600, parity="N", device_id=1, timeout_s=1.0
+        )
         reading = meter.read()
         assert reading.energy_kwh == pytest.approx(1234.5)
         assert reading.voltage_v == pytest.approx(231.5)

@@ -20,9 +20,12 @@ def test_ready_status_and_watchdog(tmp_path, broker, prefix):
     d.config_path.write_text(to_toml(d.config))
     env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="1000000")
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config",
-                             str(d.config_path)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", "--config", str(d.config_path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         messages: list[str] = []
         ready_after = None

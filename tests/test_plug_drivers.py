@@ -75,8 +75,16 @@ def test_debouncer_needs_a_stable_level() -> None:
 def make_plug(**kwargs: Any) -> tuple[GpioPlug, FakeFactory, FakeClock, list[bool]]:
     factory = FakeFactory()
     clock = FakeClock()
-    plug = GpioPlug("/dev/gpiochip0", 22, active_low=True, bias="pull_up", clock=clock,
-                    line_factory=factory, threaded=False, **kwargs)
+    plug = GpioPlug(
+        "/dev/gpiochip0",
+        22,
+        active_low=True,
+        bias="pull_up",
+        clock=clock,
+        line_factory=factory,
+        threaded=False,
+        **kwargs,
+    )
     return plug, factory, clock, []
 
 
@@ -214,8 +222,9 @@ def test_gpio_plug_through_the_real_gpiod_module(monkeypatch: pytest.MonkeyPatch
         def release(self) -> None:
             Request.released = True
 
-    def fake_request_lines(path: str, config: dict[Any, Any], consumer: str | None = None,
-                           **kwargs: Any) -> Request:
+    def fake_request_lines(
+        path: str, config: dict[Any, Any], consumer: str | None = None, **kwargs: Any
+    ) -> Request:
         assert (path, consumer) == ("/dev/gpiochip0", "station-agent")
         seen_config.update(config)
         return Request()

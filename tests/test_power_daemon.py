@@ -22,14 +22,23 @@ ST = "ST-TEST"
 
 def wait_msg(backend, suffix: str, timeout: float = 10.0, **match):
     def pred(r: Received) -> bool:
-        return r.suffix == suffix and isinstance(r.data, dict) and all(
-            r.data.get(k) == v for k, v in match.items())
+        return (
+            r.suffix == suffix
+            and isinstance(r.data, dict)
+            and all(r.data.get(k) == v for k, v in match.items())
+        )
+
     return backend.wait_for(pred, timeout).data
 
 
 def stationctl(d, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.stationctl", "--socket", str(d.socket),
-                           *args], check=False, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "agent.stationctl", "--socket", str(d.socket), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_welded_contact_faults_the_evse_until_reset(make_daemon, backend):
@@ -72,7 +81,9 @@ def test_relay_cycle_only_when_idle(make_daemon, backend):
     assert r.returncode == 0, r.stderr
     assert "close" in r.stdout and "open" in r.stdout and ": ok" in r.stdout
     assert d.relay_log()[-2:] == ["close", "open"][-2:] or d.relay_log()[1::2][-2:] == [
-        "close", "open"]
+        "close",
+        "open",
+    ]
     d.ctl("sim.plug")
     r = stationctl(d, "relay", "cycle")
     assert r.returncode == 1 and "idle EVSE" in r.stderr
@@ -105,13 +116,23 @@ def sdm630():
 
 
 def test_cdr_meter_values_come_from_the_modbus_meter(make_daemon, backend, sdm630):
-    d = make_daemon(evse=[{
-        "id": EVSE1,
-        "relay": {"driver": "sim"},
-        "plug": {"driver": "sim"},
-        "meter": {"driver": "modbus", "model": "sdm630", "transport": "tcp",
-                  "host": "127.0.0.1", "port": sdm630.port, "poll_interval_s": 0.2},
-    }])
+    d = make_daemon(
+        evse=[
+            {
+                "id": EVSE1,
+                "relay": {"driver": "sim"},
+                "plug": {"driver": "sim"},
+                "meter": {
+                    "driver": "modbus",
+                    "model": "sdm630",
+                    "transport": "tcp",
+                    "host": "127.0.0.1",
+                    "port": sdm630.port,
+                    "poll_interval_s": 0.2,
+                },
+            }
+        ]
+    )
     res = d.ctl("meter.read")
     assert res["energy_kwh"] == pytest.approx(1234.5) and res["voltage_v"] == pytest.approx(231.5)
     out = stationctl(d, "meter", "read")
@@ -129,14 +150,25 @@ def test_cdr_meter_values_come_from_the_modbus_meter(make_daemon, backend, sdm63
 
 
 def test_meter_that_stops_answering_faults_the_evse(make_daemon, backend, sdm630):
-    d = make_daemon(evse=[{
-        "id": EVSE1,
-        "relay": {"driver": "sim"},
-        "plug": {"driver": "sim"},
-        "meter": {"driver": "modbus", "model": "sdm630", "transport": "tcp", "timeout_s": 0.3,
-                  "host": "127.0.0.1", "port": sdm630.port, "poll_interval_s": 0.2,
-                  "max_failures": 2},
-    }])
+    d = make_daemon(
+        evse=[
+            {
+                "id": EVSE1,
+                "relay": {"driver": "sim"},
+                "plug": {"driver": "sim"},
+                "meter": {
+                    "driver": "modbus",
+                    "model": "sdm630",
+                    "transport": "tcp",
+                    "timeout_s": 0.3,
+                    "host": "127.0.0.1",
+                    "port": sdm630.port,
+                    "poll_interval_s": 0.2,
+                    "max_failures": 2,
+                },
+            }
+        ]
+    )
     d.ctl("sim.plug")
     d.ctl("sim.tap", uid=UID_A)
     d.wait_state("charging")
@@ -196,14 +228,25 @@ class BlackHoleProxy:
 
 def test_a_dead_meter_never_stalls_the_station(make_daemon, backend, sdm630):
     proxy = BlackHoleProxy(sdm630.port)
-    d = make_daemon(evse=[{
-        "id": EVSE1,
-        "relay": {"driver": "sim"},
-        "plug": {"driver": "sim"},
-        "meter": {"driver": "modbus", "model": "sdm630", "transport": "tcp", "timeout_s": 1.0,
-                  "host": "127.0.0.1", "port": proxy.port, "poll_interval_s": 0.2,
-                  "max_failures": 3},
-    }])
+    d = make_daemon(
+        evse=[
+            {
+                "id": EVSE1,
+                "relay": {"driver": "sim"},
+                "plug": {"driver": "sim"},
+                "meter": {
+                    "driver": "modbus",
+                    "model": "sdm630",
+                    "transport": "tcp",
+                    "timeout_s": 1.0,
+                    "host": "127.0.0.1",
+                    "port": proxy.port,
+                    "poll_interval_s": 0.2,
+                    "max_failures": 3,
+                },
+            }
+        ]
+    )
     d.ctl("sim.plug")
     d.ctl("sim.tap", uid=UID_A)
     d.wait_state("charging")

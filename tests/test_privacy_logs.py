@@ -66,14 +66,19 @@ def leaks(text: str, identifiers: list[str]) -> list[str]:
         for m in pattern(ident).finditer(text):
             line_start = text.rfind("\n", 0, m.start()) + 1
             line_end = text.find("\n", m.end())
-            found.append(f"{ident!r} in: {text[line_start:line_end if line_end >= 0 else None]}")
+            found.append(f"{ident!r} in: {text[line_start : line_end if line_end >= 0 else None]}")
     return found
 
 
 def test_pattern_matches_separated_and_cased_forms() -> None:
     p = pattern("04A224B2C13C80")
-    for form in ("04A224B2C13C80", "04a224b2c13c80", "04:A2:24:B2:C1:3C:80", "04-a2-24-b2-c1-3c-80",
-                 "04 A2 24 B2 C1 3C 80"):
+    for form in (
+        "04A224B2C13C80",
+        "04a224b2c13c80",
+        "04:A2:24:B2:C1:3C:80",
+        "04-a2-24-b2-c1-3c-80",
+        "04 A2 24 B2 C1 3C 80",
+    ):
         assert p.search(f"card {form} seen"), form
     assert not p.search("card 04A2…3C80 seen")
     q = pattern("de-8ac-c98765432-1")
@@ -83,10 +88,16 @@ def test_pattern_matches_separated_and_cased_forms() -> None:
 
 def stationctl(sock: Path) -> Callable[..., str]:
     def run(*args: str) -> str:
-        r = subprocess.run([sys.executable, "-m", "agent.stationctl", "--socket", str(sock),
-                            *args], capture_output=True, text=True, timeout=30, check=False)
+        r = subprocess.run(
+            [sys.executable, "-m", "agent.stationctl", "--socket", str(sock), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert r.returncode == 0, (args, r.stderr)
         return r.stdout + r.stderr
+
     return run
 
 
@@ -101,13 +112,18 @@ def stationctl_outputs(d: Daemon) -> dict[str, str]:
 
 def wait_msg(backend: BackendSim, suffix: str, start: int = 0, **match: Any) -> Any:
     def pred(r: Received) -> bool:
-        return r.suffix == suffix and isinstance(r.data, dict) and all(
-            r.data.get(k) == v for k, v in match.items())
+        return (
+            r.suffix == suffix
+            and isinstance(r.data, dict)
+            and all(r.data.get(k) == v for k, v in match.items())
+        )
+
     return backend.wait_for(pred, 10, start).data
 
 
-def test_no_uid_or_contract_id_in_logs_or_stationctl(make_daemon: Callable[..., Daemon],
-                                                       backend: BackendSim) -> None:
+def test_no_uid_or_contract_id_in_logs_or_stationctl(
+    make_daemon: Callable[..., Daemon], backend: BackendSim
+) -> None:
     backend.accept = {u for u in UIDS if u != UID_REFUSED} | set(CONTRACTS.values())
     plain_decide = backend.decide
 
@@ -132,8 +148,11 @@ def test_no_uid_or_contract_id_in_logs_or_stationctl(make_daemon: Callable[..., 
 
     # 2. tap first with no car anywhere: the authorisation follows the car to EVSE 2
     d.ctl("sim.tap", uid=UID_FLOAT, card_type="mifare_classic")
-    wait_until(lambda: any(e["state"] == "authorized" for e in d.ctl("status")["evses"]), 10,
-               "floating authorisation")
+    wait_until(
+        lambda: any(e["state"] == "authorized" for e in d.ctl("status")["evses"]),
+        10,
+        "floating authorisation",
+    )
     d.ctl("sim.plug", evse_id=EVSE2)
     d.wait_state("charging", EVSE2)
 
@@ -177,8 +196,11 @@ def test_no_uid_or_contract_id_in_logs_or_stationctl(make_daemon: Callable[..., 
     wait_until(lambda: d.ctl("outbox")["pending"] == 1, 10, "one CDR pending")
 
     cdrs = backend.messages("cdr", ST)
-    assert {c["contract_id"] for c in cdrs} >= {CONTRACTS["remote-1"], CONTRACTS["remote-2"],
-                                                 CONTRACTS["from-backend"]}
+    assert {c["contract_id"] for c in cdrs} >= {
+        CONTRACTS["remote-1"],
+        CONTRACTS["remote-2"],
+        CONTRACTS["from-backend"],
+    }
     assert {c["token"].get("uid") for c in cdrs} >= {UID_STOP, UID_FLOAT}
 
     outputs = stationctl_outputs(d)
@@ -195,13 +217,15 @@ def test_no_uid_or_contract_id_in_logs_or_stationctl(make_daemon: Callable[..., 
     assert {s["token"].get("uid") for s in sessions} >= {mask(UID_STOP), mask(UID_FLOAT)}
     assert mask(CONTRACTS["from-backend"]) in {s["contract_id"] for s in sessions}
     assert json.loads(outputs["outbox --json"])["entries"][0]["token"]["contract_id"] == mask(
-        CONTRACTS["remote-2"])
+        CONTRACTS["remote-2"]
+    )
     assert "Traceback" not in log
 
 
 # ------------------------------------------------------------------------- PINs, in process
-contract_ids = st.one_of(st.sampled_from([*CONTRACTS.values(), "DE8ACC12345678X"]),
-                         st.text(min_size=1, max_size=64))
+contract_ids = st.one_of(
+    st.sampled_from([*CONTRACTS.values(), "DE8ACC12345678X"]), st.text(min_size=1, max_size=64)
+)
 pins = st.one_of(st.from_regex(r"[0-9]{4,8}", fullmatch=True), st.text(min_size=1, max_size=32))
 
 
@@ -235,19 +259,24 @@ def test_store_refuses_a_token_with_a_pin(tmp_path: Path) -> None:
     store.open()
     try:
         with pytest.raises(StoreError, match="PIN"):
-            store.insert_session(session_id=str(uuid.uuid4()), evse_id=EVSE1,
-                                 token={"type": "qr", "contract_id": "DE8ACC12345678X",
-                                        "pin": PIN},
-                                 contract_id=None, start=datetime.now(UTC))
+            store.insert_session(
+                session_id=str(uuid.uuid4()),
+                evse_id=EVSE1,
+                token={"type": "qr", "contract_id": "DE8ACC12345678X", "pin": PIN},
+                contract_id=None,
+                start=datetime.now(UTC),
+            )
     finally:
         store.close()
-    assert not any(PIN.encode() in p.read_bytes() for p in (tmp_path / "state").rglob("*")
-                   if p.is_file())
+    assert not any(
+        PIN.encode() in p.read_bytes() for p in (tmp_path / "state").rglob("*") if p.is_file()
+    )
 
 
 # ------------------------------------------------------------------------- PIN through the daemon
-def test_qr_token_with_pin_through_the_daemon(make_daemon: Callable[..., Daemon],
-                                              backend: BackendSim, tmp_path: Path) -> None:
+def test_qr_token_with_pin_through_the_daemon(
+    make_daemon: Callable[..., Daemon], backend: BackendSim, tmp_path: Path
+) -> None:
     emaid = "DE-8AC-C12345678-X"
     d = make_daemon(qr={"driver": "sim", "debounce_s": 0.0})
     d.ctl("sim.plug")
@@ -261,8 +290,9 @@ def test_qr_token_with_pin_through_the_daemon(make_daemon: Callable[..., Daemon]
     assert "pin" not in cdr["token"]
     wait_until(lambda: d.ctl("outbox")["pending"] == 0, 10, "CDR acknowledged")
     # the PIN went into the auth request and nowhere else
-    traffic = [json.dumps(r.data, ensure_ascii=False) for r in backend.received
-               if r.suffix != "auth/req"]
+    traffic = [
+        json.dumps(r.data, ensure_ascii=False) for r in backend.received if r.suffix != "auth/req"
+    ]
     found = leaks("\n".join(traffic), [PIN])
     found += leaks(d.log(), [PIN, emaid])
     for name, text in stationctl_outputs(d).items():

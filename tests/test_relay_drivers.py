@@ -307,8 +307,9 @@ def test_gpiod_adapter_passes_exact_settings(monkeypatch: pytest.MonkeyPatch) ->
     calls: list[tuple[str, str | None, dict[Any, Any]]] = []
     requests: list[FakeRequest] = []
 
-    def fake_request_lines(path: str, config: dict[Any, Any], consumer: str | None = None,
-                           **kwargs: Any) -> FakeRequest:
+    def fake_request_lines(
+        path: str, config: dict[Any, Any], consumer: str | None = None, **kwargs: Any
+    ) -> FakeRequest:
         assert not kwargs
         calls.append((path, consumer, config))
         req = FakeRequest()
@@ -323,8 +324,13 @@ def test_gpiod_adapter_passes_exact_settings(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(gpiod, "request_lines", fake_request_lines)
     relay = GpioRelay(
-        "/dev/gpiochip0", 17, active_low=True, feedback_line=27, feedback_active_low=True,
-        feedback_bias="pull_up", feedback_timeout_ms=0,
+        "/dev/gpiochip0",
+        17,
+        active_low=True,
+        feedback_line=27,
+        feedback_active_low=True,
+        feedback_bias="pull_up",
+        feedback_timeout_ms=0,
     )
     assert calls == []
     relay.close()
@@ -417,16 +423,18 @@ def test_serial_relay_writes_exact_bytes(pty_pair: tuple[int, str]) -> None:
 
 def test_serial_relay_custom_commands(pty_pair: tuple[int, str]) -> None:
     master, path = pty_pair
-    relay = SerialRelay(path, channel=3, close_command="FE 05 00 {ch} FF 00",
-                        open_command="FE 05 00 {ch} 00 00")
+    relay = SerialRelay(
+        path, channel=3, close_command="FE 05 00 {ch} FF 00", open_command="FE 05 00 {ch} 00 00"
+    )
     relay.close()
     relay.open()
-    assert read_exactly(master, 12) == bytes.fromhex("FE050003FF00" "FE0500030000")
+    assert read_exactly(master, 12) == bytes.fromhex("FE050003FF00FE0500030000")
     relay.shutdown()
 
 
-def test_serial_relay_with_feedback_detects_welding(pty_pair: tuple[int, str],
-                                                    clock: FakeClock) -> None:
+def test_serial_relay_with_feedback_detects_welding(
+    pty_pair: tuple[int, str], clock: FakeClock
+) -> None:
     master, path = pty_pair
     contact = {"closed": True}
     relay = SerialRelay(path, feedback=lambda: contact["closed"], clock=clock, sleep=clock.advance)
@@ -434,7 +442,7 @@ def test_serial_relay_with_feedback_detects_welding(pty_pair: tuple[int, str],
     with pytest.raises(RelayFault) as exc:
         relay.open()
     assert exc.value.kind == "relay_welded"
-    assert read_exactly(master, 8) == bytes.fromhex("A00101A2" "A00100A1")
+    assert read_exactly(master, 8) == bytes.fromhex("A00101A2A00100A1")
     relay.shutdown()
 
 
@@ -463,8 +471,9 @@ class ModbusServerThread:
             ready.set()
             await self.server.serving
 
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(main(),),
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.loop.run_until_complete, args=(main(),), daemon=True
+        )
         self.thread.start()
         assert ready.wait(5), "Modbus server did not start"
         server: Any = self.server
@@ -496,8 +505,14 @@ def relay_module() -> Iterator[tuple[ModbusServerThread, dict[str, bool]]]:
     state = {"welded": False}
 
     def make_device(srv: ModbusServerThread) -> Any:
-        async def action(fc: int, _start: int, _addr: int, _count: int, _regs: list[int],
-                         values: list[Any] | None) -> None:
+        async def action(
+            fc: int,
+            _start: int,
+            _addr: int,
+            _count: int,
+            _regs: list[int],
+            values: list[Any] | None,
+        ) -> None:
             if fc == 5 and values is not None:  # write single coil: the contactor follows
                 closed = bool(values[0]) or state["welded"]
                 await srv.server.context.async_setValues(1, 2, FEEDBACK_INPUT, [closed])
@@ -515,8 +530,14 @@ def test_modbus_relay_switches_coil_and_verifies_input(
     relay_module: tuple[ModbusServerThread, dict[str, bool]],
 ) -> None:
     srv, _ = relay_module
-    relay = ModbusRelay("tcp", host="127.0.0.1", port=srv.port, coil=COIL,
-                        feedback_input=FEEDBACK_INPUT, timeout_s=1.0)
+    relay = ModbusRelay(
+        "tcp",
+        host="127.0.0.1",
+        port=srv.port,
+        coil=COIL,
+        feedback_input=FEEDBACK_INPUT,
+        timeout_s=1.0,
+    )
     relay.close()
     assert srv.get(1, COIL) == [True]
     assert relay.is_closed() and relay.feedback_closed() is True
@@ -531,8 +552,14 @@ def test_modbus_relay_detects_welded_contact(
     relay_module: tuple[ModbusServerThread, dict[str, bool]],
 ) -> None:
     srv, state = relay_module
-    relay = ModbusRelay("tcp", host="127.0.0.1", port=srv.port, coil=COIL,
-                        feedback_input=FEEDBACK_INPUT, feedback_timeout_ms=100)
+    relay = ModbusRelay(
+        "tcp",
+        host="127.0.0.1",
+        port=srv.port,
+        coil=COIL,
+        feedback_input=FEEDBACK_INPUT,
+        feedback_timeout_ms=100,
+    )
     relay.close()
     state["welded"] = True
     with pytest.raises(RelayFault) as exc:
@@ -644,8 +671,14 @@ def test_sim_relay_log_survives_a_crash(tmp_path: Path) -> None:
     )
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root))
-    proc = subprocess.run([sys.executable, "-c", code, str(log_file)], env=env, timeout=30,
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(log_file)],
+        env=env,
+        timeout=30,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 9, proc.stderr
     lines = log_file.read_text().splitlines()
     assert [line.split()[1] for line in lines] == ["close", "open", "close"]

@@ -104,8 +104,7 @@ def test_disabled_without_notify_socket(caplog: pytest.LogCaptureFixture) -> Non
     assert Notifier({"NOTIFY_SOCKET": ""}).enabled is False
 
 
-def test_default_env_is_os_environ(monkeypatch: pytest.MonkeyPatch, path_socket: Receiver
-                                   ) -> None:
+def test_default_env_is_os_environ(monkeypatch: pytest.MonkeyPatch, path_socket: Receiver) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", path_socket.env_value)
     assert Notifier().ready()
     assert path_socket.recv() == b"READY=1"
@@ -163,8 +162,10 @@ def test_delivery_failure_is_logged_once_then_recovers(
     assert "FileNotFoundError" in warnings[0].getMessage()
 
     caplog.clear()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, \
-            caplog.at_level(logging.INFO, logger="agent.sdnotify"):
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s,
+        caplog.at_level(logging.INFO, logger="agent.sdnotify"),
+    ):
         s.bind(str(path))
         s.settimeout(2.0)
         assert n.watchdog() is True
@@ -172,8 +173,9 @@ def test_delivery_failure_is_logged_once_then_recovers(
     assert [r.getMessage() for r in caplog.records] == [f"sd_notify to {path} works again"]
 
 
-def test_refused_by_a_stream_socket_is_reported(tmp_path: Path,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_refused_by_a_stream_socket_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "stream"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.bind(str(path))

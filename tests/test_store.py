@@ -43,16 +43,29 @@ def cdr_payload(session_id: str, energy: float = 1.5) -> str:
     return json.dumps({"v": 1, "session_id": session_id, "energy_kwh": energy})
 
 
-def charged_session(store: Store, session_id: str, start: datetime, *, end: datetime | None = None,
-                    cdr: bool = True, evse_id: str = EVSE_1) -> None:
+def charged_session(
+    store: Store,
+    session_id: str,
+    start: datetime,
+    *,
+    end: datetime | None = None,
+    cdr: bool = True,
+    evse_id: str = EVSE_1,
+) -> None:
     """A whole session: authorised, charging, one meter reading, ended (with a CDR)."""
-    store.insert_session(session_id=session_id, evse_id=evse_id, token=RFID, contract_id=None,
-                         start=start)
+    store.insert_session(
+        session_id=session_id, evse_id=evse_id, token=RFID, contract_id=None, start=start
+    )
     store.mark_charging(session_id, start + timedelta(seconds=5), 100.0)
     store.record_meter(session_id, start + timedelta(minutes=30), 105.5)
     if end is not None:
-        store.end_session(session_id, end=end, reason="local", meter_stop_kwh=111.0,
-                          cdr_payload=cdr_payload(session_id) if cdr else None)
+        store.end_session(
+            session_id,
+            end=end,
+            reason="local",
+            meter_stop_kwh=111.0,
+            cdr_payload=cdr_payload(session_id) if cdr else None,
+        )
 
 
 def test_schema_version_wal_and_synchronous_full(store: Store) -> None:
@@ -90,12 +103,21 @@ def test_state_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 def test_session_lifecycle_and_cdr(store: Store) -> None:
     s1 = sid(1)
-    store.insert_session(session_id=s1, evse_id=EVSE_1, token=RFID, contract_id="DE8ACC12345678",
-                         start=T0, boot_id="boot-1")
+    store.insert_session(
+        session_id=s1,
+        evse_id=EVSE_1,
+        token=RFID,
+        contract_id="DE8ACC12345678",
+        start=T0,
+        boot_id="boot-1",
+    )
     row = store.get_session(s1)
     assert row is not None
     assert (row.state, row.evse_id, row.token, row.contract_id) == (
-        "authorized", EVSE_1, RFID, "DE8ACC12345678"
+        "authorized",
+        EVSE_1,
+        RFID,
+        "DE8ACC12345678",
     )
     assert row.session_start == T0 and row.charging_start is None and row.boot_id == "boot-1"
     assert [r.session_id for r in store.open_sessions()] == [s1]
@@ -105,7 +127,10 @@ def test_session_lifecycle_and_cdr(store: Store) -> None:
     row = store.get_session(s1)
     assert row is not None
     assert (row.state, row.evse_id, row.meter_start_kwh, row.meter_last_kwh) == (
-        "charging", EVSE_2, 1520.25, 1520.25
+        "charging",
+        EVSE_2,
+        1520.25,
+        1520.25,
     )
     assert row.charging_start == T0 + timedelta(seconds=10)
 
@@ -115,8 +140,9 @@ def test_session_lifecycle_and_cdr(store: Store) -> None:
     assert row.meter_last_kwh == 1521.0 and row.meter_last_at == T0 + timedelta(minutes=1)
 
     end = T0 + timedelta(minutes=2)
-    store.end_session(s1, end=end, reason="local", meter_stop_kwh=1521.5,
-                      cdr_payload=cdr_payload(s1))
+    store.end_session(
+        s1, end=end, reason="local", meter_stop_kwh=1521.5, cdr_payload=cdr_payload(s1)
+    )
     row = store.get_session(s1)
     assert row is not None
     assert (row.state, row.stop_reason, row.meter_last_kwh) == ("ended", "local", 1521.5)
@@ -151,8 +177,13 @@ def test_end_session_is_one_transaction(store: Store) -> None:
         (s1, rfc3339(T0)),
     )
     with pytest.raises(StoreError, match="UNIQUE"):
-        store.end_session(s1, end=T0 + timedelta(hours=1), reason="local", meter_stop_kwh=111.0,
-                          cdr_payload=cdr_payload(s1))
+        store.end_session(
+            s1,
+            end=T0 + timedelta(hours=1),
+            reason="local",
+            meter_stop_kwh=111.0,
+            cdr_payload=cdr_payload(s1),
+        )
     row = store.get_session(s1)
     assert row is not None
     assert row.state == "charging"
@@ -177,8 +208,9 @@ def test_end_session_of_unknown_session_with_cdr_fails_and_writes_nothing(store:
 def test_duplicate_session_id_is_refused(store: Store) -> None:
     charged_session(store, sid(1), T0)
     with pytest.raises(StoreError):
-        store.insert_session(session_id=sid(1), evse_id=EVSE_2, token=RFID, contract_id=None,
-                             start=T0)
+        store.insert_session(
+            session_id=sid(1), evse_id=EVSE_2, token=RFID, contract_id=None, start=T0
+        )
     row = store.get_session(sid(1))
     assert row is not None and row.evse_id == EVSE_1 and row.state == "charging"
 
@@ -186,15 +218,15 @@ def test_duplicate_session_id_is_refused(store: Store) -> None:
 def test_insert_session_refuses_a_pin(store: Store) -> None:
     token = {"type": "qr", "contract_id": "DE8ACC12345678", "pin": "1234"}
     with pytest.raises(StoreError, match="PIN"):
-        store.insert_session(session_id=sid(1), evse_id=EVSE_1, token=token, contract_id=None,
-                             start=T0)
+        store.insert_session(
+            session_id=sid(1), evse_id=EVSE_1, token=token, contract_id=None, start=T0
+        )
     assert store.get_session(sid(1)) is None
     n = store.db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
     assert n == 0
     # without the PIN it is stored
     del token["pin"]
-    store.insert_session(session_id=sid(1), evse_id=EVSE_1, token=token, contract_id=None,
-                         start=T0)
+    store.insert_session(session_id=sid(1), evse_id=EVSE_1, token=token, contract_id=None, start=T0)
     row = store.get_session(sid(1))
     assert row is not None and row.token == {"type": "qr", "contract_id": "DE8ACC12345678"}
 
@@ -220,8 +252,9 @@ def test_outbox_is_oldest_first_and_ack(store: Store) -> None:
     assert [p.session_id for p in store.pending_cdrs()] == [sid(2)]
     assert store.outbox_stats() == (1, T0 + timedelta(hours=2))
     # the first ack's time is kept (a duplicate does not overwrite it)
-    acked = store.db.execute("SELECT acked_at FROM outbox WHERE session_id=?",
-                             (sid(1),)).fetchone()[0]
+    acked = store.db.execute(
+        "SELECT acked_at FROM outbox WHERE session_id=?", (sid(1),)
+    ).fetchone()[0]
     assert acked == rfc3339(T0 + timedelta(hours=7))
     assert store.ack_cdr(sid(2), T0 + timedelta(hours=9)) == "acked"
     assert store.outbox_stats() == (0, None)
@@ -241,8 +274,7 @@ def test_purge_keeps_undelivered_and_recent(store: Store) -> None:
     charged_session(store, sid(3), recent, end=recent + timedelta(hours=1))
     store.ack_cdr(sid(3), recent + timedelta(hours=2))
     # 4: ended long ago without a CDR (never charged) -> purged
-    store.insert_session(session_id=sid(4), evse_id=EVSE_1, token=RFID, contract_id=None,
-                         start=old)
+    store.insert_session(session_id=sid(4), evse_id=EVSE_1, token=RFID, contract_id=None, start=old)
     store.end_session(sid(4), end=old + timedelta(minutes=1), reason="connection_timeout")
     # 5: still open from long ago (a crash) -> kept
     charged_session(store, sid(5), old)
@@ -250,15 +282,18 @@ def test_purge_keeps_undelivered_and_recent(store: Store) -> None:
     charged_session(store, sid(6), old, end=old + timedelta(hours=1))
     store.ack_cdr(sid(6), recent)
     # 7: recently ended without a CDR -> kept
-    store.insert_session(session_id=sid(7), evse_id=EVSE_1, token=RFID, contract_id=None,
-                         start=recent)
+    store.insert_session(
+        session_id=sid(7), evse_id=EVSE_1, token=RFID, contract_id=None, start=recent
+    )
     store.end_session(sid(7), end=recent + timedelta(minutes=1), reason="rejected")
     store.save_command("cmd-old", '{"status":"accepted"}', now - timedelta(days=91))
     store.save_command("cmd-new", '{"status":"accepted"}', now - timedelta(days=89))
 
     counts = store.purge(now, retention_days=90)
     assert {k: counts[k] for k in ("cdrs", "sessions", "commands")} == {
-        "cdrs": 1, "sessions": 2, "commands": 1,
+        "cdrs": 1,
+        "sessions": 2,
+        "commands": 1,
     }
 
     remaining = {r[0] for r in store.db.execute("SELECT session_id FROM sessions")}

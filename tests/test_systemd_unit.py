@@ -36,16 +36,24 @@ EXPECTED_DEVICES = {
     "/dev/station-camera rw",
 }
 
-ENV = dict(os.environ, SYSTEMD_LOG_LEVEL="info", SYSTEMD_LOG_COLOR="0", SYSTEMD_PAGER="",
-           SYSTEMD_LOG_LOCATION="0", LC_ALL="C.UTF-8")
+ENV = dict(
+    os.environ,
+    SYSTEMD_LOG_LEVEL="info",
+    SYSTEMD_LOG_COLOR="0",
+    SYSTEMD_PAGER="",
+    SYSTEMD_LOG_LOCATION="0",
+    LC_ALL="C.UTF-8",
+)
 
 
 def tool(name: str) -> str:
     path = shutil.which(name) or next(
-        (p for p in (f"/usr/bin/{name}", f"/bin/{name}") if Path(p).exists()), None)
+        (p for p in (f"/usr/bin/{name}", f"/bin/{name}") if Path(p).exists()), None
+    )
     if path is None:
-        pytest.fail(f"{name} is missing: these tests need systemd's tools; {INSTALL_HINT}",
-                    pytrace=False)
+        pytest.fail(
+            f"{name} is missing: these tests need systemd's tools; {INSTALL_HINT}", pytrace=False
+        )
     return path
 
 
@@ -86,11 +94,19 @@ def verify_problems(unit: Path) -> list[str]:
     """
     proc = subprocess.run(
         [tool("systemd-analyze"), "verify", "--man=no", "--generators=no", str(unit)],
-        capture_output=True, text=True, env=ENV, cwd=unit.parent, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=unit.parent,
+        timeout=60,
+        check=False,
     )
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
-    absent_identity = re.compile(r"(user|group) .*(not found|does not exist|no such)|"
-                                 r"failed to resolve (user|group)", re.IGNORECASE)
+    absent_identity = re.compile(
+        r"(user|group) .*(not found|does not exist|no such)|"
+        r"failed to resolve (user|group)",
+        re.IGNORECASE,
+    )
     problems = [ln for ln in lines if not absent_identity.search(ln)]
     if proc.returncode != 0:
         problems.append(f"systemd-analyze verify exited with {proc.returncode}")
@@ -100,7 +116,12 @@ def verify_problems(unit: Path) -> list[str]:
 def exposure(unit: Path) -> tuple[float, str]:
     proc = subprocess.run(
         [tool("systemd-analyze"), "security", "--offline=true", "--no-pager", str(unit)],
-        capture_output=True, text=True, env=ENV, cwd=unit.parent, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=unit.parent,
+        timeout=60,
+        check=False,
     )
     m = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?) (\w+)", proc.stdout)
     assert proc.returncode == 0 and m, f"unexpected output:\n{proc.stdout}\n{proc.stderr}"
@@ -114,9 +135,11 @@ def test_unit_verifies(tmp_path: Path) -> None:
 def test_verify_check_catches_mistakes(tmp_path: Path) -> None:
     """The check above must be able to fail: typos and bad values are reported, not ignored."""
     text = UNIT.read_text()
-    bad = (text.replace("WatchdogSec=30", "WatchdogSex=30")
-               .replace("UMask=0007", "UMask=0o007")
-               .replace("DeviceAllow=/dev/fb0 rw", "DeviceAllow=/dev/fb0 rwx"))
+    bad = (
+        text.replace("WatchdogSec=30", "WatchdogSex=30")
+        .replace("UMask=0007", "UMask=0o007")
+        .replace("DeviceAllow=/dev/fb0 rw", "DeviceAllow=/dev/fb0 rwx")
+    )
     problems = verify_problems(unit_copy(tmp_path, bad))
     joined = "\n".join(problems)
     assert "WatchdogSex" in joined
@@ -130,9 +153,13 @@ def test_exposure_score(tmp_path: Path) -> None:
     print(f"systemd-analyze security exposure: {score}")
     assert score <= EXPOSURE_MAX, report
     # the score must react to hardening: dropping it all has to show
-    weak = "\n".join(ln for ln in UNIT.read_text().splitlines()
-                     if not ln.startswith(("Protect", "Private", "SystemCall", "Restrict",
-                                           "CapabilityBoundingSet", "MemoryDeny")))
+    weak = "\n".join(
+        ln
+        for ln in UNIT.read_text().splitlines()
+        if not ln.startswith(
+            ("Protect", "Private", "SystemCall", "Restrict", "CapabilityBoundingSet", "MemoryDeny")
+        )
+    )
     weak_score, _ = exposure(unit_copy(tmp_path, weak))
     assert weak_score > score + 3
 
@@ -163,9 +190,13 @@ def test_unit_settings() -> None:
     assert one("DevicePolicy") == "closed"
     assert set(s[("Service", "DeviceAllow")]) == EXPECTED_DEVICES
     assert s[("Service", "SystemCallFilter")][0] == "@system-service"
-    for key, value in [("ProtectSystem", "strict"), ("ProtectHome", "yes"),
-                       ("PrivateTmp", "yes"), ("NoNewPrivileges", "yes"),
-                       ("MemoryDenyWriteExecute", "yes")]:
+    for key, value in [
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("MemoryDenyWriteExecute", "yes"),
+    ]:
         assert one(key) == value
     assert ("Service", "PrivateDevices") not in s  # would hide the station's devices
     assert ("Service", "ProcSubset") not in s  # would hide /proc/sys/kernel/random/boot_id
@@ -188,16 +219,25 @@ def test_sysusers_and_tmpfiles(tmp_path: Path) -> None:
     (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (root / "etc/group").write_text("root:x:0:\ndialout:x:20:\nvideo:x:44:\n")
     for cmd in (
-        [tool("systemd-sysusers"), f"--root={root}",
-         str(SYSTEMD / "sysusers.d/station-agent.conf")],
-        [tool("systemd-tmpfiles"), f"--root={root}", "--create",
-         str(SYSTEMD / "tmpfiles.d/station-agent.conf")],
+        [
+            tool("systemd-sysusers"),
+            f"--root={root}",
+            str(SYSTEMD / "sysusers.d/station-agent.conf"),
+        ],
+        [
+            tool("systemd-tmpfiles"),
+            f"--root={root}",
+            "--create",
+            str(SYSTEMD / "tmpfiles.d/station-agent.conf"),
+        ],
     ):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=60,
-                              check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=60, check=False)
         assert proc.returncode == 0, f"{cmd}: {proc.stderr}"
-        noise = [ln for ln in proc.stderr.splitlines()
-                 if ln.strip() and not ln.startswith(("Creating group", "Creating user"))]
+        noise = [
+            ln
+            for ln in proc.stderr.splitlines()
+            if ln.strip() and not ln.startswith(("Creating group", "Creating user"))
+        ]
         assert noise == [], noise
     passwd = (root / "etc/passwd").read_text()
     group = (root / "etc/group").read_text()
@@ -206,8 +246,7 @@ def test_sysusers_and_tmpfiles(tmp_path: Path) -> None:
     gid = next(ln.split(":")[2] for ln in group.splitlines() if ln.startswith("station-agent:"))
     assert user[3] == gid
     for name in ("dialout", "gpio", "video"):
-        members = next(ln.split(":")[3] for ln in group.splitlines()
-                       if ln.startswith(f"{name}:"))
+        members = next(ln.split(":")[3] for ln in group.splitlines() if ln.startswith(f"{name}:"))
         assert "station-agent" in members.split(","), name
     for d in (root / "etc/station-agent", root / "etc/station-agent/tls"):
         st = d.stat()
@@ -247,8 +286,12 @@ def test_memory_deny_write_execute_is_fine_for_the_agent() -> None:
     filter; both refuse writable+executable mappings.
     """
     proc = subprocess.run(
-        [sys.executable, "-c", MDWE_CHILD, MDWE_WORKLOAD], capture_output=True, text=True,
-        cwd=REPO, timeout=60, check=False,
+        [sys.executable, "-c", MDWE_CHILD, MDWE_WORKLOAD],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
     )
     if proc.returncode == 77:
         pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")

@@ -74,9 +74,11 @@ class Peer:
     """A paho client (MQTT 3.1.1, QoS 1) that records what it receives."""
 
     def __init__(self, name: str, context: ssl.SSLContext) -> None:
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=f"{name}-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv311)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{name}-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv311,
+        )
         self.client.tls_set_context(context)
         self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.connack: queue.Queue[Any] = queue.Queue()
@@ -88,10 +90,12 @@ class Peer:
         c.on_message = lambda cl, u, msg: self.inbox.put((msg.topic, bytes(msg.payload)))
         c.on_subscribe = self._on_subscribe
         c.on_log = lambda cl, u, level, text: (
-            self.errors.append(text) if level >= mqtt.MQTT_LOG_WARNING else None)
+            self.errors.append(text) if level >= mqtt.MQTT_LOG_WARNING else None
+        )
 
-    def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: list[Any],
-                      props: Any) -> None:
+    def _on_subscribe(
+        self, client: Any, userdata: Any, mid: int, codes: list[Any], props: Any
+    ) -> None:
         with self._suback:
             self.subacks[mid] = codes
             self._suback.notify_all()
@@ -199,8 +203,10 @@ def test_hostname_is_verified(pki: Pki, tls_broker: TlsBroker) -> None:
     assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
     assert probe_tls("localhost", tls_broker.tls_port, ctx, alert_wait_s=SILENCE)  # DNS SAN
-    with socket.create_connection((HOST, tls_broker.tls_port), timeout=WAIT) as raw, \
-            pytest.raises(ssl.SSLCertVerificationError) as exc:
+    with (
+        socket.create_connection((HOST, tls_broker.tls_port), timeout=WAIT) as raw,
+        pytest.raises(ssl.SSLCertVerificationError) as exc,
+    ):
         ctx.wrap_socket(raw, server_hostname="broker.example.com")
     assert "not valid for this host name" in explain_tls_error(exc.value)
 
@@ -244,11 +250,12 @@ def test_client_certificate_is_required(pki: Pki, tls_broker: TlsBroker) -> None
 def test_probe_accepts_a_good_certificate_and_spots_a_plain_port(
     pki: Pki, tls_broker: TlsBroker
 ) -> None:
-    assert probe_tls(HOST, tls_broker.tls_port, ctx_for(pki, STATION_A),
-                     alert_wait_s=SILENCE) in ("TLSv1.2", "TLSv1.3")
+    assert probe_tls(HOST, tls_broker.tls_port, ctx_for(pki, STATION_A), alert_wait_s=SILENCE) in (
+        "TLSv1.2",
+        "TLSv1.3",
+    )
     with pytest.raises(BackendError, match=r"is this port a TLS listener"):
-        probe_tls(HOST, tls_broker.mosquitto.port, ctx_for(pki, STATION_A),
-                  alert_wait_s=SILENCE)
+        probe_tls(HOST, tls_broker.mosquitto.port, ctx_for(pki, STATION_A), alert_wait_s=SILENCE)
 
 
 def test_another_station_cannot_use_this_stations_topics(
@@ -302,8 +309,10 @@ def test_tls_1_1_is_refused_by_the_broker(pki: Pki, tls_broker: TlsBroker) -> No
     old.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this OpenSSL offer TLS 1.1 at all
     old.load_verify_locations(str(pki.ca))
     old.load_cert_chain(str(files.cert), str(files.key))
-    with socket.create_connection((HOST, tls_broker.tls_port), timeout=WAIT) as raw, \
-            pytest.raises(ssl.SSLError) as exc:
+    with (
+        socket.create_connection((HOST, tls_broker.tls_port), timeout=WAIT) as raw,
+        pytest.raises(ssl.SSLError) as exc,
+    ):
         old.wrap_socket(raw, server_hostname=HOST)
     # the broker's alert, not a local refusal to offer TLS 1.1 (which would prove nothing)
     assert "ALERT_PROTOCOL_VERSION" in str(exc.value), exc.value
@@ -380,9 +389,13 @@ def test_encrypted_key_is_refused_without_prompting(pki: Pki, tmp_path: Path) ->
     a = pki.clients[STATION_A]
     key = serialization.load_pem_private_key(a.key.read_bytes(), None)
     enc = tmp_path / "encrypted.key"
-    enc.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.BestAvailableEncryption(b"pass")))
+    enc.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pass"),
+        )
+    )
     enc.chmod(0o640)
     with pytest.raises(ConfigError, match="encrypted"):
         build_ssl_context(pki.ca, a.cert, enc)
@@ -400,11 +413,13 @@ def test_explain_tls_error_for_paho_style_failures() -> None:
     assert "rejected this station's certificate" in explain_tls_error(eof)
     assert "probe_tls" in explain_tls_error(eof)
     assert explain_tls_error(ConnectionRefusedError(111, "Connection refused")) == (
-        "ConnectionRefusedError: [Errno 111] Connection refused")
+        "ConnectionRefusedError: [Errno 111] Connection refused"
+    )
 
 
-def test_world_readable_key_is_warned_about(pki: Pki, tmp_path: Path,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_world_readable_key_is_warned_about(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     a = pki.clients[STATION_A]
     key = tmp_path / "open.key"
     key.write_bytes(a.key.read_bytes())
@@ -419,14 +434,21 @@ def test_world_readable_key_is_warned_about(pki: Pki, tmp_path: Path,
 # ------------------------------------------------------------------------------ read_secret
 def test_read_secret(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     p = tmp_path / "pw"
-    for content, expected in [("s3cret\n", "s3cret"), ("s3cret", "s3cret"),
-                              ("s3cret\r\n", "s3cret"), ("with space \n\n", "with space ")]:
+    for content, expected in [
+        ("s3cret\n", "s3cret"),
+        ("s3cret", "s3cret"),
+        ("s3cret\r\n", "s3cret"),
+        ("with space \n\n", "with space "),
+    ]:
         p.write_text(content)
         p.chmod(0o640)
         assert read_secret(p) == expected
-    for content, pattern in [("", "empty"), ("\nZq9-hidden\n", "empty"),
-                             ("Zq9-hidden\nsecond\n", "more than one"),
-                             ("Zq9-hidden" * 500, "larger than")]:
+    for content, pattern in [
+        ("", "empty"),
+        ("\nZq9-hidden\n", "empty"),
+        ("Zq9-hidden\nsecond\n", "more than one"),
+        ("Zq9-hidden" * 500, "larger than"),
+    ]:
         p.write_text(content)
         with pytest.raises(ConfigError, match=pattern) as exc:
             read_secret(p)
@@ -450,8 +472,9 @@ def test_read_secret(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
 
 
 # ------------------------------------------------------------------------------ certificate dates
-def test_certificate_validity_and_date_warnings(tmp_path: Path,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_certificate_validity_and_date_warnings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from cryptography import x509
 
     ca = make_ca("dates CA")
@@ -469,8 +492,10 @@ def test_certificate_validity_and_date_warnings(tmp_path: Path,
         path = tmp_path / f"{name}.pem"
         path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         parsed = x509.load_pem_x509_certificate(path.read_bytes())
-        assert certificate_validity(path) == (parsed.not_valid_before_utc,
-                                              parsed.not_valid_after_utc), name
+        assert certificate_validity(path) == (
+            parsed.not_valid_before_utc,
+            parsed.not_valid_after_utc,
+        ), name
         msg = check_certificate_dates(path)
         assert (msg is None) if warning is None else (msg is not None and warning in msg), name
     bad = tmp_path / "bad.pem"

@@ -272,8 +272,9 @@ class ModbusMeter:
     def _count_failure(self, err: DriverError) -> None:
         self._failures += 1
         self._last_error = str(err)
-        log.warning("meter %s: unusable reading (%d in a row): %s", self.describe(),
-                    self._failures, err)
+        log.warning(
+            "meter %s: unusable reading (%d in a row): %s", self.describe(), self._failures, err
+        )
         if self._failures == self._max_failures:
             log.error("meter %s: %s", self.describe(), self._health_detail())
 

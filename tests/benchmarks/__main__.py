@@ -56,24 +56,31 @@ BENCHES = ("tap", "pn532", "remote", "startup", "footprint", "drain", "fleet", "
 def _runner(name: str) -> Callable[[bool], Result]:
     if name == "tap":
         from tests.benchmarks.tap import run_tap
+
         return run_tap
     if name == "remote":
         from tests.benchmarks.tap import run_remote
+
         return run_remote
     if name == "pn532":
         from tests.benchmarks.pn532 import run_pn532
+
         return run_pn532
     if name == "startup":
         from tests.benchmarks.startup import run_startup
+
         return run_startup
     if name == "footprint":
         from tests.benchmarks.footprint import run_footprint
+
         return run_footprint
     if name == "drain":
         from tests.benchmarks.drain import run_drain
+
         return run_drain
     if name == "fleet":
         from tests.benchmarks.fleet import run_fleet
+
         return run_fleet
     raise ValueError(name)
 
@@ -83,12 +90,22 @@ class QrRun:
 
     def __init__(self, quick: bool) -> None:
         self.out = Path(tempfile.mkstemp(prefix="bench-qr-", suffix=".json")[1])
-        cmd = [sys.executable, str(REPO / "tests/benchmarks/qr_decode.py"), "--json",
-               str(self.out)] + (["--quick"] if quick else [])
+        cmd = [
+            sys.executable,
+            str(REPO / "tests/benchmarks/qr_decode.py"),
+            "--json",
+            str(self.out),
+        ] + (["--quick"] if quick else [])
         self.t0 = time.monotonic()
         self.load = Load()
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
 
     def result(self) -> Result:
         res = Result("8. QR decode (tests/benchmarks/qr_decode.py)")
@@ -101,13 +118,15 @@ class QrRun:
         data = json.loads(self.out.read_text())
         self.out.unlink()
         res.data.update(data)
-        res.data["markdown"] = stdout[stdout.find("| frame"):].strip()
+        res.data["markdown"] = stdout[stdout.find("| frame") :].strip()
         frames = data["meta"]["frames_per_class"]
         for r in data["rows"]:
             a, b = r["pyzbar"], r["pipeline"]
-            res.row(f"{r['resolution']} {r['class']} ({frames} frames)",
-                    f"pyzbar {a['p50_ms']:.1f} ms / {a['success']:.0%}; pipeline "
-                    f"{b['p50_ms']:.1f} (p95 {b['p95_ms']:.1f}) ms / {b['success']:.0%}")
+            res.row(
+                f"{r['resolution']} {r['class']} ({frames} frames)",
+                f"pyzbar {a['p50_ms']:.1f} ms / {a['success']:.0%}; pipeline "
+                f"{b['p50_ms']:.1f} (p95 {b['p95_ms']:.1f}) ms / {b['success']:.0%}",
+            )
         return res
 
 
@@ -115,23 +134,30 @@ def markdown(results: list[Result]) -> str:
     out = ["| Benchmark | Measure | Result | Target | Status |", "|---|---|---|---|---|"]
     for res in results:
         if res.error:
-            out.append(f"| {res.name} | (failed) | {res.error.splitlines()[-1][:200]} | | "
-                       "**error** |")
+            out.append(
+                f"| {res.name} | (failed) | {res.error.splitlines()[-1][:200]} | | **error** |"
+            )
         for r in res.rows:
             out.append(f"| {r.bench} | {r.measure} | {r.result} | {r.target} | {r.status} |")
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.benchmarks",
-                                description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p = argparse.ArgumentParser(
+        prog="python -m tests.benchmarks", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
     p.add_argument("--quick", action="store_true", help="fewer samples, shorter windows")
     p.add_argument("--json", metavar="FILE", help="write every result as JSON")
     p.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHES)}")
     p.add_argument("--fleet-sizes", help="e.g. 10,50,200 (default: 10 quick, 10,50,200 full)")
-    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                   help="before each benchmark wait up to SECONDS for a quiet machine (< 25 %% "
-                        "of one core busy): for shared machines")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each benchmark wait up to SECONDS for a quiet machine (< 25 %% "
+        "of one core busy): for shared machines",
+    )
     args = p.parse_args(argv)
     names = args.only.split(",") if args.only else list(BENCHES)
     unknown = set(names) - set(BENCHES)
@@ -140,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.monotonic()
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     host = host_info()
-    print(f"# station-agent benchmarks ({'quick' if args.quick else 'full'}) on "
-          f"{host['cpu_model']}, {host['cores']} cores", file=sys.stderr)
+    print(
+        f"# station-agent benchmarks ({'quick' if args.quick else 'full'}) on "
+        f"{host['cpu_model']}, {host['cores']} cores",
+        file=sys.stderr,
+    )
     warm_bytecode()
     results: list[Result] = []
     qr: QrRun | None = None
@@ -161,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             runner = _runner(name)
             if name == "fleet" and args.fleet_sizes:
                 from tests.benchmarks.fleet import run_fleet
+
                 res = run_fleet(args.quick, [int(x) for x in args.fleet_sizes.split(",")])
             else:
                 res = runner(args.quick)
@@ -174,8 +204,11 @@ def main(argv: list[str] | None = None) -> int:
             res.data["load"]["busy_before_percent"] = quiet
         other = res.data["load"]["other_cpu_percent"]
         if other > BUSY_NOTE and name != "footprint":
-            res.row("(machine busy)", f"other processes used {other:.0f} % of one core during "
-                    "this benchmark: latencies are inflated; rerun on a quiet machine")
+            res.row(
+                "(machine busy)",
+                f"other processes used {other:.0f} % of one core during "
+                "this benchmark: latencies are inflated; rerun on a quiet machine",
+            )
         print(f"   {name}: {res.seconds:.1f} s", file=sys.stderr, flush=True)
         results.append(res)
     if "qr" in names:
@@ -189,32 +222,53 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results)
     mode = "quick" if args.quick else "full"
     print(f"\n## station-agent benchmarks ({mode}), {time.strftime('%Y-%m-%d')}\n")
-    print(f"Machine: {host['cpu_model']}, {host['cores']} cores, {host['mem_gb']} GB; "
-          f"Python {host['python']}, Mosquitto {host['mosquitto']}, Linux {host['kernel']}. "
-          f"Command: `python -m tests.benchmarks{' --quick' if args.quick else ''}`; "
-          f"total {total:.0f} s"
-          + (f" ({total - waited:.0f} s without waiting for a quiet machine)"
-             if args.wait_quiet else "")
-          + ".\n")
+    print(
+        f"Machine: {host['cpu_model']}, {host['cores']} cores, {host['mem_gb']} GB; "
+        f"Python {host['python']}, Mosquitto {host['mosquitto']}, Linux {host['kernel']}. "
+        f"Command: `python -m tests.benchmarks{' --quick' if args.quick else ''}`; "
+        f"total {total:.0f} s"
+        + (
+            f" ({total - waited:.0f} s without waiting for a quiet machine)"
+            if args.wait_quiet
+            else ""
+        )
+        + ".\n"
+    )
     print(table)
     busy = [(r.name, r.data.get("load", {})) for r in results]
-    other = [f"{n.split(' ')[0]} {ld.get('other_cpu_percent', 0):.0f} %"
-             + (" (incl. the QR decode run beside it)" if n.startswith("5.") and qr else "")
-             for n, ld in busy if ld]
-    print("\nCPU used by other processes on the machine during each benchmark (% of one core): "
-          + ", ".join(other))
+    other = [
+        f"{n.split(' ')[0]} {ld.get('other_cpu_percent', 0):.0f} %"
+        + (" (incl. the QR decode run beside it)" if n.startswith("5.") and qr else "")
+        for n, ld in busy
+        if ld
+    ]
+    print(
+        "\nCPU used by other processes on the machine during each benchmark (% of one core): "
+        + ", ".join(other)
+    )
     for r in results:
         if r.data.get("markdown"):
             print(f"\n### QR decode detail\n\n{r.data['markdown']}")
     missed = [row for r in results for row in r.rows if row.met is False]
     if args.json:
         payload: dict[str, Any] = {
-            "mode": mode, "started_at": started_at, "total_s": round(total, 1),
+            "mode": mode,
+            "started_at": started_at,
+            "total_s": round(total, 1),
             "waited_for_quiet_s": round(waited, 1),
-            "host": host, "platform": platform.platform(), "argv": sys.argv,
-            "results": [{"name": r.name, "seconds": round(r.seconds, 1), "error": r.error,
-                         "rows": [row.as_dict() for row in r.rows], "data": r.data}
-                        for r in results],
+            "host": host,
+            "platform": platform.platform(),
+            "argv": sys.argv,
+            "results": [
+                {
+                    "name": r.name,
+                    "seconds": round(r.seconds, 1),
+                    "error": r.error,
+                    "rows": [row.as_dict() for row in r.rows],
+                    "data": r.data,
+                }
+                for r in results
+            ],
             "targets_missed": [row.as_dict() for row in missed],
         }
         Path(args.json).write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     from drivers.qr.decode import decode_image
     from drivers.qr.synth import make_frame
 
-    frames = [make_frame("http://m.intercharge.eu/qr?evseid=DE*ICE*E000001*1", "clean", 1),
-              make_frame(None, "clean", 2)]
+    frames = [
+        make_frame("http://m.intercharge.eu/qr?evseid=DE*ICE*E000001*1", "clean", 1),
+        make_frame(None, "clean", 2),
+    ]
     decode_image(frames[0])  # imports cv2 / pyzbar
     import_s = time.perf_counter() - t_import
     print("ready", flush=True)
@@ -53,8 +55,17 @@ def main(argv: list[str] | None = None) -> int:
             if delay > 0:
                 time.sleep(delay)
     times.sort()
-    print(json.dumps({"frames": len(times), "found": found, "import_and_setup_s": import_s,
-                      "decode_ms_p50": times[len(times) // 2] if times else None}), flush=True)
+    print(
+        json.dumps(
+            {
+                "frames": len(times),
+                "found": found,
+                "import_and_setup_s": import_s,
+                "decode_ms_p50": times[len(times) // 2] if times else None,
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

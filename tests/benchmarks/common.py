@@ -46,8 +46,9 @@ PYCACHE = Path(tempfile.gettempdir()) / "station-agent-bench-pycache"
 def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env.update(PYTHONUNBUFFERED="1", PYTHONPYCACHEPREFIX=str(PYCACHE))
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
-                                     else "")
+    env["PYTHONPATH"] = str(REPO) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
     env.update(extra)
     return env
 
@@ -55,12 +56,19 @@ def child_env(**extra: str) -> dict[str, str]:
 def warm_bytecode() -> None:
     """Compile what the children import into :data:`PYCACHE` once, before anything is timed."""
     subprocess.run(
-        [sys.executable, "-c",
-         "import agent.cli, agent.daemon, agent.hardware, agent.backend_sim, drivers.rfid.sim, "
-         "drivers.rfid.pn532, drivers.rfid.pn532_sim, drivers.qr.decode, drivers.qr.synth, "
-         "tests.benchmarks.fleet_backend, tests.benchmarks.camera_standin\n"
-         "import nfc, nfc.clf.pn532, serial, cv2, numpy, pyzbar.pyzbar"],
-        cwd=REPO, env=child_env(), check=False, capture_output=True)
+        [
+            sys.executable,
+            "-c",
+            "import agent.cli, agent.daemon, agent.hardware, agent.backend_sim, drivers.rfid.sim, "
+            "drivers.rfid.pn532, drivers.rfid.pn532_sim, drivers.qr.decode, drivers.qr.synth, "
+            "tests.benchmarks.fleet_backend, tests.benchmarks.camera_standin\n"
+            "import nfc, nfc.clf.pn532, serial, cv2, numpy, pyzbar.pyzbar",
+        ],
+        cwd=REPO,
+        env=child_env(),
+        check=False,
+        capture_output=True,
+    )
 
 
 def machine_busy(seconds: float = 2.0) -> float:
@@ -111,10 +119,13 @@ class Load:
         busy1, _ = self._proc_stat()
         machine = (busy1 - busy0) / CLK_TCK / wall * 100
         own = (self._own_s() - self._own) / wall * 100
-        return {"wall_s": round(wall, 1), "machine_cpu_percent": round(machine, 1),
-                "own_cpu_percent": round(own, 1),
-                "other_cpu_percent": round(max(0.0, machine - own), 1),
-                "loadavg_1m": float(open("/proc/loadavg").read().split()[0])}
+        return {
+            "wall_s": round(wall, 1),
+            "machine_cpu_percent": round(machine, 1),
+            "own_cpu_percent": round(own, 1),
+            "other_cpu_percent": round(max(0.0, machine - own), 1),
+            "loadavg_1m": float(open("/proc/loadavg").read().split()[0]),
+        }
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -143,8 +154,7 @@ def dist(values: list[float], digits: int = 3) -> dict[str, float]:
 def fmt_dist(d: dict[str, Any] | None, unit: str = "ms") -> str:
     if not d or not d.get("n"):
         return "n/a"
-    return (f"p50 {d['p50']:.2f} / p95 {d['p95']:.2f} / p99 {d['p99']:.2f} {unit} "
-            f"(n={d['n']})")
+    return f"p50 {d['p50']:.2f} / p95 {d['p95']:.2f} / p99 {d['p99']:.2f} {unit} (n={d['n']})"
 
 
 # ------------------------------------------------------------------------------ table rows
@@ -161,8 +171,13 @@ class Row:
         return "-" if self.met is None else ("met" if self.met else "**missed**")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"bench": self.bench, "measure": self.measure, "result": self.result,
-                "target": self.target, "met": self.met}
+        return {
+            "bench": self.bench,
+            "measure": self.measure,
+            "result": self.result,
+            "target": self.target,
+            "met": self.met,
+        }
 
 
 @dataclass
@@ -182,7 +197,7 @@ def cpu_ticks(pid: int) -> int:
     """utime + stime of a process (clock ticks) from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
         text = fh.read()
-    fields_ = text[text.rindex(")") + 2:].split()
+    fields_ = text[text.rindex(")") + 2 :].split()
     return int(fields_[11]) + int(fields_[12])  # fields 14 and 15 of stat(5)
 
 
@@ -204,24 +219,31 @@ def host_info() -> dict[str, Any]:
     mem_kb = 0
     with contextlib.suppress(OSError), open("/proc/meminfo", encoding="ascii") as fh:
         mem_kb = int(fh.readline().split()[1])
-    return {"cpu_model": model, "cores": os.cpu_count(), "mem_gb": round(mem_kb / 2**20, 1),
-            "python": sys.version.split()[0], "kernel": os.uname().release,
-            "mosquitto": mosquitto_version()}
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "mem_gb": round(mem_kb / 2**20, 1),
+        "python": sys.version.split()[0],
+        "kernel": os.uname().release,
+        "mosquitto": mosquitto_version(),
+    }
 
 
 def mosquitto_version() -> str:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     try:
-        out = subprocess.run([binary, "-h"], check=False, capture_output=True, text=True,
-                             timeout=5).stdout
+        out = subprocess.run(
+            [binary, "-h"], check=False, capture_output=True, text=True, timeout=5
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return "?"
     return out.splitlines()[0].replace("mosquitto version ", "") if out else "?"
 
 
 # ------------------------------------------------------------------------------ waiting
-def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
-               interval: float = 0.005) -> Any:
+def wait_until(
+    pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.005
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
@@ -232,21 +254,34 @@ def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "cond
         time.sleep(interval)
 
 
-def wait_event(backend: BackendSim, kind: str, start: int, timeout: float = 10.0,
-               station: str | None = None) -> Received:
+def wait_event(
+    backend: BackendSim, kind: str, start: int, timeout: float = 10.0, station: str | None = None
+) -> Received:
     """The first session event ``kind`` ('started', 'stopped', ...) received after index start."""
     return backend.wait_for(
-        lambda r: r.suffix == "session" and isinstance(r.data, dict)
-        and r.data.get("event") == kind and (station is None or r.station_id == station),
-        timeout=timeout, start=start)
+        lambda r: (
+            r.suffix == "session"
+            and isinstance(r.data, dict)
+            and r.data.get("event") == kind
+            and (station is None or r.station_id == station)
+        ),
+        timeout=timeout,
+        start=start,
+    )
 
 
-def wait_suffix(backend: BackendSim, suffix: str, start: int, timeout: float = 10.0,
-                **match: Any) -> Received:
+def wait_suffix(
+    backend: BackendSim, suffix: str, start: int, timeout: float = 10.0, **match: Any
+) -> Received:
     return backend.wait_for(
-        lambda r: r.suffix == suffix and isinstance(r.data, dict)
-        and all(r.data.get(k) == v for k, v in match.items()),
-        timeout=timeout, start=start)
+        lambda r: (
+            r.suffix == suffix
+            and isinstance(r.data, dict)
+            and all(r.data.get(k) == v for k, v in match.items())
+        ),
+        timeout=timeout,
+        start=start,
+    )
 
 
 # ------------------------------------------------------------------------------ daemons
@@ -255,13 +290,23 @@ class Station(Daemon):
     (info, not the tests' debug) so the numbers are those of a production configuration, and
     the benchmark environment (bytecode cache outside the repository)."""
 
-    def __init__(self, tmp: Path, broker_url: str, prefix: str, station_id: str = "ST-BENCH",
-                 env: dict[str, str] | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        broker_url: str,
+        prefix: str,
+        station_id: str = "ST-BENCH",
+        env: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> None:
         overrides.setdefault("mqtt", {})
         overrides["mqtt"] = {"keepalive_s": 30, "auth_timeout_s": 5.0, **overrides["mqtt"]}
-        super().__init__(tmp, station_config(tmp, broker_url, prefix, station_id=station_id,
-                                             **overrides),
-                         log_level=LOG_LEVEL, env=child_env(**(env or {})))
+        super().__init__(
+            tmp,
+            station_config(tmp, broker_url, prefix, station_id=station_id, **overrides),
+            log_level=LOG_LEVEL,
+            env=child_env(**(env or {})),
+        )
         self.station_id = station_id
         self.prefix = prefix
 
@@ -388,8 +433,9 @@ def workdir(name: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def broker_and_backend(prefix: str = "bench", **backend_kw: Any
-                       ) -> Iterator[tuple[Mosquitto, BackendSim]]:
+def broker_and_backend(
+    prefix: str = "bench", **backend_kw: Any
+) -> Iterator[tuple[Mosquitto, BackendSim]]:
     """A private Mosquitto (``set_tcp_nodelay true``) and the reference backend in this process.
 
     ``BackendSim`` answers ``auth/req`` and acks CDRs from its paho network thread the moment

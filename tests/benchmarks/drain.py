@@ -50,9 +50,14 @@ def run_drain(quick: bool) -> Result:
     n = 100 if quick else 1000
     with workdir("drain") as tmp, broker_and_backend() as (mosq, backend):
         relay = TcpRelay(mosq.port)
-        st = Station(tmp, relay.url, "bench", evse=evse_config(time_factor=3600.0),
-                     auth={"offline_policy": "accept_all"},
-                     mqtt={"reconnect_max_s": 1.0}).start()
+        st = Station(
+            tmp,
+            relay.url,
+            "bench",
+            evse=evse_config(time_factor=3600.0),
+            auth={"offline_policy": "accept_all"},
+            mqtt={"reconnect_max_s": 1.0},
+        ).start()
         try:
             relay.cut()
             wait_until(lambda: not st.ctl("status")["link"]["connected"], 10, "link down")
@@ -61,8 +66,11 @@ def run_drain(quick: bool) -> Result:
                 st.ctl("sim.plug")
                 st.ctl("sim.tap", uid=UID_A)
                 st.ctl("sim.unplug")
-            pending = wait_until(lambda: st.ctl("outbox")["pending"] >= n and
-                                 st.ctl("outbox")["pending"], 30, "all CDRs in the outbox")
+            pending = wait_until(
+                lambda: st.ctl("outbox")["pending"] >= n and st.ctl("outbox")["pending"],
+                30,
+                "all CDRs in the outbox",
+            )
             t_made = time.monotonic() - t0
             sessions = st.ctl("sessions", limit=n + 10)
             ids = {s["session_id"] for s in sessions if s["state"] != "charging"}
@@ -102,27 +110,48 @@ def run_drain(quick: bool) -> Result:
     rate = n / drain_s if drain_s > 0 else float("inf")
     first_last = (max(cdr_times) - min(cdr_times)) if cdr_times else 0.0
     res.data = {
-        "sessions": n, "sessions_in_store": len(ids), "outbox_before": pending,
-        "make_sessions_s": round(t_made, 2), "link_up_to_tcp_s": round(t_tcp - t_up, 3),
+        "sessions": n,
+        "sessions_in_store": len(ids),
+        "outbox_before": pending,
+        "make_sessions_s": round(t_made, 2),
+        "link_up_to_tcp_s": round(t_tcp - t_up, 3),
         "link_up_to_status_s": round(link.t - t_up, 3),
-        "link_to_all_acked_s": round(drain_s, 3), "cdrs_per_s": round(rate, 1),
+        "link_to_all_acked_s": round(drain_s, 3),
+        "cdrs_per_s": round(rate, 1),
         "first_to_last_cdr_at_backend_s": round(first_last, 3),
-        "cdrs_received": len(cdr_times), "duplicates": dups, "lost": len(lost),
-        "lost_ids": lost[:10], "session_events_received": events,
-        "session_events_expected": 3 * n, "live_session_event_after_drain": live_event,
+        "cdrs_received": len(cdr_times),
+        "duplicates": dups,
+        "lost": len(lost),
+        "lost_ids": lost[:10],
+        "session_events_received": events,
+        "session_events_expected": 3 * n,
+        "live_session_event_after_drain": live_event,
     }
-    res.row(f"{n} offline sessions made (plug, tap, unplug over the control socket)",
-            f"{t_made:.1f} s ({n / t_made:.0f} sessions/s)")
-    res.row("link back -> station reconnected (TCP accepted / first status at backend)",
-            f"{t_tcp - t_up:.2f} s / {link.t - t_up:.2f} s (paho retry every <= 1 s)")
-    res.row("reconnected -> every CDR acknowledged (outbox empty)",
-            f"{drain_s:.2f} s = {rate:.0f} CDRs/s",
-            f">= {TARGET_RATE:.0f} CDRs/s", rate >= TARGET_RATE)
-    res.row("lost / duplicates seen by the backend",
-            f"{len(lost)} lost of {len(ids)} / {dups} duplicates ({len(cdr_times)} CDR messages)",
-            "0 lost", not lost and len(ids) == n)
-    res.row("queued session events delivered after the outage",
-            f"{events} of {3 * n}; a new session's 'started' event after the drain: "
-            + ("delivered" if live_event else "NOT delivered (queued behind the backlog)"),
-            "all delivered", events >= 3 * n and live_event)
+    res.row(
+        f"{n} offline sessions made (plug, tap, unplug over the control socket)",
+        f"{t_made:.1f} s ({n / t_made:.0f} sessions/s)",
+    )
+    res.row(
+        "link back -> station reconnected (TCP accepted / first status at backend)",
+        f"{t_tcp - t_up:.2f} s / {link.t - t_up:.2f} s (paho retry every <= 1 s)",
+    )
+    res.row(
+        "reconnected -> every CDR acknowledged (outbox empty)",
+        f"{drain_s:.2f} s = {rate:.0f} CDRs/s",
+        f">= {TARGET_RATE:.0f} CDRs/s",
+        rate >= TARGET_RATE,
+    )
+    res.row(
+        "lost / duplicates seen by the backend",
+        f"{len(lost)} lost of {len(ids)} / {dups} duplicates ({len(cdr_times)} CDR messages)",
+        "0 lost",
+        not lost and len(ids) == n,
+    )
+    res.row(
+        "queued session events delivered after the outage",
+        f"{events} of {3 * n}; a new session's 'started' event after the drain: "
+        + ("delivered" if live_event else "NOT delivered (queued behind the backlog)"),
+        "all delivered",
+        events >= 3 * n and live_event,
+    )
     return res

@@ -106,10 +106,24 @@ class Workers:
         for i in range(n):
             out = tmp / f"worker{i}.json"
             proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.benchmarks.fleet_backend", "--broker", url,
-                 "--prefix", PREFIX, "--name", f"backend-w{i}-{time.monotonic_ns()}",
-                 "--out", str(out)],
-                cwd=REPO, env=child_env(), stdout=subprocess.PIPE, text=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.benchmarks.fleet_backend",
+                    "--broker",
+                    url,
+                    "--prefix",
+                    PREFIX,
+                    "--name",
+                    f"backend-w{i}-{time.monotonic_ns()}",
+                    "--out",
+                    str(out),
+                ],
+                cwd=REPO,
+                env=child_env(),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             self.procs.append((proc, out))
         for proc, _ in self.procs:
             assert proc.stdout is not None
@@ -151,8 +165,16 @@ def grow(stations: list[Station], target: int, tmp: Path, url: str) -> dict[str,
         batch: list[Station] = []
         for _ in range(min(BATCH, target - len(stations))):
             sid = f"FL-{len(stations) + len(batch) + 1:04d}"
-            batch.append(Station(tmp / sid, url, PREFIX, station_id=sid, evse=evse_config(),
-                                 mqtt={"auth_timeout_s": 10.0}))
+            batch.append(
+                Station(
+                    tmp / sid,
+                    url,
+                    PREFIX,
+                    station_id=sid,
+                    evse=evse_config(),
+                    mqtt={"auth_timeout_s": 10.0},
+                )
+            )
         for st in batch:
             st.spawn()
         for st in batch:
@@ -163,9 +185,17 @@ def grow(stations: list[Station], target: int, tmp: Path, url: str) -> dict[str,
     return {"added": added, "seconds": round(time.monotonic() - t0, 1), "memory_limited": limited}
 
 
-def run_phase(stations: list[Station], mosq: Mosquitto, monitor: Monitor, *, n_workers: int,
-              duration: float, interval: float, tmp: Path, stop_after: float = STOP_AFTER_S
-              ) -> dict[str, Any]:
+def run_phase(
+    stations: list[Station],
+    mosq: Mosquitto,
+    monitor: Monitor,
+    *,
+    n_workers: int,
+    duration: float,
+    interval: float,
+    tmp: Path,
+    stop_after: float = STOP_AFTER_S,
+) -> dict[str, Any]:
     workers = Workers(mosq.url, n_workers, tmp)
     plan: list[tuple[float, int, str, int]] = []
     spread = min(interval, duration)
@@ -223,11 +253,20 @@ def run_phase(stations: list[Station], mosq: Mosquitto, monitor: Monitor, *, n_w
             rtt.append((t - t0) * 1000)
     one_way = [x for s in stats for x in s.get("req_one_way_ms", [])]
     return {
-        "stations": len(stations), "workers": n_workers, "taps": len(taps),
-        "started": len(rtt), "missing": missing, "errors": errors[:5], "n_errors": len(errors),
+        "stations": len(stations),
+        "workers": n_workers,
+        "taps": len(taps),
+        "started": len(rtt),
+        "missing": missing,
+        "errors": errors[:5],
+        "n_errors": len(errors),
         "tap_to_started_ms": dist(rtt),
-        "auth_req_one_way_ms": {"p50": pct(one_way, 0.5), "p99": pct(one_way, 0.99),
-                                "max": max(one_way, default=float("nan")), "n": len(one_way)},
+        "auth_req_one_way_ms": {
+            "p50": pct(one_way, 0.5),
+            "p99": pct(one_way, 0.99),
+            "max": max(one_way, default=float("nan")),
+            "n": len(one_way),
+        },
         "auth_per_worker": [s.get("auth", 0) for s in stats],
         "cdr_per_worker": [s.get("cdr", 0) for s in stats],
         "broker_cpu_percent": round((b1 - b0) / CLK_TCK / wall * 100, 2),
@@ -259,14 +298,26 @@ def run_fleet(quick: bool, sizes: list[int] | None = None) -> Result:
                 growth.append(g)
                 time.sleep(0.5)
                 for w in (1, 4):
-                    ph = run_phase(stations, mosq, monitor, n_workers=w, duration=duration,
-                                   interval=interval, tmp=tmp, stop_after=stop_after)
-                    ph["broker_rss_mb"] = round(rss_kb(mosq.proc.pid) / 1024, 1) \
-                        if mosq.proc else None
+                    ph = run_phase(
+                        stations,
+                        mosq,
+                        monitor,
+                        n_workers=w,
+                        duration=duration,
+                        interval=interval,
+                        tmp=tmp,
+                        stop_after=stop_after,
+                    )
+                    ph["broker_rss_mb"] = (
+                        round(rss_kb(mosq.proc.pid) / 1024, 1) if mosq.proc else None
+                    )
                     phases.append(ph)
-                    print(f"  fleet N={ph['stations']} workers={w}: "
-                          f"tap->started p99 {ph['tap_to_started_ms'].get('p99')} ms, "
-                          f"broker CPU {ph['broker_cpu_percent']} %", file=sys.stderr)
+                    print(
+                        f"  fleet N={ph['stations']} workers={w}: "
+                        f"tap->started p99 {ph['tap_to_started_ms'].get('p99')} ms, "
+                        f"broker CPU {ph['broker_cpu_percent']} %",
+                        file=sys.stderr,
+                    )
                 if g["memory_limited"]:
                     break
         finally:
@@ -285,18 +336,25 @@ def run_fleet(quick: bool, sizes: list[int] | None = None) -> Result:
         res.row(
             f"N={ph['stations']}, {ph['workers']} worker(s): tap -> 'started' (auth round trip, "
             "upper bound)",
-            (f"p50 {d['p50']:.1f} / p99 {d['p99']:.1f} ms (n={d['n']}, missing "
-             f"{ph['missing']}); auth/req one-way p50 {ow['p50']:.0f} / p99 {ow['p99']:.0f} ms; "
-             f"broker CPU {ph['broker_cpu_percent']:.1f} %, stations CPU "
-             f"{ph['stations_cpu_percent']:.0f} %; auths per worker {ph['auth_per_worker']}")
-            if d.get("n") else f"no samples (missing {ph['missing']})",
+            (
+                f"p50 {d['p50']:.1f} / p99 {d['p99']:.1f} ms (n={d['n']}, missing "
+                f"{ph['missing']}); auth/req one-way p50 {ow['p50']:.0f} / p99 {ow['p99']:.0f} ms; "
+                f"broker CPU {ph['broker_cpu_percent']:.1f} %, stations CPU "
+                f"{ph['stations_cpu_percent']:.0f} %; auths per worker {ph['auth_per_worker']}"
+            )
+            if d.get("n")
+            else f"no samples (missing {ph['missing']})",
             f"p99 < {TARGET_P99_MS:.0f} ms at 200" if big else "",
             (d.get("n", 0) > 0 and d["p99"] < TARGET_P99_MS and ph["missing"] == 0)
-            if big else None)
+            if big
+            else None,
+        )
     if growth:
         last = growth[-1]
-        res.row("stations started (as separate processes)",
-                f"{last['stations']} (RSS total {last['stations_rss_mb_total']} MB"
-                f"{'; memory-limited' if last['memory_limited'] else ''}); start times per "
-                "step: " + ", ".join(f"+{g['added']} in {g['seconds']} s" for g in growth))
+        res.row(
+            "stations started (as separate processes)",
+            f"{last['stations']} (RSS total {last['stations_rss_mb_total']} MB"
+            f"{'; memory-limited' if last['memory_limited'] else ''}); start times per "
+            "step: " + ", ".join(f"+{g['added']} in {g['seconds']} s" for g in growth),
+        )
     return res

@@ -44,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     stats: dict[str, Any] = {"name": args.name, "auth": 0, "cdr": 0, "req_one_way_ms": []}
     group = f"$share/backend/{args.prefix}/+/"
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.name,
-                         protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.name, protocol=mqtt.MQTTv5)
     client.on_socket_open = lambda c, u, sock: set_nodelay(sock)
 
     def on_connect(c: mqtt.Client, u: Any, flags: Any, rc: Any, props: Any) -> None:
@@ -60,8 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads(msg.payload)
         root = f"{args.prefix}/{station}/"
         if suffix == "auth/req":
-            c.publish(root + "auth/res", json.dumps(
-                {"v": 1, "request_id": data["request_id"], "status": "accepted"}), qos=1)
+            c.publish(
+                root + "auth/res",
+                json.dumps({"v": 1, "request_id": data["request_id"], "status": "accepted"}),
+                qos=1,
+            )
             stats["auth"] += 1
             try:
                 ts = datetime.fromisoformat(data["ts"]).timestamp()
@@ -69,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             except (KeyError, ValueError):
                 pass
         elif suffix == "cdr":
-            c.publish(root + "cdr/ack", json.dumps(
-                {"v": 1, "session_id": data["session_id"]}), qos=1)
+            c.publish(
+                root + "cdr/ack", json.dumps({"v": 1, "session_id": data["session_id"]}), qos=1
+            )
             stats["cdr"] += 1
 
     client.on_connect = on_connect

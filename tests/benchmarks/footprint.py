@@ -61,15 +61,26 @@ def _window(pids: dict[str, int], seconds: float) -> dict[str, dict[str, float]]
     out = {}
     for k, p in pids.items():
         ticks = cpu_ticks(p) - start[k]
-        out[k] = {"cpu_percent": round(ticks / CLK_TCK / wall * 100, 3), "cpu_ticks": ticks,
-                  "window_s": round(wall, 1), "rss_mb": round(rss_kb(p) / 1024, 1),
-                  "rss_peak_mb": round(peak[k] / 1024, 1)}
+        out[k] = {
+            "cpu_percent": round(ticks / CLK_TCK / wall * 100, 3),
+            "cpu_ticks": ticks,
+            "window_s": round(wall, 1),
+            "rss_mb": round(rss_kb(p) / 1024, 1),
+            "rss_peak_mb": round(peak[k] / 1024, 1),
+        }
     return out
 
 
 def start_camera_standin(seconds: float, with_agent: bool) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "tests.benchmarks.camera_standin", "--seconds", str(seconds),
-           "--fps", "5"] + (["--with-agent"] if with_agent else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.benchmarks.camera_standin",
+        "--seconds",
+        str(seconds),
+        "--fps",
+        "5",
+    ] + (["--with-agent"] if with_agent else [])
     return subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, text=True)
 
 
@@ -97,18 +108,23 @@ def camera_standin(proc: subprocess.Popen[str]) -> dict[str, Any]:
         time.sleep(0.25)
     out: dict[str, Any] = json.loads(proc.stdout.read().strip().splitlines()[-1])
     proc.wait()
-    out.update({"rss_mb": round(last / 1024, 1), "rss_peak_mb": round(peak / 1024, 1),
-                "cpu_percent": round(ticks / CLK_TCK / max(wall, 1e-6) * 100, 1)})
+    out.update(
+        {
+            "rss_mb": round(last / 1024, 1),
+            "rss_peak_mb": round(peak / 1024, 1),
+            "cpu_percent": round(ticks / CLK_TCK / max(wall, 1e-6) * 100, 1),
+        }
+    )
     return out
 
 
 def run_footprint(quick: bool) -> Result:
     res = Result("5. Footprint")
     window = 20.0 if quick else 60.0
-    with workdir("idle") as tmp, broker_and_backend() as (mosq, _backend), \
-            SimulatedPN532() as sim:
-        plain = Station(tmp / "sim", mosq.url, "bench", station_id="ST-IDLE-SIM",
-                        evse=evse_config())
+    with workdir("idle") as tmp, broker_and_backend() as (mosq, _backend), SimulatedPN532() as sim:
+        plain = Station(
+            tmp / "sim", mosq.url, "bench", station_id="ST-IDLE-SIM", evse=evse_config()
+        )
         reader = pn532_station(tmp / "pn532", mosq.url, sim)
         reader.config["station"]["id"] = "ST-IDLE-PN532"
         try:
@@ -119,11 +135,15 @@ def run_footprint(quick: bool) -> Result:
             wait_reader(reader)
             time.sleep(1.0)
             polls0 = sim.polls
-            cams = {name: start_camera_standin(window - 4.0, with_agent=name == "agent")
-                    for name in ("plain", "agent")}
+            cams = {
+                name: start_camera_standin(window - 4.0, with_agent=name == "agent")
+                for name in ("plain", "agent")
+            }
             cam_out: dict[str, dict[str, Any]] = {}
-            threads = [threading.Thread(target=lambda k=k, p=p: cam_out.__setitem__(
-                k, camera_standin(p))) for k, p in cams.items()]
+            threads = [
+                threading.Thread(target=lambda k=k, p=p: cam_out.__setitem__(k, camera_standin(p)))
+                for k, p in cams.items()
+            ]
             for t in threads:
                 t.start()
             idle = _window({"sim": plain.pid, "pn532": reader.pid}, window)
@@ -140,20 +160,34 @@ def run_footprint(quick: bool) -> Result:
     cam, cam_agent = cam_out["plain"], cam_out["agent"]
     res.data = {"idle": idle, "camera_standin": cam, "camera_standin_with_agent": cam_agent}
     s, p = idle["sim"], idle["pn532"]
-    res.row(f"idle daemon, sim drivers: RSS after {s['age_s']:.0f} s",
-            f"{s['rss_mb']:.1f} MB (peak {s['rss_peak_mb']:.1f})", f"< {TARGET_RSS_MB:.0f} MB",
-            s["rss_mb"] < TARGET_RSS_MB)
-    res.row(f"idle daemon, sim drivers: CPU over {s['window_s']:.0f} s",
-            f"{s['cpu_percent']:.3f} % of one core", f"< {TARGET_CPU:.0f} %",
-            s["cpu_percent"] < TARGET_CPU)
-    res.row(f"idle daemon, PN532 polling at {p['polls_per_s']:.1f} Hz: RSS",
-            f"{p['rss_mb']:.1f} MB (peak {p['rss_peak_mb']:.1f})", f"< {TARGET_RSS_MB:.0f} MB",
-            p["rss_mb"] < TARGET_RSS_MB)
-    res.row(f"idle daemon, PN532 polling at {p['polls_per_s']:.1f} Hz: CPU over "
-            f"{p['window_s']:.0f} s", f"{p['cpu_percent']:.3f} % of one core",
-            f"< {TARGET_CPU:.0f} % (floor {FLOOR_CPU:.0f} %)", p["cpu_percent"] < TARGET_CPU)
+    res.row(
+        f"idle daemon, sim drivers: RSS after {s['age_s']:.0f} s",
+        f"{s['rss_mb']:.1f} MB (peak {s['rss_peak_mb']:.1f})",
+        f"< {TARGET_RSS_MB:.0f} MB",
+        s["rss_mb"] < TARGET_RSS_MB,
+    )
+    res.row(
+        f"idle daemon, sim drivers: CPU over {s['window_s']:.0f} s",
+        f"{s['cpu_percent']:.3f} % of one core",
+        f"< {TARGET_CPU:.0f} %",
+        s["cpu_percent"] < TARGET_CPU,
+    )
+    res.row(
+        f"idle daemon, PN532 polling at {p['polls_per_s']:.1f} Hz: RSS",
+        f"{p['rss_mb']:.1f} MB (peak {p['rss_peak_mb']:.1f})",
+        f"< {TARGET_RSS_MB:.0f} MB",
+        p["rss_mb"] < TARGET_RSS_MB,
+    )
+    res.row(
+        f"idle daemon, PN532 polling at {p['polls_per_s']:.1f} Hz: CPU over {p['window_s']:.0f} s",
+        f"{p['cpu_percent']:.3f} % of one core",
+        f"< {TARGET_CPU:.0f} % (floor {FLOOR_CPU:.0f} %)",
+        p["cpu_percent"] < TARGET_CPU,
+    )
     for label, c in (("cv2+pyzbar", cam), ("cv2+pyzbar + agent modules", cam_agent)):
-        res.row(f"camera STAND-IN ({label}), 640x480 at 5 fps, {c['frames']} frames",
-                f"RSS {c['rss_mb']:.1f} MB (peak {c['rss_peak_mb']:.1f}), CPU "
-                f"{c['cpu_percent']:.1f} %, decode p50 {c['decode_ms_p50']:.1f} ms")
+        res.row(
+            f"camera STAND-IN ({label}), 640x480 at 5 fps, {c['frames']} frames",
+            f"RSS {c['rss_mb']:.1f} MB (peak {c['rss_peak_mb']:.1f}), CPU "
+            f"{c['cpu_percent']:.1f} %, decode p50 {c['decode_ms_p50']:.1f} ms",
+        )
     return res

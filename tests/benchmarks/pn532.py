@@ -41,14 +41,27 @@ TARGET_RELAY_P95_MS = 150.0
 
 
 def pn532_station(tmp: Any, url: str, sim: SimulatedPN532) -> Station:
-    return Station(tmp, url, "bench", evse=evse_config(),
-                   rfid={"driver": "pn532", "path": sim.device_path,
-                         "poll_interval_s": POLL_S, "debounce_s": DEBOUNCE_S})
+    return Station(
+        tmp,
+        url,
+        "bench",
+        evse=evse_config(),
+        rfid={
+            "driver": "pn532",
+            "path": sim.device_path,
+            "poll_interval_s": POLL_S,
+            "debounce_s": DEBOUNCE_S,
+        },
+    )
 
 
 def wait_reader(st: Station, timeout: float = 15.0) -> None:
-    wait_until(lambda: (st.try_ctl("status") or {}).get("rfid", {}).get("connected"), timeout,
-               "PN532 reader open", interval=0.05)
+    wait_until(
+        lambda: (st.try_ctl("status") or {}).get("rfid", {}).get("connected"),
+        timeout,
+        "PN532 reader open",
+        interval=0.05,
+    )
 
 
 def run_pn532(quick: bool) -> Result:
@@ -57,8 +70,7 @@ def run_pn532(quick: bool) -> Result:
     rnd = random.Random(532)
     to_req: list[float] = []
     to_started: list[float] = []
-    with workdir("pn532") as tmp, broker_and_backend() as (mosq, backend), \
-            SimulatedPN532() as sim:
+    with workdir("pn532") as tmp, broker_and_backend() as (mosq, backend), SimulatedPN532() as sim:
         st = pn532_station(tmp, mosq.url, sim).start()
         try:
             wait_reader(st)
@@ -84,12 +96,23 @@ def run_pn532(quick: bool) -> Result:
         finally:
             st.stop()
     d_req, d_rel = dist(to_req), dist(to_started)
-    res.data = {"place_to_auth_req": d_req, "place_to_started": d_rel, "agent_metrics": metrics,
-                "reader": info, "poll_interval_s": POLL_S, "debounce_s": DEBOUNCE_S}
+    res.data = {
+        "place_to_auth_req": d_req,
+        "place_to_started": d_rel,
+        "agent_metrics": metrics,
+        "reader": info,
+        "poll_interval_s": POLL_S,
+        "debounce_s": DEBOUNCE_S,
+    }
     res.row("(a) place_card -> auth/req at backend", fmt_dist(d_req))
-    res.row("(b) place_card -> 'started' event (relay closed)", fmt_dist(d_rel),
-            f"p95 < {TARGET_RELAY_P95_MS:.0f} ms (issue 4)", d_rel["p95"] < TARGET_RELAY_P95_MS)
+    res.row(
+        "(b) place_card -> 'started' event (relay closed)",
+        fmt_dist(d_rel),
+        f"p95 < {TARGET_RELAY_P95_MS:.0f} ms (issue 4)",
+        d_rel["p95"] < TARGET_RELAY_P95_MS,
+    )
     if "tap_to_auth_req" in metrics:
-        res.row("agent share: card reported -> auth/req published",
-                fmt_dist(metrics["tap_to_auth_req"]))
+        res.row(
+            "agent share: card reported -> auth/req published", fmt_dist(metrics["tap_to_auth_req"])
+        )
     return res

@@ -36,9 +36,24 @@ from tests.benchmarks.tap import evse_config
 
 def pyspy(pid: int, out: Path) -> subprocess.Popen[bytes]:
     exe = Path(sys.executable).with_name("py-spy")
-    proc = subprocess.Popen([str(exe), "record", "--pid", str(pid), "--rate", "1000",
-                             "--format", "raw", "--threads", "--nonblocking", "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            str(exe),
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "1000",
+            "--format",
+            "raw",
+            "--threads",
+            "--nonblocking",
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     time.sleep(1.0)  # attached
     return proc
 
@@ -93,11 +108,12 @@ def analyse(raw: Path, anchor: str, top: int = 20) -> str:
         below = frames[first:]
         for name in {_short(f) for f in below}:
             incl[name] += n
-        item = next((label for label, key in CATEGORIES if any(key in f for f in below)),
-                    "other")
+        item = next((label for label, key in CATEGORIES if any(key in f for f in below)), "other")
         by_item[item] += n
-        what = next((label for f in below for label, key in COSTS if key in f),
-                    "rest (" + _short(below[-1]) + ")")
+        what = next(
+            (label for f in below for label, key in COSTS if key in f),
+            "rest (" + _short(below[-1]) + ")",
+        )
         cost[item][what] += n
     out = [f"samples: {total} (1 ms each), {anchored} under {anchor!r}", "", "by thread:"]
     out += [f"  {n:6d}  {t}" for t, n in by_thread.most_common(8)]
@@ -133,14 +149,20 @@ def main(argv: list[str] | None = None) -> int:
                 st.stop()
             print(analyse(raw, "_run (drivers/rfid/pn532.py"))
             return 0
-        st = Station(tmp, mosq.url, "bench", evse=evse_config(),
-                     mqtt={"reconnect_max_s": 1.0}).start()
+        st = Station(
+            tmp, mosq.url, "bench", evse=evse_config(), mqtt={"reconnect_max_s": 1.0}
+        ).start()
         try:
             st.ctl("sim.plug")
             if args.offline:
                 mark = len(backend.received)
-                cid = backend.command(st.station_id, "update_local_list", version=1,
-                                      mode="full", entries=[{"uid": UID_A, "status": "accepted"}])
+                cid = backend.command(
+                    st.station_id,
+                    "update_local_list",
+                    version=1,
+                    mode="full",
+                    entries=[{"uid": UID_A, "status": "accepted"}],
+                )
                 wait_suffix(backend, "cmd/res", mark, command_id=cid)
                 mosq.stop()
                 wait_until(lambda: not st.ctl("status")["link"]["connected"], 10, "link down")

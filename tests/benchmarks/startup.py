@@ -74,8 +74,9 @@ def run_startup(quick: bool) -> Result:
     ready_s: list[float] = []
     with workdir("startup") as tmp, broker_and_backend() as (mosq, backend):
         listener = NotifyListener(tmp / "notify.sock")
-        st = Station(tmp, mosq.url, "bench", evse=evse_config(),
-                     env={"NOTIFY_SOCKET": str(listener.path)})
+        st = Station(
+            tmp, mosq.url, "bench", evse=evse_config(), env={"NOTIFY_SOCKET": str(listener.path)}
+        )
         supported = False
         try:
             for i in range(runs + 1):
@@ -117,19 +118,33 @@ def run_startup(quick: bool) -> Result:
         "ready_supported": bool(ready_s),
     }
     res.data = data
-    res.row(f"process start -> control socket accepting (median of {runs})",
-            f"{med(sock_s):.3f} s (min {min(sock_s):.3f}, max {max(sock_s):.3f})")
-    res.row(f"process start -> first status online=true at backend (median of {runs})",
-            f"{med(online_s):.3f} s (min {min(online_s):.3f}, max {max(online_s):.3f})")
+    res.row(
+        f"process start -> control socket accepting (median of {runs})",
+        f"{med(sock_s):.3f} s (min {min(sock_s):.3f}, max {max(sock_s):.3f})",
+    )
+    res.row(
+        f"process start -> first status online=true at backend (median of {runs})",
+        f"{med(online_s):.3f} s (min {min(online_s):.3f}, max {max(online_s):.3f})",
+    )
     if ready_s:
-        res.row(f"process start -> READY=1 on NOTIFY_SOCKET (median of {len(ready_s)})",
-                f"{med(ready_s):.3f} s (min {min(ready_s):.3f}, max {max(ready_s):.3f})",
-                f"< {TARGET_READY_S} s", med(ready_s) < TARGET_READY_S)
+        res.row(
+            f"process start -> READY=1 on NOTIFY_SOCKET (median of {len(ready_s)})",
+            f"{med(ready_s):.3f} s (min {min(ready_s):.3f}, max {max(ready_s):.3f})",
+            f"< {TARGET_READY_S} s",
+            med(ready_s) < TARGET_READY_S,
+        )
     else:
-        res.row("process start -> READY=1 on NOTIFY_SOCKET",
-                "not available: the daemon sent no READY=1 (sd_notify not wired in yet); "
-                "first online status used as the proxy below",
-                f"< {TARGET_READY_S} s", None)
-        res.row("proxy for READY: process start -> first online status",
-                f"{med(online_s):.3f} s", f"< {TARGET_READY_S} s", med(online_s) < TARGET_READY_S)
+        res.row(
+            "process start -> READY=1 on NOTIFY_SOCKET",
+            "not available: the daemon sent no READY=1 (sd_notify not wired in yet); "
+            "first online status used as the proxy below",
+            f"< {TARGET_READY_S} s",
+            None,
+        )
+        res.row(
+            "proxy for READY: process start -> first online status",
+            f"{med(online_s):.3f} s",
+            f"< {TARGET_READY_S} s",
+            med(online_s) < TARGET_READY_S,
+        )
     return res

@@ -49,9 +49,14 @@ TARGET_AGENT_MS = 5.0
 
 
 def evse_config(time_factor: float = 60.0) -> list[dict[str, Any]]:
-    return [{"id": EVSE1, "relay": {"driver": "sim"},
-             "meter": {"driver": "sim", "power_kw": 11.0, "time_factor": time_factor},
-             "plug": {"driver": "sim"}}]
+    return [
+        {
+            "id": EVSE1,
+            "relay": {"driver": "sim"},
+            "meter": {"driver": "sim", "power_kw": 11.0, "time_factor": time_factor},
+            "plug": {"driver": "sim"},
+        }
+    ]
 
 
 def _agent_share(metrics: dict[str, Any], names: tuple[str, ...]) -> dict[str, float]:
@@ -96,9 +101,13 @@ def tap_online(n: int, warmup: int = 0) -> dict[str, Any]:
             metrics = st.ctl("metrics")
         finally:
             st.stop()
-    return {"e2e": dist(e2e), "tap_to_auth_req_arrival": dist(to_req),
-            "auth_req_arrival_to_started": dist(req_to_started),
-            "control_call": dist(ctl_rtt), "agent_metrics": metrics}
+    return {
+        "e2e": dist(e2e),
+        "tap_to_auth_req_arrival": dist(to_req),
+        "auth_req_arrival_to_started": dist(req_to_started),
+        "control_call": dist(ctl_rtt),
+        "agent_metrics": metrics,
+    }
 
 
 def tap_offline(n: int) -> dict[str, Any]:
@@ -107,13 +116,23 @@ def tap_offline(n: int) -> dict[str, Any]:
     polls: list[int] = []
     poll_rtt: list[float] = []
     with workdir("tap-offline") as tmp, broker_and_backend() as (mosq, backend):
-        st = Station(tmp, mosq.url, "bench", evse=evse_config(),
-                     auth={"offline_policy": "local_list"},
-                     mqtt={"reconnect_max_s": 1.0}).start()
+        st = Station(
+            tmp,
+            mosq.url,
+            "bench",
+            evse=evse_config(),
+            auth={"offline_policy": "local_list"},
+            mqtt={"reconnect_max_s": 1.0},
+        ).start()
         try:
             mark = len(backend.received)
-            cid = backend.command(st.station_id, "update_local_list", version=1, mode="full",
-                                  entries=[{"uid": UID_A, "status": "accepted"}])
+            cid = backend.command(
+                st.station_id,
+                "update_local_list",
+                version=1,
+                mode="full",
+                entries=[{"uid": UID_A, "status": "accepted"}],
+            )
             res = wait_suffix(backend, "cmd/res", mark, command_id=cid)
             assert res.data["status"] == "accepted", res.data
             st.ctl("sim.plug")
@@ -141,9 +160,13 @@ def tap_offline(n: int) -> dict[str, Any]:
         finally:
             st.stop()
             mosq.close()
-    return {"e2e_status_poll": dist(e2e), "status_poll_rtt": dist(poll_rtt),
-            "polls_per_tap_max": max(polls) if polls else 0,
-            "agent_metrics": metrics, "cdrs_pending_at_end": outbox}
+    return {
+        "e2e_status_poll": dist(e2e),
+        "status_poll_rtt": dist(poll_rtt),
+        "polls_per_tap_max": max(polls) if polls else 0,
+        "agent_metrics": metrics,
+        "cdrs_pending_at_end": outbox,
+    }
 
 
 def remote_start(n: int) -> dict[str, Any]:
@@ -157,8 +180,13 @@ def remote_start(n: int) -> dict[str, Any]:
                 sid = str(uuid.uuid4())
                 mark = len(backend.received)
                 t0 = time.monotonic()
-                backend.command(st.station_id, "remote_start", evse_id=EVSE1,
-                                contract_id=CONTRACT, session_id=sid)
+                backend.command(
+                    st.station_id,
+                    "remote_start",
+                    evse_id=EVSE1,
+                    contract_id=CONTRACT,
+                    session_id=sid,
+                )
                 started = wait_event(backend, "started", mark)
                 e2e.append((started.t - t0) * 1000)
                 mark = len(backend.received)
@@ -179,34 +207,52 @@ def run_tap(quick: bool) -> Result:
     wire = _wire(on["e2e"], agent)
     on["agent_share"], on["wire_and_harness"] = agent, wire
     res.data["online"] = on
-    res.row("end-to-end: sim.tap sent -> 'started' event received (instant backend)",
-            fmt_dist(on["e2e"]), f"p95 < {TARGET_P95_MS:.0f} ms",
-            on["e2e"]["p95"] < TARGET_P95_MS)
+    res.row(
+        "end-to-end: sim.tap sent -> 'started' event received (instant backend)",
+        fmt_dist(on["e2e"]),
+        f"p95 < {TARGET_P95_MS:.0f} ms",
+        on["e2e"]["p95"] < TARGET_P95_MS,
+    )
     m = on["agent_metrics"]
     for name in ("tap_to_auth_req", "answer_to_relay"):
         if name in m:
             res.row(f"agent share: {name}", fmt_dist(m[name]))
-    res.row("agent share: sum of both parts (per percentile)",
-            f"p50 {agent['p50']:.2f} / p95 {agent['p95']:.2f} / p99 {agent['p99']:.2f} ms",
-            f"< {TARGET_AGENT_MS:.0f} ms (p95)", agent["p95"] < TARGET_AGENT_MS)
-    res.row("wire + harness (end-to-end - agent share)",
-            f"p50 {wire['p50']:.2f} / p95 {wire['p95']:.2f} / p99 {wire['p99']:.2f} ms")
-    res.row("of which: sim.tap sent -> auth/req at backend",
-            fmt_dist(on["tap_to_auth_req_arrival"]))
-    res.row("of which: auth/req at backend -> 'started' at backend",
-            fmt_dist(on["auth_req_arrival_to_started"]))
+    res.row(
+        "agent share: sum of both parts (per percentile)",
+        f"p50 {agent['p50']:.2f} / p95 {agent['p95']:.2f} / p99 {agent['p99']:.2f} ms",
+        f"< {TARGET_AGENT_MS:.0f} ms (p95)",
+        agent["p95"] < TARGET_AGENT_MS,
+    )
+    res.row(
+        "wire + harness (end-to-end - agent share)",
+        f"p50 {wire['p50']:.2f} / p95 {wire['p95']:.2f} / p99 {wire['p99']:.2f} ms",
+    )
+    res.row(
+        "of which: sim.tap sent -> auth/req at backend", fmt_dist(on["tap_to_auth_req_arrival"])
+    )
+    res.row(
+        "of which: auth/req at backend -> 'started' at backend",
+        fmt_dist(on["auth_req_arrival_to_started"]),
+    )
     res.row("control-socket call (sim.tap request -> reply)", fmt_dist(on["control_call"]))
 
     off = tap_offline(30 if quick else 200)
     res.data["offline"] = off
-    res.row("offline (broker down, local list): sim.tap sent -> status shows relay closed",
-            fmt_dist(off["e2e_status_poll"]) + f"; status poll {off['status_poll_rtt']['p50']:.2f}"
-            " ms (resolution)", f"p95 < {TARGET_P95_MS:.0f} ms",
-            off["e2e_status_poll"]["p95"] < TARGET_P95_MS)
+    res.row(
+        "offline (broker down, local list): sim.tap sent -> status shows relay closed",
+        fmt_dist(off["e2e_status_poll"]) + f"; status poll {off['status_poll_rtt']['p50']:.2f}"
+        " ms (resolution)",
+        f"p95 < {TARGET_P95_MS:.0f} ms",
+        off["e2e_status_poll"]["p95"] < TARGET_P95_MS,
+    )
     if "tap_to_relay" in off["agent_metrics"]:
         t = off["agent_metrics"]["tap_to_relay"]
-        res.row("offline agent share: tap_to_relay", fmt_dist(t),
-                f"< {TARGET_AGENT_MS:.0f} ms (p95)", t["p95"] < TARGET_AGENT_MS)
+        res.row(
+            "offline agent share: tap_to_relay",
+            fmt_dist(t),
+            f"< {TARGET_AGENT_MS:.0f} ms (p95)",
+            t["p95"] < TARGET_AGENT_MS,
+        )
     return res
 
 
@@ -214,15 +260,23 @@ def run_remote(quick: bool) -> Result:
     res = Result("3. Remote start to relay closed")
     r = remote_start(40 if quick else 300)
     res.data = r
-    res.row("cmd/req remote_start published -> 'started' event received (car plugged)",
-            fmt_dist(r["e2e"]), f"p95 < {TARGET_P95_MS:.0f} ms (as tap)",
-            r["e2e"]["p95"] < TARGET_P95_MS)
+    res.row(
+        "cmd/req remote_start published -> 'started' event received (car plugged)",
+        fmt_dist(r["e2e"]),
+        f"p95 < {TARGET_P95_MS:.0f} ms (as tap)",
+        r["e2e"]["p95"] < TARGET_P95_MS,
+    )
     if "answer_to_relay" in r["agent_metrics"]:
         a = r["agent_metrics"]["answer_to_relay"]
-        res.row("agent share: answer_to_relay (cmd/req in -> relay closed)", fmt_dist(a),
-                f"< {TARGET_AGENT_MS:.0f} ms (p95)", a["p95"] < TARGET_AGENT_MS)
+        res.row(
+            "agent share: answer_to_relay (cmd/req in -> relay closed)",
+            fmt_dist(a),
+            f"< {TARGET_AGENT_MS:.0f} ms (p95)",
+            a["p95"] < TARGET_AGENT_MS,
+        )
         wire = _wire(r["e2e"], a)
-        res.row("wire + harness (end-to-end - agent share)",
-                f"p50 {wire['p50']:.2f} / p95 {wire['p95']:.2f} / p99 {wire['p99']:.2f} ms")
+        res.row(
+            "wire + harness (end-to-end - agent share)",
+            f"p50 {wire['p50']:.2f} / p95 {wire['p95']:.2f} / p99 {wire['p99']:.2f} ms",
+        )
     return res
-
