@@ -2,19 +2,24 @@
 
 Everything the agent raises on purpose derives from :class:`AgentError`; callers catch the
 narrowest class they can handle and always chain with ``raise ... from err``.
+
+The base of the tree (:class:`AgentError`, :class:`ConfigError`, :class:`DriverError`,
+:class:`ProtocolError`) lives in :mod:`drivers.errors` so that the drivers import nothing from
+the agent; it is re-exported here, so ``agent.errors.DriverError is drivers.errors.DriverError``.
 """
 
+from __future__ import annotations
 
-class AgentError(Exception):
-    """Base of every error station-agent raises on purpose."""
+from drivers.errors import AgentError, ConfigError, DriverError, ProtocolError
 
-
-class ConfigError(AgentError):
-    """The configuration file is missing, unreadable or invalid."""
-
-
-class DriverError(AgentError):
-    """A device driver failed (reader, relay, meter, plug sensor, display, camera)."""
+__all__ = [
+    "AgentError",
+    "BackendError",
+    "ConfigError",
+    "DriverError",
+    "ProtocolError",
+    "StoreError",
+]
 
 
 class BackendError(AgentError):
@@ -23,7 +28,3 @@ class BackendError(AgentError):
 
 class StoreError(AgentError):
     """The SQLite store could not be read or written."""
-
-
-class ProtocolError(AgentError):
-    """An incoming message did not follow the MQTT or control-socket contract."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol
 
-from agent.errors import DriverError
+from drivers.errors import DriverError
 
 CONSUMER = "station-agent"
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.errors import DriverError
 from drivers.display.qrcode import DEFAULT_URL_TEMPLATE
 from drivers.display.render import StatefulDisplay, render_screen
+from drivers.errors import DriverError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -183,6 +183,10 @@ class FramebufferDisplay(StatefulDisplay):
         self.geometry: FbGeometry | None = None
         self.frames_written = 0
         super().__init__()
+
+    @property
+    def simulated(self) -> bool:
+        return False
 
     def _redraw(self) -> None:
         try:

@@ -41,6 +41,10 @@ class PngDisplay(StatefulDisplay):
         self.frames_written = 0
         super().__init__()
 
+    @property
+    def simulated(self) -> bool:
+        return False
+
     def _redraw(self) -> None:
         import cv2
 

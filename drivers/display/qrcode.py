@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import quote
 
-from agent.identifiers import is_evse_id
 from drivers.display.base import EvseScreen
+from drivers.identifiers import is_evse_id
 
 __all__ = [
     "DEFAULT_URL_TEMPLATE",

@@ -320,6 +320,11 @@ class StatefulDisplay(ABC):
     def health(self) -> Health:
         return self._state.health()
 
+    @property
+    @abstractmethod
+    def simulated(self) -> bool:
+        """False for every real display; see :class:`drivers.display.base.Display`."""
+
     @abstractmethod
     def _redraw(self) -> None:
         """Draw the current snapshot; record the outcome with ``self._state.ok()``/``fail()``."""

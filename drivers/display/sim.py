@@ -45,6 +45,10 @@ class SimDisplay:
         with self._lock:
             self.is_shut_down = True
 
+    @property
+    def simulated(self) -> bool:
+        return True
+
     def health(self) -> Health:
         with self._lock:
             return self._health

@@ -68,6 +68,10 @@ class TerminalDisplay(StatefulDisplay):
             lines.append(f">> {message}")
         return "\n".join(lines) + "\n"
 
+    @property
+    def simulated(self) -> bool:
+        return False
+
     def _redraw(self) -> None:
         text = self.render_text()
         stream = self.stream

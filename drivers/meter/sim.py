@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import threading
 
-from agent.clock import Clock, SystemClock
-from agent.errors import DriverError
+from drivers.clock import Clock, SystemClock
+from drivers.errors import DriverError
 from drivers.health import Health
 from drivers.meter.base import MeterReading
 
@@ -107,6 +107,10 @@ class SimMeter:
                 power_w=self._power_kw * 1000.0 if self._flowing else 0.0,
                 voltage_v=self._voltage_v,
             )
+
+    @property
+    def simulated(self) -> bool:
+        return True
 
     def health(self) -> Health:
         with self._lock:

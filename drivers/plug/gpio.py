@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from agent.clock import Clock, SystemClock
-from agent.errors import DriverError
+from drivers.clock import Clock, SystemClock
+from drivers.errors import DriverError
 from drivers.gpio_lines import Bias, GpiodLineFactory, GpioLine, LineFactory
 from drivers.health import Health
 from drivers.plug.base import PlugCallback
@@ -160,6 +160,10 @@ class GpioPlug:
                     line.release()
                 except OSError as err:
                     log.warning("%s: release failed: %s", self.describe(), err)
+
+    @property
+    def simulated(self) -> bool:
+        return False
 
     def health(self) -> Health:
         with self._lock:

@@ -46,5 +46,9 @@ class SimPlug:
         with self._lock:
             return self._plugged
 
+    @property
+    def simulated(self) -> bool:
+        return True
+
     def health(self) -> Health:
         return Health.healthy()

@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent.clock import Clock
-from agent.errors import DriverError
+from drivers.clock import Clock
+from drivers.errors import DriverError
 from drivers.health import Health
 from drivers.qr.base import PayloadCallback
 from drivers.qr.debounce import DEFAULT_DEBOUNCE_S, Debouncer
@@ -148,6 +148,10 @@ class CameraQrReader:
             if thread.is_alive():
                 log.warning("camera thread did not stop within 5 s (blocked in read?)")
         self._set_health(Health(ok=False, fault="stopped", detail="camera reader stopped"))
+
+    @property
+    def simulated(self) -> bool:
+        return False
 
     def health(self) -> Health:
         with self._lock:

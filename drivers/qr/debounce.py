@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from agent.clock import Clock, SystemClock
+from drivers.clock import Clock, SystemClock
 
 __all__ = ["DEFAULT_DEBOUNCE_S", "Debouncer"]
 

@@ -14,7 +14,7 @@ set it found nothing the others missed, at 10-20 ms a frame. A frame without any
 stages: about 30-50 ms at 640x480 on a CI-class CPU (see ``tests/benchmarks/qr_decode.py``).
 
 OpenCV, numpy and pyzbar are imported on first use; when one is missing the call raises
-:class:`~agent.errors.DriverError` saying what to install.
+:class:`~drivers.errors.DriverError` saying what to install.
 """
 
 # Heavy imports (numpy, OpenCV, pyzbar, segno) are deferred into functions on purpose.
@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from agent.errors import DriverError
+from drivers.errors import DriverError
 
 if TYPE_CHECKING:
     import numpy as np

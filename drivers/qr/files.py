@@ -17,8 +17,8 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from agent.clock import Clock
-from agent.errors import DriverError
+from drivers.clock import Clock
+from drivers.errors import DriverError
 from drivers.health import Health
 from drivers.qr.base import PayloadCallback
 from drivers.qr.debounce import DEFAULT_DEBOUNCE_S, Debouncer
@@ -99,6 +99,10 @@ class FilesQrReader:
         if thread is not None:
             thread.join(timeout=5.0)
         self._set_health(Health(ok=False, fault="stopped", detail="files reader stopped"))
+
+    @property
+    def simulated(self) -> bool:
+        return False
 
     def health(self) -> Health:
         with self._lock:

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
-from agent.identifiers import is_evse_id, try_parse_contract_id
-from agent.privacy import mask
+from drivers.identifiers import is_evse_id, try_parse_contract_id
+from drivers.privacy import mask
 
 __all__ = ["MAX_PAYLOAD_CHARS", "QrCode", "QrKind", "classify", "redact_pin"]
 

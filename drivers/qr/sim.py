@@ -6,7 +6,7 @@ import logging
 import threading
 from collections import deque
 
-from agent.clock import Clock
+from drivers.clock import Clock
 from drivers.health import Health
 from drivers.qr.base import PayloadCallback
 from drivers.qr.debounce import DEFAULT_DEBOUNCE_S, Debouncer
@@ -40,6 +40,10 @@ class SimQrReader:
     def stop(self) -> None:
         with self._lock:
             self._callback = None
+
+    @property
+    def simulated(self) -> bool:
+        return True
 
     def health(self) -> Health:
         with self._lock:

@@ -8,7 +8,7 @@ After each switch the feedback input, where one is wired, must follow the comman
 
 A detected fault is latched: :meth:`FeedbackRelay.health` reports it, ``close()`` is refused, and
 only an explicit :meth:`FeedbackRelay.reset` clears it, which succeeds only while the feedback
-reads open. Time comes from an injected :class:`~agent.clock.Clock` and ``sleep`` function, so
+reads open. Time comes from an injected :class:`~drivers.clock.Clock` and ``sleep`` function, so
 tests can run the time-out without sleeping (``sleep=fake_clock.advance``).
 """
 
@@ -19,17 +19,24 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Literal
+from enum import StrEnum
 
-from agent.clock import Clock, SystemClock
-from agent.errors import DriverError
+from drivers.clock import Clock, SystemClock
+from drivers.errors import DriverError
 from drivers.health import Health
 
 log = logging.getLogger(__name__)
 
-FaultKind = Literal["relay_welded", "relay_stuck_open"]
-WELDED: FaultKind = "relay_welded"
-STUCK_OPEN: FaultKind = "relay_stuck_open"
+
+class RelayFaultKind(StrEnum):
+    """The latched contactor faults (the ``fault`` string of :class:`~drivers.health.Health`)."""
+
+    WELDED = "relay_welded"
+    STUCK_OPEN = "relay_stuck_open"
+
+
+WELDED = RelayFaultKind.WELDED
+STUCK_OPEN = RelayFaultKind.STUCK_OPEN
 
 DEFAULT_FEEDBACK_TIMEOUT_MS = 200.0
 DEFAULT_POLL_MS = 5.0
@@ -39,11 +46,16 @@ Sleep = Callable[[float], None]
 
 
 class RelayFault(DriverError):
-    """The feedback contact contradicts the command (welded or stuck-open contactor)."""
+    """The feedback contact contradicts the command (welded or stuck-open contactor).
 
-    def __init__(self, kind: FaultKind, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind: FaultKind = kind
+    ``kind`` (declared on :class:`~drivers.errors.DriverError`) is narrowed to
+    :class:`RelayFaultKind` (``"relay_welded"`` or ``"relay_stuck_open"``), never ``None``.
+    """
+
+    kind: RelayFaultKind
+
+    def __init__(self, kind: RelayFaultKind, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}", kind=kind)
         self.detail = detail
 
 
@@ -132,6 +144,11 @@ class FeedbackRelay(ABC):
         """Where the relay is, for technicians (device path, line, address)."""
         return type(self).__name__
 
+    @property
+    @abstractmethod
+    def simulated(self) -> bool:
+        """True only for :class:`drivers.relay.sim.SimRelay`."""
+
     # -- Relay protocol --------------------------------------------------------------------
     def open(self) -> None:
         with self._lock:
@@ -202,7 +219,7 @@ class FeedbackRelay(ABC):
     def health(self) -> Health:
         with self._lock:
             if self._fault is not None:
-                return Health(ok=False, fault=self._fault.kind, detail=self._fault.detail)
+                return Health(ok=False, fault=self._fault.kind.value, detail=self._fault.detail)
             if self._device_error is not None:
                 return Health(ok=False, fault="relay_unavailable", detail=self._device_error)
             return Health.healthy()
@@ -214,7 +231,10 @@ class FeedbackRelay(ABC):
             return self._fault
 
     def reset(self) -> None:
-        """Clear a latched fault. Raises RelayFault while the feedback still reads closed."""
+        """Clear a latched fault. Raises RelayFault while the feedback still reads closed.
+
+        No-op without a latched fault. See :meth:`drivers.relay.base.Relay.reset`.
+        """
         with self._lock:
             if self._fault is None:
                 return

@@ -8,8 +8,8 @@ inactive and releases it. The wiring must make an inactive or released line mean
 
 from __future__ import annotations
 
-from agent.clock import Clock
-from agent.errors import DriverError
+from drivers.clock import Clock
+from drivers.errors import DriverError
 from drivers.gpio_lines import Bias, GpiodLineFactory, GpioLine, LineFactory
 from drivers.relay.feedback import DEFAULT_FEEDBACK_TIMEOUT_MS, FeedbackRelay, Sleep
 
@@ -43,6 +43,10 @@ class GpioRelay(FeedbackRelay):
         self._factory: LineFactory = line_factory or GpiodLineFactory()
         self._out: GpioLine | None = None
         self._in: GpioLine | None = None
+
+    @property
+    def simulated(self) -> bool:
+        return False
 
     def describe(self) -> str:
         text = f"GPIO relay {self._chip} line {self._line}"

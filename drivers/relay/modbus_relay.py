@@ -1,7 +1,9 @@
 """A contactor switched by a coil of a Modbus TCP or RTU relay module.
 
 The feedback (mirror) contact may be wired to one of the module's digital inputs, read as a
-discrete input. The pymodbus client is created and connected on first use.
+discrete input. The endpoint keyword arguments (host, port, baudrate, parity, ...) are
+:class:`drivers.modbus_endpoint.EndpointOptions`; the pymodbus client is created and connected on
+first use.
 
 Note: a Modbus relay on the same RS-485 bus as the meter must not open the serial port a second
 time; that sharing is not handled here (give the relay module its own adapter or use TCP).
@@ -9,9 +11,11 @@ time; that sharing is not handled here (give the relay module its own adapter or
 
 from __future__ import annotations
 
-from agent.clock import Clock
-from agent.errors import ConfigError, DriverError
-from drivers.meter.modbus import ModbusEndpoint, ModbusLink, Transport
+from typing import Unpack
+
+from drivers.clock import Clock
+from drivers.errors import ConfigError, DriverError
+from drivers.modbus_endpoint import EndpointOptions, Transport, open_link
 from drivers.relay.feedback import DEFAULT_FEEDBACK_TIMEOUT_MS, FeedbackRelay, Sleep
 
 
@@ -20,44 +24,29 @@ class ModbusRelay(FeedbackRelay):
         self,
         transport: Transport = "tcp",
         *,
-        host: str | None = None,
-        port: str | int | None = None,
-        baudrate: int = 9600,
-        parity: str = "N",
-        stopbits: int = 1,
-        bytesize: int = 8,
         device_id: int = 1,
         coil: int = 0,
         feedback_input: int | None = None,
-        timeout_s: float = 1.0,
-        retries: int = 1,
         feedback_timeout_ms: float = DEFAULT_FEEDBACK_TIMEOUT_MS,
         poll_ms: float = 20.0,
         clock: Clock | None = None,
         sleep: Sleep | None = None,
+        **endpoint: Unpack[EndpointOptions],
     ) -> None:
         super().__init__(
             feedback_timeout_ms=feedback_timeout_ms, poll_ms=poll_ms, clock=clock, sleep=sleep
         )
-        if not 0 <= device_id <= 247:
-            raise ConfigError(f"Modbus device id {device_id} is outside 0..247")
         if coil < 0 or (feedback_input is not None and feedback_input < 0):
             raise ConfigError("Modbus coil and input addresses must not be negative")
-        self._endpoint = ModbusEndpoint(
-            transport=transport,
-            host=host,
-            port=port,
-            baudrate=baudrate,
-            parity=parity,
-            stopbits=stopbits,
-            bytesize=bytesize,
-            timeout_s=timeout_s,
-            retries=retries,
-        )
-        self._link = ModbusLink(self._endpoint)
+        self._link = open_link(transport, device_id, endpoint)
+        self._endpoint = self._link.endpoint
         self._device_id = device_id
         self._coil = coil
         self._feedback_input = feedback_input
+
+    @property
+    def simulated(self) -> bool:
+        return False
 
     def describe(self) -> str:
         text = (

@@ -19,8 +19,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from agent.clock import Clock
-from agent.errors import ConfigError, DriverError
+from drivers.clock import Clock
+from drivers.errors import ConfigError, DriverError
 from drivers.relay.feedback import DEFAULT_FEEDBACK_TIMEOUT_MS, FeedbackRelay, Sleep
 
 LCUS_CLOSE = "A0 {ch} 01 {sum}"
@@ -79,6 +79,10 @@ class SerialRelay(FeedbackRelay):
         self.close_bytes = build_command(close_command, channel)
         self.open_bytes = build_command(open_command, channel)
         self._serial: Any = None
+
+    @property
+    def simulated(self) -> bool:
+        return False
 
     def describe(self) -> str:
         return f"serial relay {self._port} channel {self._channel}"

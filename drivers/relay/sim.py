@@ -8,8 +8,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Literal
 
-from agent.clock import Clock, SystemClock, rfc3339
-from agent.errors import DriverError
+from drivers.clock import Clock, SystemClock, rfc3339
+from drivers.errors import DriverError
 from drivers.relay.feedback import FeedbackRelay, Sleep
 
 FeedbackMode = Literal["normal", "welded", "stuck_open"]
@@ -50,6 +50,10 @@ class SimRelay(FeedbackRelay):
         self._listeners: list[RelayListener] = []
         self._log_lock = threading.Lock()
         self.switch_log: list[tuple[datetime, bool]] = []
+
+    @property
+    def simulated(self) -> bool:
+        return True
 
     def describe(self) -> str:
         return "simulated relay"

@@ -40,3 +40,18 @@ class RfidReader(Protocol):
     def info(self) -> dict[str, object]:
         """Technician facts: driver, path, firmware, polls per second, last error."""
         ...
+
+    def read_once(self, timeout_s: float) -> tuple[CardRead, float] | None:
+        """Wait up to ``timeout_s`` for one card; return it and the seconds it took, or None.
+
+        Diagnostic helper (``stationctl rfid read``): it does not consume or alter the
+        ``on_card`` events, and it also sees a card the debounce would suppress. Blocks the
+        calling thread. A reader that cannot be read directly (no reader fitted) raises
+        DriverError saying so.
+        """
+        ...
+
+    @property
+    def simulated(self) -> bool:
+        """True only for the in-memory sim driver (the ``sim`` commands may drive it)."""
+        ...

@@ -13,7 +13,8 @@ nfcpy leaves it at when a process dies or a close fails (otherwise only a power 
 ``/dev/serial/by-id/usb-...``, a pty symlink from :mod:`drivers.rfid.pn532_sim`) or an nfcpy
 device string (``tty:USB0:pn532``, ``tty:AMA0``, ``com:COM3:pn532``). Both are opened the same
 way nfcpy's ``ContactlessFrontend.open()`` opens a tty - ``nfc.clf.transport.TTY(device)`` and
-``nfc.clf.pn532.init()`` - and the device is then driven by a real ``ContactlessFrontend``.
+``nfc.clf.pn532.init()`` - and the device is then driven by a real ``ContactlessFrontend``
+(opening, closing and the baud-rate rescue are in :mod:`drivers.rfid.pn532_tty`).
 
 Debounce (times from the injected clock): a card that stays on the reader is reported once; the
 same UID coming back within ``debounce_s`` after it left is ignored; a different card is
@@ -24,32 +25,26 @@ nfcpy is imported lazily (in :meth:`Pn532Reader.start`), so this module imports 
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import importlib
 import logging
-import re
-import struct
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Any, cast
+from typing import Any
 
-from agent.clock import Clock, SystemClock
-from agent.errors import DriverError
-from agent.privacy import mask
+from drivers.clock import Clock, SystemClock
+from drivers.errors import DriverError
 from drivers.health import Health
+from drivers.privacy import mask
 from drivers.rfid.base import CardCallback, CardRead, CardType
-from drivers.rfid.pn532_frames import (
-    ACK,
-    CMD_SET_SERIAL_BAUDRATE,
-    FrameError,
-    FrameParser,
-    encode_command,
-    encode_response,
+from drivers.rfid.pn532_tty import (
+    Nfc,
+    check_path,
+    close_frontend,
+    describe_error,
+    import_nfc,
+    open_frontend,
 )
+from drivers.rfid.waiters import CardWaiters
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +52,8 @@ FAULT_UNAVAILABLE = "reader_unavailable"
 FAULT_STOPPED = "reader_stopped"
 
 _MIFARE_CLASSIC_SAKS = frozenset({0x08, 0x18, 0x09, 0x88})
-# Speeds nfcpy may have left the chip at (it takes the highest one stty accepts).
-_RESCUE_BAUDS = (921600, 460800, 230400)
-_BR_115200 = 4  # SetSerialBaudrate parameter for 115200 baud
-_BAUD_RESPONSE_LEN = len(encode_response(CMD_SET_SERIAL_BAUDRATE))
 _PPS_WINDOW_S = 5.0
 _JOIN_TIMEOUT_S = 5.0
-# nfcpy's device-string syntax (nfc/clf/transport.py); a string with a slash is a plain path.
-_NFCPY_PATH = re.compile(r"^(tty|com)(?::|)([a-zA-Z0-9-]+|)(?::|)([a-zA-Z0-9]+|)$")
 
 
 def card_type_from_sak(sak: int) -> CardType:
@@ -76,35 +65,6 @@ def card_type_from_sak(sak: int) -> CardType:
     if sak & 0x20:
         return CardType.ISO_DEP
     return CardType.UNKNOWN
-
-
-def _describe(err: BaseException) -> str:
-    """E.g. ``OSError: [Errno 5] ...`` or ``termios.error: (5, ...)``."""
-    cls = type(err)
-    module = cls.__module__.rsplit(".", 1)[-1]
-    name = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-    return f"{name}: {err or repr(err)}"
-
-
-@dataclass
-class _Waiter:
-    """A one-shot waiter for :meth:`Pn532Reader.read_once`, fed by the poll loop."""
-
-    event: threading.Event = field(default_factory=threading.Event)
-    card: CardRead | None = None
-    seen_at: float = 0.0
-
-
-@dataclass
-class _Nfc:
-    """The lazily imported nfcpy pieces."""
-
-    nfc: ModuleType
-    clf: ModuleType
-    transport: ModuleType
-    pn532: ModuleType
-    serial: ModuleType
-    expected: tuple[type[BaseException], ...]
 
 
 class Pn532Reader:
@@ -136,7 +96,7 @@ class Pn532Reader:
         self._thread: threading.Thread | None = None
         self._stop_event = threading.Event()
         self._on_card: CardCallback = _ignore_card
-        self._nfc: _Nfc | None = None
+        self._nfc: Nfc | None = None
         # Owned by the poll thread:
         self._clf: Any = None  # nfc.ContactlessFrontend
         self._transport: Any = None  # nfc.clf.transport.TTY
@@ -151,7 +111,7 @@ class Pn532Reader:
         self._open_seconds: float | None = None
         self._poll_times: deque[float] = deque()
         self._polling_since: float | None = None
-        self._waiters: list[_Waiter] = []
+        self._waiters = CardWaiters()
 
     # ------------------------------------------------------------------ RfidReader
 
@@ -164,8 +124,8 @@ class Pn532Reader:
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 raise DriverError(f"PN532 reader at {self._path} is already running")
-        self._check_path()
-        self._nfc = _import_nfc()
+        check_path(self._path)
+        self._nfc = import_nfc()
         self._on_card = on_card
         self._stop_event = threading.Event()
         with self._lock:
@@ -195,6 +155,10 @@ class Pn532Reader:
             self._health = Health(
                 ok=False, fault=FAULT_STOPPED, detail=f"PN532 at {self._path}: stopped"
             )
+
+    @property
+    def simulated(self) -> bool:
+        return False
 
     def health(self) -> Health:
         with self._lock:
@@ -231,18 +195,9 @@ class Pn532Reader:
         if not self.running:
             self.start(_ignore_card)
             started_here = True
-        waiter = _Waiter()
-        t0 = time.monotonic()
-        with self._lock:
-            self._waiters.append(waiter)
         try:
-            if not waiter.event.wait(timeout_s) or waiter.card is None:
-                return None
-            return waiter.card, waiter.seen_at - t0
+            return self._waiters.wait(timeout_s)
         finally:
-            with self._lock:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
             if started_here:
                 self.stop()
 
@@ -301,89 +256,15 @@ class Pn532Reader:
         exponent = min(failures - 1, 32)  # no float overflow after days of outage
         return min(self._backoff_initial * 2.0**exponent, self._backoff_max)
 
-    def _device(self, nfc: _Nfc) -> str:
-        """Resolve ``path`` to the device pyserial opens (nfcpy strings via nfcpy's own search)."""
-        if "/" in self._path:
-            return self._path
-        found = nfc.transport.TTY.find(self._path)
-        devices = cast("list[str]", found[0]) if found else []
-        if not devices:
-            raise FileNotFoundError(f"no serial device matches {self._path!r}")
-        return devices[0]
-
-    def _open(self, nfc: _Nfc) -> None:
-        t0 = time.monotonic()
-        device_path = self._device(nfc)
-        try:
-            device, transport = self._init(nfc, device_path)
-        except OSError as err:
-            # No (valid) answer at 115200: the chip may still be at the high speed nfcpy
-            # switched it to (the owning process died, or its close failed on a hung chip).
-            if err.errno not in (errno.ETIMEDOUT, errno.ENODEV) or not self._reset_baud(
-                nfc, device_path
-            ):
-                raise
-            device, transport = self._init(nfc, device_path)
-        clf = nfc.nfc.ContactlessFrontend()
-        clf.device = device  # what ContactlessFrontend.open() does after its search
-        self._clf, self._transport = clf, transport
-        firmware = str(device.chipset_name)
-        opened = time.monotonic() - t0
+    def _open(self, nfc: Nfc) -> None:
+        opened = open_frontend(nfc, self._path)
+        self._clf, self._transport = opened.clf, opened.transport
         with self._lock:
-            self._firmware = re.sub(r"^(PN5\w\w)v", r"\1 v", firmware)
-            self._open_seconds = opened
-        logger.debug("opened %s (%s) in %.3f s", self._path, firmware, opened)
+            self._firmware = opened.firmware
+            self._open_seconds = opened.seconds
+        logger.debug("opened %s (%s) in %.3f s", self._path, opened.firmware, opened.seconds)
 
-    def _init(self, nfc: _Nfc, device_path: str) -> tuple[Any, Any]:
-        """nfcpy's tty open: TTY transport at 115200, then pn532.init (may go to 921600)."""
-        transport = nfc.transport.TTY(device_path)
-        ok = False
-        try:
-            device = nfc.pn532.init(transport)
-            device._path = device_path
-            ok = True
-        finally:
-            if not ok:
-                self._close_transport(transport)
-        return device, transport
-
-    def _reset_baud(self, nfc: _Nfc, device_path: str) -> bool:
-        """Try to bring a PN532 stranded at a high UART speed back to 115200.
-
-        nfcpy only switches the chip back to 115200 in a clean close; after a crash, a kill or
-        a close that failed, nfcpy's 115200 wake-up is noise to the chip and every later open
-        fails until a power cycle. Send SetSerialBaudrate(115200) at each speed nfcpy uses.
-        """
-        command = bytes(10) + encode_command(CMD_SET_SERIAL_BAUDRATE, bytes([_BR_115200]))
-        failures: tuple[type[BaseException], ...] = (*nfc.expected, FrameError)
-        for baud in _RESCUE_BAUDS:
-            try:
-                port = nfc.serial.Serial(device_path, baud, timeout=0.1)
-            except nfc.expected as err:
-                logger.debug("baud reset: cannot open %s: %s", self._path, _describe(err))
-                return False
-            try:
-                port.reset_input_buffer()
-                port.write(command)
-                parser = FrameParser()
-                parser.feed(port.read(len(ACK) + _BAUD_RESPONSE_LEN))
-                frames = parser.frames()
-                if any(f.code == CMD_SET_SERIAL_BAUDRATE + 1 for f in frames):
-                    port.write(ACK)  # the chip switches on this ACK
-                    port.flush()
-                    time.sleep(0.005)
-                    logger.warning(
-                        "PN532 at %s was stuck at %d baud; set it back to 115200", self._path, baud
-                    )
-                    return True
-            except failures as err:
-                logger.debug("baud reset at %d on %s: %s", baud, self._path, _describe(err))
-            finally:
-                with contextlib.suppress(*nfc.expected):
-                    port.close()
-        return False
-
-    def _sense(self, nfc: _Nfc) -> tuple[str, int] | None:
+    def _sense(self, nfc: Nfc) -> tuple[str, int] | None:
         target = self._clf.sense(nfc.clf.RemoteTarget("106A"), iterations=1, interval=0.0)
         if target is None:
             return None
@@ -412,7 +293,7 @@ class Pn532Reader:
             return
         uid, sak = found
         card = CardRead(uid=uid, card_type=card_type_from_sak(sak))
-        self._feed_waiters(card, now)
+        self._waiters.feed(card, now)
         if uid == self._present_uid:
             return  # still on the reader
         previous, self._present_uid = self._present_uid, uid
@@ -426,13 +307,6 @@ class Pn532Reader:
             self._on_card(card)
         except Exception:
             logger.exception("card callback failed for %s", mask(uid))
-
-    def _feed_waiters(self, card: CardRead, seen_at: float) -> None:
-        with self._lock:
-            waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.card, waiter.seen_at = card, seen_at
-            waiter.event.set()
 
     def _opened(self, failures: int) -> None:
         with self._lock:
@@ -451,7 +325,7 @@ class Pn532Reader:
 
     def _failed(self, err: BaseException, failures: int, during: str) -> None:
         delay = self._backoff(failures)
-        text = _describe(err)
+        text = describe_error(err)
         detail = f"PN532 at {self._path} failed during {during}: {text}; retrying in {delay:g} s"
         with self._lock:
             self._connected = False
@@ -465,32 +339,9 @@ class Pn532Reader:
     def _close(self) -> None:
         clf, transport = self._clf, self._transport
         self._clf = self._transport = None
-        nfc = self._nfc
-        if clf is not None and nfc is not None:
-            try:
-                clf.close()  # ACK, back to 115200 baud, PowerDown; nfcpy swallows IOError only
-            except nfc.expected as err:
-                logger.debug("closing PN532 at %s: %s", self._path, _describe(err))
-        if transport is not None:
-            self._close_transport(transport)
+        close_frontend(self._nfc, clf, transport, self._path)
         with self._lock:
             self._connected = False
-
-    def _close_transport(self, transport: Any) -> None:
-        """Close nfcpy's TTY transport even when the tty is dead (its flush raises then)."""
-        nfc = self._nfc
-        expected: tuple[type[BaseException], ...] = nfc.expected if nfc else (OSError,)
-        try:
-            transport.close()
-        except expected as err:
-            logger.debug("closing %s: %s", self._path, _describe(err))
-        serial_port = getattr(transport, "tty", None)
-        if serial_port is not None:
-            try:
-                serial_port.close()
-            except expected as err:
-                logger.debug("closing serial port %s: %s", self._path, _describe(err))
-            transport.tty = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -501,50 +352,6 @@ class Pn532Reader:
         span = min(_PPS_WINDOW_S, now - self._polling_since)
         return len(recent) / span if span > 0 else 0.0
 
-    def _check_path(self) -> None:
-        if "/" in self._path:
-            return
-        match = _NFCPY_PATH.match(self._path)
-        if match is None or not match.group(2):
-            raise DriverError(
-                f"PN532 path {self._path!r} is neither a device path (/dev/ttyUSB0) nor an nfcpy "
-                "serial device string (tty:USB0:pn532)"
-            )
-        if match.group(3) not in ("", "pn532"):
-            raise DriverError(
-                f"PN532 path {self._path!r} names the nfcpy driver {match.group(3)!r}, not pn532"
-            )
-
 
 def _ignore_card(_card: CardRead) -> None:
     return None
-
-
-def _import_nfc() -> _Nfc:
-    try:
-        import termios
-
-        nfc = importlib.import_module("nfc")
-        clf = importlib.import_module("nfc.clf")
-        transport = importlib.import_module("nfc.clf.transport")
-        pn532 = importlib.import_module("nfc.clf.pn532")
-        pn53x = importlib.import_module("nfc.clf.pn53x")
-        serial = importlib.import_module("serial")
-    except (ImportError, OSError) as err:
-        raise DriverError(
-            "the PN532 driver needs nfcpy and pyserial: pip install 'station-agent[rfid]' "
-            f"({_describe(err)})"
-        ) from err
-    expected: tuple[type[BaseException], ...] = (
-        OSError,  # IOError from nfcpy (EIO, ETIMEDOUT, ENODEV), pyserial's SerialException
-        termios.error,  # pyserial on a vanished tty; not an OSError
-        cast("type[BaseException]", clf.Error),  # nfc.clf.Error and its subclasses
-        cast("type[BaseException]", pn53x.Chipset.Error),  # error status or 0x7F frame
-        # nfcpy indexing/unpacking a short or malformed chip response:
-        IndexError,
-        ValueError,
-        struct.error,
-    )
-    return _Nfc(
-        nfc=nfc, clf=clf, transport=transport, pn532=pn532, serial=serial, expected=expected
-    )

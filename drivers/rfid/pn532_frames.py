@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from agent.errors import ProtocolError
+from drivers.errors import ProtocolError
 
 PREAMBLE = b"\x00"
 START_CODE = b"\x00\xff"

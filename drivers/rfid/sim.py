@@ -7,6 +7,7 @@ import threading
 
 from drivers.health import Health
 from drivers.rfid.base import CardCallback, CardRead, CardType
+from drivers.rfid.waiters import CardWaiters
 
 log = logging.getLogger(__name__)
 
@@ -15,6 +16,7 @@ class SimRfidReader:
     def __init__(self) -> None:
         self._on_card: CardCallback | None = None
         self._lock = threading.Lock()
+        self._waiters = CardWaiters()
         self.taps = 0
 
     def start(self, on_card: CardCallback) -> None:
@@ -26,13 +28,27 @@ class SimRfidReader:
             self._on_card = None
 
     def tap(self, uid: str, card_type: CardType = CardType.UNKNOWN) -> None:
+        card = CardRead(uid=uid, card_type=card_type)
         with self._lock:
             callback = self._on_card
             self.taps += 1
+        fed = self._waiters.feed(card)
         if callback is None:
-            log.warning("sim reader tapped while not started; ignored")
+            if not fed:
+                log.warning("sim reader tapped while not started; ignored")
             return
-        callback(CardRead(uid=uid, card_type=card_type))
+        callback(card)
+
+    def read_once(self, timeout_s: float) -> tuple[CardRead, float] | None:
+        """Wait up to ``timeout_s`` for the next :meth:`tap` (from another thread).
+
+        The tap is still delivered to ``on_card`` as usual.
+        """
+        return self._waiters.wait(timeout_s)
+
+    @property
+    def simulated(self) -> bool:
+        return True
 
     def health(self) -> Health:
         return Health.healthy()
