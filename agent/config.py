@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent.errors import ConfigError
 from agent.identifiers import is_evse_id, is_operator_id, is_station_id
+from drivers.display.qrcode import DEFAULT_URL_TEMPLATE
 
 DEFAULT_CONFIG_PATH = Path("/etc/station-agent/config.toml")
 CfgPath = Annotated[Path, Field(strict=False)]  # TOML has no path type: a string is a path
@@ -175,7 +176,7 @@ class DisplayConfig(_Strict):
 
 class QrConfig(_Strict):
     driver: Literal["none", "sim", "files", "camera"] = "none"
-    url_template: str = "http://m.intercharge.eu/qr?evseid={evse_id}"
+    url_template: str = DEFAULT_URL_TEMPLATE
     debounce_s: float = Field(default=5.0, ge=0)
     directory: CfgPath | None = None  # files driver
     device: str = "0"  # camera: V4L2 index or path

@@ -16,37 +16,42 @@ import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from agent.controller import ControlCall, Controller
 from agent.errors import AgentError
+from agent.inputs import ControlCall
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 64 * 1024
 REPLY_TIMEOUT_S = 10.0
+MAX_CLIENTS = 16  # connections served at once; more are told the daemon is busy
+
+C = TypeVar("C")
 
 
 class ControlError(AgentError):
     """The daemon could not be reached or refused a control request."""
 
 
-DirectHandler = Callable[[Controller, dict[str, Any]], Any]
+class ControlServer(Generic[C]):
+    """Serves the socket; loop requests are posted as :class:`ControlCall` items and answered
+    by the main loop, direct ones run in the client's thread with ``context``."""
 
-
-class ControlServer:
-    def __init__(self, path: Path, controller: Controller) -> None:
+    def __init__(self, path: Path, post: Callable[[ControlCall], None], context: C) -> None:
         self.path = path
-        self._controller = controller
-        self._direct: dict[str, DirectHandler] = {}
-
-    def register_direct(self, name: str, handler: DirectHandler) -> None:
-        """A diagnostic that waits (for a card, a QR code): it runs in the client's thread and
-        must only read thread-safe driver state, never the store or the EVSE machines."""
-        self._direct[name] = handler
+        self._post = post
+        self._context = context
+        self._direct: dict[str, Callable[[C, dict[str, Any]], Any]] = {}
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+
+    def register_direct(self, name: str, handler: Callable[[C, dict[str, Any]], Any]) -> None:
+        """A diagnostic that waits (for a card, a QR code): it runs in the client's thread and
+        must only read thread-safe driver state, never the store or the EVSE machines."""
+        self._direct[name] = handler
 
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,9 +98,35 @@ class ControlServer:
                 if not self._stop.is_set():
                     log.error("control socket accept failed: %s", err)
                 return
+            self._spawn(conn)
+
+    def _spawn(self, conn: socket.socket) -> None:
+        """One thread per client, at most MAX_CLIENTS at once; the accept loop never dies."""
+        if not self._slots.acquire(blocking=False):
+            self._refuse(conn, "the daemon is busy with other control requests; try again")
+            return
+        try:
             threading.Thread(target=self._client, args=(conn,), daemon=True).start()
+        except RuntimeError as err:  # the process is out of threads
+            self._slots.release()
+            log.error("control socket: cannot start a client thread: %s", err)
+            self._refuse(conn, "the daemon cannot serve this request now; try again")
+
+    @staticmethod
+    def _refuse(conn: socket.socket, reason: str) -> None:
+        with conn:
+            try:
+                conn.sendall(json.dumps({"ok": False, "error": reason}).encode() + b"\n")
+            except OSError as err:
+                log.debug("control client went away: %s", err)
 
     def _client(self, conn: socket.socket) -> None:
+        try:
+            self._serve_client(conn)
+        finally:
+            self._slots.release()
+
+    def _serve_client(self, conn: socket.socket) -> None:
         with conn:
             conn.settimeout(REPLY_TIMEOUT_S)
             try:
@@ -118,11 +149,11 @@ class ControlServer:
         direct = self._direct.get(str(request.get("cmd")))
         if direct is not None:
             try:
-                return {"ok": True, "result": direct(self._controller, request)}
-            except (AgentError, ValueError, TypeError) as err:
+                return {"ok": True, "result": direct(self._context, request)}
+            except (AgentError, ArithmeticError, ValueError, TypeError) as err:
                 return {"ok": False, "error": str(err)}
         call = ControlCall(request)
-        self._controller.post(call)
+        self._post(call)
         if not call.done.wait(REPLY_TIMEOUT_S):
             return {"ok": False, "error": "daemon did not answer in time"}
         return call.reply or {"ok": False, "error": "no reply"}

@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.controller import Controller
+from agent.control_args import evse_arg
 from agent.errors import AgentError, DriverError
 from agent.messages import EvseState
 
-
-def _evse(ctl: Controller, req: dict[str, Any]) -> str:
-    evse_id = req.get("evse_id")
-    if evse_id is None and len(ctl.evses) == 1:
-        return next(iter(ctl.evses))
-    if evse_id not in ctl.evses:
-        raise ValueError(f"unknown EVSE {evse_id!r} (known: {', '.join(ctl.evses)})")
-    return str(evse_id)
+if TYPE_CHECKING:
+    from agent.controller import Controller
 
 
 def _ms(t0: float) -> float:
@@ -30,7 +24,7 @@ def _ms(t0: float) -> float:
 
 def relay_cycle(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
     """Close, read feedback, open, read feedback: only on an idle EVSE with no car."""
-    evse_id = _evse(ctl, req)
+    evse_id = evse_arg(ctl, req)
     rt = ctl.evses[evse_id]
     st = rt.state
     if (
@@ -45,20 +39,20 @@ def relay_cycle(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
         )
     steps: list[dict[str, Any]] = []
     verdict = "ok"
-    for action in ("close", "open"):
+    for action, switch in (("close", rt.relay.close), ("open", rt.relay.open)):
         t0 = time.perf_counter()
         try:
-            getattr(rt.relay, action)()
+            switch()
             feedback = rt.relay.feedback_closed()
             steps.append({"step": action, "ms": _ms(t0), "feedback_closed": feedback})
         except DriverError as err:
             steps.append({"step": action, "ms": _ms(t0), "error": str(err)})
-            verdict = getattr(err, "kind", "relay_failed")
+            verdict = err.kind or "relay_failed"
             break
     try:
         rt.relay.open()  # whatever happened: leave it open
     except DriverError as err:
-        verdict = getattr(err, "kind", "relay_failed")
+        verdict = err.kind or "relay_failed"
         steps.append({"step": "final open", "error": str(err)})
     if verdict == "ok" and all(s.get("feedback_closed") is None for s in steps):
         verdict = "ok (no feedback wired: switching not verified)"
@@ -66,11 +60,11 @@ def relay_cycle(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
 
 
 def relay_reset(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
-    return ctl.reset_relay(_evse(ctl, req))
+    return ctl.reset_relay(evse_arg(ctl, req))
 
 
 def meter_read(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
-    evse_id = _evse(ctl, req)
+    evse_id = evse_arg(ctl, req)
     rt = ctl.evses[evse_id]
     t0 = time.perf_counter()
     reading = rt.meter.read()
@@ -114,11 +108,7 @@ def selftest(ctl: Controller, req: dict[str, Any]) -> list[dict[str, Any]]:
     for evse_id, rt in ctl.evses.items():
 
         def relay_probe(rt: Any = rt, evse_id: str = evse_id) -> str:
-            health = (
-                rt.relay.check_feedback()
-                if hasattr(rt.relay, "check_feedback")
-                else rt.relay.health()
-            )
+            health = rt.relay.check_feedback()
             if not health.ok:
                 raise DriverError(f"{evse_id} relay: {health.fault}: {health.detail}")
             fb = rt.relay.feedback_closed()
@@ -147,12 +137,12 @@ def selftest(ctl: Controller, req: dict[str, Any]) -> list[dict[str, Any]]:
     checks.append(_check("display", display_probe))
 
     def broker_probe() -> str:
-        if not ctl.link.connected:
+        if not ctl.backend.connected:
             raise AgentError(
-                f"not connected to {ctl.config.mqtt.url}: check the network, the "
+                f"not connected to {ctl.backend.endpoint}: check the network, the "
                 "broker address and the credentials"
             )
-        return ctl.config.mqtt.url
+        return ctl.backend.endpoint
 
     checks.append(_check("broker", broker_probe))
 
@@ -164,10 +154,3 @@ def selftest(ctl: Controller, req: dict[str, Any]) -> list[dict[str, Any]]:
 
     checks.append(_check("store", store_probe))
     return checks
-
-
-def register(ctl: Controller) -> None:
-    ctl.register_control("relay.cycle", relay_cycle)
-    ctl.register_control("relay.reset", relay_reset)
-    ctl.register_control("meter.read", meter_read)
-    ctl.register_control("selftest", selftest)

@@ -13,13 +13,44 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from agent.messages import EvseState, QrToken, RemoteToken, RfidToken, SessionEventKind, StopReason
+from agent.messages import (
+    EvseState,
+    QrToken,
+    RemoteToken,
+    RfidToken,
+    SessionEventKind,
+    StopReason,
+    token_key,
+)
 
 AnyToken = RfidToken | QrToken | RemoteToken
 
 
+class FaultKind(StrEnum):
+    """Why an EVSE is ``faulted`` (the ``fault`` field of ``P/status``)."""
+
+    RELAY_WELDED = "relay_welded"
+    RELAY_STUCK_OPEN = "relay_stuck_open"
+    RELAY_FAILED = "relay_failed"
+    METER_FAILED = "meter_failed"
+    STORE_FAILURE = "store_failure"
+
+    @classmethod
+    def of_relay(cls, kind: str | None) -> FaultKind:
+        """A relay driver's fault string as an EVSE fault (unknown ones: ``relay_failed``)."""
+        try:
+            fault = cls(kind or cls.RELAY_FAILED)
+        except ValueError:
+            return cls.RELAY_FAILED
+        return fault if fault.is_relay else cls.RELAY_FAILED
+
+    @property
+    def is_relay(self) -> bool:
+        return self in (FaultKind.RELAY_WELDED, FaultKind.RELAY_STUCK_OPEN, FaultKind.RELAY_FAILED)
+
+
 # ---------------------------------------------------------------------------- state
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SessionInfo:
     session_id: str
     token: AnyToken
@@ -30,13 +61,13 @@ class SessionInfo:
     offline: bool = False  # authorised by the station itself (link or backend down)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Evse:
     evse_id: str
     phase: EvseState = EvseState.AVAILABLE
     plugged: bool = False
     available: bool = True
-    fault: str | None = None
+    fault: FaultKind | None = None
     session: SessionInfo | None = None
 
 
@@ -51,7 +82,7 @@ class Timer(StrEnum):
 
 
 # ---------------------------------------------------------------------------- events
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TokenPresented:
     token: AnyToken
     token_key: str
@@ -60,7 +91,7 @@ class TokenPresented:
     floating: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AuthResult:
     request_id: str
     accepted: bool
@@ -85,7 +116,11 @@ class ResumeSession:
 
 @dataclass(frozen=True)
 class AuthTimeout:
+    """No backend answer in time. ``offline`` is what the station decides on its own
+    (``auth.offline_policy``); the table lets an accepting decision authorise the session."""
+
     request_id: str
+    offline: AuthResult | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +138,7 @@ class PlugOut:
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RemoteStartCmd:
     command_id: str
     contract_id: str
@@ -124,7 +159,7 @@ class SetAvailable:
 
 @dataclass(frozen=True)
 class FaultRaised:
-    fault: str
+    fault: FaultKind
 
 
 @dataclass(frozen=True)
@@ -209,6 +244,14 @@ class Authorize:
 
 
 @dataclass(frozen=True)
+class AuthorizeAndCharge:
+    """The car is already plugged: read the meter, persist the authorised session and its
+    charging start in one commit, close the relay, then publish 'authorized' and 'started'."""
+
+    session: SessionInfo
+
+
+@dataclass(frozen=True)
 class BeginCharging:
     """Read the meter, persist charging start, close the relay, publish 'started'."""
 
@@ -230,7 +273,7 @@ class EndSession:
     reason: StopReason
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DropSession:
     """A session that never charged ends: persist, publish the event; no CDR."""
 
@@ -244,7 +287,7 @@ class OpenRelay:
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CommandResult:
     command_id: str
     accepted: bool
@@ -266,6 +309,7 @@ Action = (
     | StartTimer
     | CancelTimer
     | Authorize
+    | AuthorizeAndCharge
     | BeginCharging
     | ResumeCharging
     | EndSession
@@ -303,14 +347,14 @@ def _ignore(reason: str) -> Handler:
 def _reject_cmd(reason: str) -> Handler:
     def handler(policy: Policy, evse: Evse, event: Event) -> Result:
         assert isinstance(event, RemoteStartCmd | RemoteStopCmd)
-        return evse, [CommandResult(event.command_id, False, reason)]
+        return evse, [CommandResult(command_id=event.command_id, accepted=False, reason=reason)]
 
     return handler
 
 
 def _cmd_ack(event: Event) -> list[Action]:
     if isinstance(event, SetAvailable | RemoteStartCmd | RemoteStopCmd) and event.command_id:
-        return [CommandResult(event.command_id, True)]
+        return [CommandResult(command_id=event.command_id, accepted=True)]
     return []
 
 
@@ -352,18 +396,18 @@ def _start_auth(policy: Policy, evse: Evse, event: Event) -> Result:
 
 def _remote_start(policy: Policy, evse: Evse, event: Event) -> Result:
     assert isinstance(event, RemoteStartCmd)
+    token = RemoteToken(contract_id=event.contract_id)
     session = SessionInfo(
         session_id=event.session_id,
-        token=RemoteToken(contract_id=event.contract_id),
-        token_key=f"contract:{event.contract_id}",
+        token=token,
+        token_key=token_key(token),
         contract_id=event.contract_id,
     )
-    ack = CommandResult(event.command_id, True)
+    ack = CommandResult(command_id=event.command_id, accepted=True)
     if evse.plugged:
         return replace(evse, phase=EvseState.CHARGING, session=session), [
             ack,
-            Authorize(session),
-            BeginCharging(session.session_id),
+            AuthorizeAndCharge(session),
         ]
     return replace(evse, phase=EvseState.AUTHORIZED, session=session), [
         ack,
@@ -381,7 +425,7 @@ def _auth_result(policy: Policy, evse: Evse, event: Event) -> Result:
     if not event.accepted:
         return _idle(evse), [
             CancelTimer(Timer.AUTH),
-            DropSession(session, SessionEventKind.REJECTED, event.status),
+            DropSession(session=session, event=SessionEventKind.REJECTED, reason=event.status),
             Notify("Card rejected"),
         ]
     session = replace(
@@ -390,8 +434,7 @@ def _auth_result(policy: Policy, evse: Evse, event: Event) -> Result:
     if evse.plugged:
         return replace(evse, phase=EvseState.CHARGING, session=session), [
             CancelTimer(Timer.AUTH),
-            Authorize(session),
-            BeginCharging(session.session_id),
+            AuthorizeAndCharge(session),
             Notify("Card accepted"),
         ]
     return replace(evse, phase=EvseState.AUTHORIZED, session=session), [
@@ -407,8 +450,11 @@ def _auth_timeout(policy: Policy, evse: Evse, event: Event) -> Result:
     session = evse.session
     if session is None or session.request_id != event.request_id:
         return evse, [Ignored("stale auth timeout")]
+    if event.offline is not None and event.offline.accepted:  # the offline policy lets it charge
+        decision = replace(event.offline, request_id=event.request_id, offline=True)
+        return _auth_result(policy, evse, decision)
     return _idle(evse), [
-        DropSession(session, SessionEventKind.TIMEOUT, "auth_timeout"),
+        DropSession(session=session, event=SessionEventKind.TIMEOUT, reason="auth_timeout"),
         Notify("Backend not reachable - try again"),
     ]
 
@@ -419,7 +465,7 @@ def _connection_timeout(policy: Policy, evse: Evse, event: Event) -> Result:
     if session is None or session.session_id != event.session_id:
         return evse, [Ignored("stale connection timeout")]
     return _idle(evse), [
-        DropSession(session, SessionEventKind.TIMEOUT, "connection_timeout"),
+        DropSession(session=session, event=SessionEventKind.TIMEOUT, reason="connection_timeout"),
         Notify("No car connected - session cancelled"),
     ]
 
@@ -433,7 +479,7 @@ def _cancel_with(timer: Timer | None, event_kind: SessionEventKind, reason: str)
         session = evse.session
         assert session is not None
         acts: list[Action] = [] if timer is None else [CancelTimer(timer)]
-        acts.append(DropSession(session, event_kind, reason))
+        acts.append(DropSession(session=session, event=event_kind, reason=reason))
         if isinstance(event, SetAvailable):
             return _idle(evse, available=event.available), [*acts, OpenRelay(), *_cmd_ack(event)]
         if isinstance(event, FaultRaised):
@@ -449,7 +495,11 @@ def _remote_stop_pending(timer: Timer) -> Handler:
     def handler(policy: Policy, evse: Evse, event: Event) -> Result:
         assert isinstance(event, RemoteStopCmd)
         if not _session_matches(evse, event.session_id):
-            return evse, [CommandResult(event.command_id, False, "unknown session_id")]
+            return evse, [
+                CommandResult(
+                    command_id=event.command_id, accepted=False, reason="unknown session_id"
+                )
+            ]
         return cancel(policy, evse, event)
 
     return handler
@@ -462,7 +512,7 @@ def _authorized_token(policy: Policy, evse: Evse, event: Event) -> Result:
     if policy.stop_with_same_token and event.token_key == session.token_key:
         return _idle(evse), [
             CancelTimer(Timer.CONNECTION),
-            DropSession(session, SessionEventKind.STOPPED, "local"),
+            DropSession(session=session, event=SessionEventKind.STOPPED, reason="local"),
             Notify("Session cancelled"),
         ]
     return evse, [Ignored("EVSE is reserved for another token")]
@@ -522,7 +572,7 @@ def _deauthorized_waiting(policy: Policy, evse: Evse, event: Event) -> Result:
         return evse, [Ignored("deauthorisation of another session")]
     return _idle(evse), [
         CancelTimer(Timer.CONNECTION),
-        DropSession(session, SessionEventKind.STOPPED, "deauthorized"),
+        DropSession(session=session, event=SessionEventKind.STOPPED, reason="deauthorized"),
         Notify("Card refused by the backend"),
     ]
 
@@ -555,7 +605,9 @@ def _charging_token(policy: Policy, evse: Evse, event: Event) -> Result:
 def _charging_remote_stop(policy: Policy, evse: Evse, event: Event) -> Result:
     assert isinstance(event, RemoteStopCmd)
     if not _session_matches(evse, event.session_id):
-        return evse, [CommandResult(event.command_id, False, "unknown session_id")]
+        return evse, [
+            CommandResult(command_id=event.command_id, accepted=False, reason="unknown session_id")
+        ]
     return _end(StopReason.REMOTE, finishing=True)(policy, evse, event)
 
 
@@ -594,7 +646,9 @@ def _faulted_available(policy: Policy, evse: Evse, event: Event) -> Result:
 
 def _remote_stop_unknown(policy: Policy, evse: Evse, event: Event) -> Result:
     assert isinstance(event, RemoteStopCmd)
-    return evse, [CommandResult(event.command_id, False, "unknown session_id")]
+    return evse, [
+        CommandResult(command_id=event.command_id, accepted=False, reason="unknown session_id")
+    ]
 
 
 # ---------------------------------------------------------------------------- the table

@@ -17,13 +17,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.messages import EvseState, RemoteToken, RfidToken, SessionEventKind, StopReason
+from agent.messages import (
+    EvseState,
+    QrToken,
+    RemoteToken,
+    RfidToken,
+    SessionEventKind,
+    StopReason,
+    token_key,
+)
 from agent.session import (
     EVENT_TYPES,
     TABLE,
     Action,
     AdoptSession,
     Authorize,
+    AuthorizeAndCharge,
     AuthResult,
     AuthTimeout,
     BeginCharging,
@@ -36,6 +45,7 @@ from agent.session import (
     Event,
     Evse,
     FaultCleared,
+    FaultKind,
     FaultRaised,
     Ignored,
     Notify,
@@ -72,8 +82,8 @@ RID = "req-0001"  # the pending auth request
 NEW_RID = "req-0002"
 OLD_RID = "req-0000"  # a stale one
 CONTRACT = "DE8ACC12345678"
-FAULT = "relay welded"
-NEW_FAULT = "overcurrent"
+FAULT = FaultKind.RELAY_WELDED
+NEW_FAULT = FaultKind.METER_FAILED
 
 UID_A = "04A224B2C13C80"
 UID_B = "04B1B2B3B4B5B6"
@@ -82,28 +92,37 @@ TOK_B = RfidToken(uid=UID_B)
 KEY_A = f"rfid:{UID_A}"
 KEY_B = f"rfid:{UID_B}"
 
-PENDING = SessionInfo(SID, TOK_A, KEY_A, request_id=RID)  # tap made, backend not answered
-AUTHED = SessionInfo(SID, TOK_A, KEY_A, contract_id=CONTRACT)  # authorised
+PENDING = SessionInfo(
+    session_id=SID, token=TOK_A, token_key=KEY_A, request_id=RID
+)  # tap made, backend not answered
+AUTHED = SessionInfo(
+    session_id=SID, token=TOK_A, token_key=KEY_A, contract_id=CONTRACT
+)  # authorised
 ACCEPTED = replace(PENDING, contract_id=CONTRACT, request_id=None)  # PENDING after "accepted"
-NEW_A = SessionInfo(NEW_SID, TOK_A, KEY_A, request_id=NEW_RID)
+NEW_A = SessionInfo(session_id=NEW_SID, token=TOK_A, token_key=KEY_A, request_id=NEW_RID)
 NEW_A_FLOATING = replace(NEW_A, floating=True)
 REMOTE = SessionInfo(
-    RSID, RemoteToken(contract_id=CONTRACT), f"contract:{CONTRACT}", contract_id=CONTRACT
+    session_id=RSID,
+    token=RemoteToken(contract_id=CONTRACT),
+    token_key=f"contract:{CONTRACT}",
+    contract_id=CONTRACT,
 )
-FLOATING = SessionInfo(FSID, TOK_B, KEY_B, contract_id=CONTRACT, floating=True)
+FLOATING = SessionInfo(
+    session_id=FSID, token=TOK_B, token_key=KEY_B, contract_id=CONTRACT, floating=True
+)
 
-AV = Evse(EVSE_ID)
-PR = Evse(EVSE_ID, S.PREPARING, plugged=True)
-AZ = Evse(EVSE_ID, S.AUTHORIZING, plugged=False, session=PENDING)
-AZP = Evse(EVSE_ID, S.AUTHORIZING, plugged=True, session=PENDING)
-AD = Evse(EVSE_ID, S.AUTHORIZED, plugged=False, session=AUTHED)
-CH = Evse(EVSE_ID, S.CHARGING, plugged=True, session=AUTHED)
-FI = Evse(EVSE_ID, S.FINISHING, plugged=True)
-UN = Evse(EVSE_ID, S.UNAVAILABLE, available=False)
-UNP = Evse(EVSE_ID, S.UNAVAILABLE, plugged=True, available=False)
-FA = Evse(EVSE_ID, S.FAULTED, fault=FAULT)
-FAP = Evse(EVSE_ID, S.FAULTED, plugged=True, fault=FAULT)
-FAU = Evse(EVSE_ID, S.FAULTED, available=False, fault=FAULT)
+AV = Evse(evse_id=EVSE_ID)
+PR = Evse(evse_id=EVSE_ID, phase=S.PREPARING, plugged=True)
+AZ = Evse(evse_id=EVSE_ID, phase=S.AUTHORIZING, plugged=False, session=PENDING)
+AZP = Evse(evse_id=EVSE_ID, phase=S.AUTHORIZING, plugged=True, session=PENDING)
+AD = Evse(evse_id=EVSE_ID, phase=S.AUTHORIZED, plugged=False, session=AUTHED)
+CH = Evse(evse_id=EVSE_ID, phase=S.CHARGING, plugged=True, session=AUTHED)
+FI = Evse(evse_id=EVSE_ID, phase=S.FINISHING, plugged=True)
+UN = Evse(evse_id=EVSE_ID, phase=S.UNAVAILABLE, available=False)
+UNP = Evse(evse_id=EVSE_ID, phase=S.UNAVAILABLE, plugged=True, available=False)
+FA = Evse(evse_id=EVSE_ID, phase=S.FAULTED, fault=FAULT)
+FAP = Evse(evse_id=EVSE_ID, phase=S.FAULTED, plugged=True, fault=FAULT)
+FAU = Evse(evse_id=EVSE_ID, phase=S.FAULTED, available=False, fault=FAULT)
 
 FIXTURES: dict[EvseState, list[Evse]] = {
     S.AVAILABLE: [AV],
@@ -117,19 +136,27 @@ FIXTURES: dict[EvseState, list[Evse]] = {
 }
 
 # ------------------------------------------------------------------------------------ events
-TAP_A = TokenPresented(TOK_A, KEY_A, session_id=NEW_SID, request_id=NEW_RID)
+TAP_A = TokenPresented(token=TOK_A, token_key=KEY_A, session_id=NEW_SID, request_id=NEW_RID)
 TAP_A_FLOAT = replace(TAP_A, floating=True)
-TAP_B = TokenPresented(TOK_B, KEY_B, session_id=NEW_SID, request_id=NEW_RID)
-AUTH_OK = AuthResult(RID, accepted=True, status="accepted", contract_id=CONTRACT)
-AUTH_NO = AuthResult(RID, accepted=False, status="blocked")
-AUTH_STALE = AuthResult(OLD_RID, accepted=True, status="accepted", contract_id=CONTRACT)
+TAP_B = TokenPresented(token=TOK_B, token_key=KEY_B, session_id=NEW_SID, request_id=NEW_RID)
+AUTH_OK = AuthResult(request_id=RID, accepted=True, status="accepted", contract_id=CONTRACT)
+AUTH_NO = AuthResult(request_id=RID, accepted=False, status="blocked")
+AUTH_STALE = AuthResult(request_id=OLD_RID, accepted=True, status="accepted", contract_id=CONTRACT)
 AUTH_TO = AuthTimeout(RID)
 AUTH_TO_STALE = AuthTimeout(OLD_RID)
+# the station's own decision (auth.offline_policy) travels in the timeout; the table decides
+OFFLINE_OK = AuthResult(
+    request_id=RID, accepted=True, status="accepted", contract_id=CONTRACT, offline=True
+)
+OFFLINE_NO = AuthResult(request_id=RID, accepted=False, status="unknown", offline=True)
+AUTH_TO_OFFLINE_OK = AuthTimeout(RID, offline=OFFLINE_OK)
+AUTH_TO_OFFLINE_NO = AuthTimeout(RID, offline=OFFLINE_NO)
+AUTH_TO_STALE_OFFLINE_OK = AuthTimeout(OLD_RID, offline=replace(OFFLINE_OK, request_id=OLD_RID))
 CONN_TO = ConnectionTimeout(SID)
 CONN_TO_STALE = ConnectionTimeout(OTHER_SID)
 PLUG_IN = PlugIn()
 PLUG_OUT = PlugOut()
-RSTART = RemoteStartCmd("cmd-start", CONTRACT, RSID)
+RSTART = RemoteStartCmd(command_id="cmd-start", contract_id=CONTRACT, session_id=RSID)
 RSTOP = RemoteStopCmd("cmd-stop", SID)
 RSTOP_OTHER = RemoteStopCmd("cmd-stop-x", OTHER_SID)
 OFF_CMD = SetAvailable(False, "cmd-off")
@@ -142,7 +169,7 @@ RELEASE = ReleaseSession(SID)
 RELEASE_OTHER = ReleaseSession(OTHER_SID)
 DEAUTH = Deauthorized(SID)
 DEAUTH_OTHER = Deauthorized(OTHER_SID)
-RESUMED = SessionInfo(SID, TOK_A, KEY_A, contract_id=CONTRACT)
+RESUMED = SessionInfo(session_id=SID, token=TOK_A, token_key=KEY_A, contract_id=CONTRACT)
 RESUME = ResumeSession(RESUMED)
 
 # ------------------------------------------------------------------------------------ actions
@@ -150,11 +177,13 @@ NOTE = Notify("*")  # display text is not part of the contract: compared by type
 
 
 def ok(cmd: str) -> CommandResult:
-    return CommandResult(cmd, True)
+    return CommandResult(command_id=cmd, accepted=True)
 
 
 def rej(cmd: str) -> CommandResult:
-    return CommandResult(cmd, False, "*")  # a rejection always carries some reason
+    return CommandResult(
+        command_id=cmd, accepted=False, reason="*"
+    )  # a rejection always carries some reason
 
 
 def norm(actions: Sequence[Action]) -> list[Action]:
@@ -277,6 +306,7 @@ EXPECTED: list[Case] = [
     ),
     ig("preparing/auth-result", PR, AUTH_OK),
     ig("preparing/auth-timeout", PR, AUTH_TO),
+    ig("preparing/auth-timeout-offline-accepted", PR, AUTH_TO_OFFLINE_OK),
     ig("preparing/connection-timeout", PR, CONN_TO),
     ig("preparing/plug-in", PR, PLUG_IN),
     c("preparing/plug-out", PR, PLUG_OUT, replace(PR, phase=S.AVAILABLE, plugged=False)),
@@ -286,8 +316,7 @@ EXPECTED: list[Case] = [
         RSTART,
         replace(PR, phase=S.CHARGING, session=REMOTE),
         ok("cmd-start"),
-        Authorize(REMOTE),
-        BeginCharging(RSID),
+        AuthorizeAndCharge(REMOTE),
     ),
     c("preparing/remote-stop", PR, RSTOP, PR, rej("cmd-stop")),
     c(
@@ -337,8 +366,7 @@ EXPECTED: list[Case] = [
         AUTH_OK,
         replace(AZP, phase=S.CHARGING, session=ACCEPTED),
         CancelTimer(Timer.AUTH),
-        Authorize(ACCEPTED),
-        BeginCharging(SID),
+        AuthorizeAndCharge(ACCEPTED),
         NOTE,
     ),
     c(
@@ -347,7 +375,7 @@ EXPECTED: list[Case] = [
         AUTH_NO,
         replace(AZ, phase=S.AVAILABLE, session=None),
         CancelTimer(Timer.AUTH),
-        DropSession(PENDING, SessionEventKind.REJECTED, "blocked"),
+        DropSession(session=PENDING, event=SessionEventKind.REJECTED, reason="blocked"),
         NOTE,
     ),
     c(
@@ -356,7 +384,7 @@ EXPECTED: list[Case] = [
         AUTH_NO,
         replace(AZP, phase=S.PREPARING, session=None),
         CancelTimer(Timer.AUTH),
-        DropSession(PENDING, SessionEventKind.REJECTED, "blocked"),
+        DropSession(session=PENDING, event=SessionEventKind.REJECTED, reason="blocked"),
         NOTE,
     ),
     c(
@@ -365,8 +393,7 @@ EXPECTED: list[Case] = [
         replace(AUTH_OK, offline=True),
         replace(AZP, phase=S.CHARGING, session=replace(ACCEPTED, offline=True)),
         CancelTimer(Timer.AUTH),
-        Authorize(replace(ACCEPTED, offline=True)),
-        BeginCharging(SID),
+        AuthorizeAndCharge(replace(ACCEPTED, offline=True)),
         NOTE,
     ),
     ig("authorizing/auth-result-stale", AZ, AUTH_STALE),
@@ -375,7 +402,7 @@ EXPECTED: list[Case] = [
         AZ,
         AUTH_TO,
         replace(AZ, phase=S.AVAILABLE, session=None),
-        DropSession(PENDING, SessionEventKind.TIMEOUT, "auth_timeout"),
+        DropSession(session=PENDING, event=SessionEventKind.TIMEOUT, reason="auth_timeout"),
         NOTE,
     ),
     c(
@@ -383,10 +410,49 @@ EXPECTED: list[Case] = [
         AZP,
         AUTH_TO,
         replace(AZP, phase=S.PREPARING, session=None),
-        DropSession(PENDING, SessionEventKind.TIMEOUT, "auth_timeout"),
+        DropSession(session=PENDING, event=SessionEventKind.TIMEOUT, reason="auth_timeout"),
         NOTE,
     ),
     ig("authorizing/auth-timeout-stale", AZ, AUTH_TO_STALE),
+    # an accepting offline decision behaves exactly like that AuthResult (offline flag set)
+    c(
+        "authorizing/auth-timeout-offline-accepted-unplugged",
+        AZ,
+        AUTH_TO_OFFLINE_OK,
+        replace(AZ, phase=S.AUTHORIZED, session=replace(ACCEPTED, offline=True)),
+        CancelTimer(Timer.AUTH),
+        Authorize(replace(ACCEPTED, offline=True)),
+        StartTimer(Timer.CONNECTION, SID),
+        NOTE,
+    ),
+    c(
+        "authorizing/auth-timeout-offline-accepted-plugged",
+        AZP,
+        AUTH_TO_OFFLINE_OK,
+        replace(AZP, phase=S.CHARGING, session=replace(ACCEPTED, offline=True)),
+        CancelTimer(Timer.AUTH),
+        AuthorizeAndCharge(replace(ACCEPTED, offline=True)),
+        NOTE,
+    ),
+    # a refusing offline decision is a plain timeout (not a rejection)
+    c(
+        "authorizing/auth-timeout-offline-refused-unplugged",
+        AZ,
+        AUTH_TO_OFFLINE_NO,
+        replace(AZ, phase=S.AVAILABLE, session=None),
+        DropSession(session=PENDING, event=SessionEventKind.TIMEOUT, reason="auth_timeout"),
+        NOTE,
+    ),
+    c(
+        "authorizing/auth-timeout-offline-refused-plugged",
+        AZP,
+        AUTH_TO_OFFLINE_NO,
+        replace(AZP, phase=S.PREPARING, session=None),
+        DropSession(session=PENDING, event=SessionEventKind.TIMEOUT, reason="auth_timeout"),
+        NOTE,
+    ),
+    ig("authorizing/auth-timeout-stale-offline-accepted", AZ, AUTH_TO_STALE_OFFLINE_OK),
+    ig("authorizing/auth-timeout-stale-offline-accepted-plugged", AZP, AUTH_TO_STALE_OFFLINE_OK),
     ig("authorizing/connection-timeout", AZ, CONN_TO),
     c("authorizing/plug-in", AZ, PLUG_IN, AZP),
     c("authorizing/plug-out", AZP, PLUG_OUT, AZ),
@@ -398,7 +464,7 @@ EXPECTED: list[Case] = [
         RSTOP,
         replace(AZ, phase=S.AVAILABLE, session=None),
         CancelTimer(Timer.AUTH),
-        DropSession(PENDING, SessionEventKind.STOPPED, "remote"),
+        DropSession(session=PENDING, event=SessionEventKind.STOPPED, reason="remote"),
         ok("cmd-stop"),
     ),
     c("authorizing/remote-stop-other", AZ, RSTOP_OTHER, AZ, rej("cmd-stop-x")),
@@ -408,7 +474,7 @@ EXPECTED: list[Case] = [
         OFF_CMD,
         replace(AZP, phase=S.UNAVAILABLE, available=False, session=None),
         CancelTimer(Timer.AUTH),
-        DropSession(PENDING, SessionEventKind.STOPPED, "unavailable"),
+        DropSession(session=PENDING, event=SessionEventKind.STOPPED, reason="unavailable"),
         OpenRelay(),
         ok("cmd-off"),
     ),
@@ -419,7 +485,7 @@ EXPECTED: list[Case] = [
         FAULT_EV,
         replace(AZ, phase=S.FAULTED, fault=NEW_FAULT, session=None),
         CancelTimer(Timer.AUTH),
-        DropSession(PENDING, SessionEventKind.STOPPED, "fault"),
+        DropSession(session=PENDING, event=SessionEventKind.STOPPED, reason="fault"),
         OpenRelay(),
     ),
     ig("authorizing/fault-cleared", AZ, CLEAR),
@@ -434,19 +500,20 @@ EXPECTED: list[Case] = [
         TAP_A,
         replace(AD, phase=S.AVAILABLE, session=None),
         CancelTimer(Timer.CONNECTION),
-        DropSession(AUTHED, SessionEventKind.STOPPED, "local"),
+        DropSession(session=AUTHED, event=SessionEventKind.STOPPED, reason="local"),
         NOTE,
     ),
     ig("authorized/tap-same-policy-off", AD, TAP_A, policy=OFF),
     ig("authorized/tap-other", AD, TAP_B),
     ig("authorized/auth-result", AD, replace(AUTH_OK, request_id=SID)),
     ig("authorized/auth-timeout", AD, AUTH_TO),
+    ig("authorized/auth-timeout-offline-accepted", AD, AUTH_TO_OFFLINE_OK),
     c(
         "authorized/connection-timeout",
         AD,
         CONN_TO,
         replace(AD, phase=S.AVAILABLE, session=None),
-        DropSession(AUTHED, SessionEventKind.TIMEOUT, "connection_timeout"),
+        DropSession(session=AUTHED, event=SessionEventKind.TIMEOUT, reason="connection_timeout"),
         NOTE,
     ),
     ig("authorized/connection-timeout-stale", AD, CONN_TO_STALE),
@@ -466,7 +533,7 @@ EXPECTED: list[Case] = [
         RSTOP,
         replace(AD, phase=S.AVAILABLE, session=None),
         CancelTimer(Timer.CONNECTION),
-        DropSession(AUTHED, SessionEventKind.STOPPED, "remote"),
+        DropSession(session=AUTHED, event=SessionEventKind.STOPPED, reason="remote"),
         ok("cmd-stop"),
     ),
     c("authorized/remote-stop-other", AD, RSTOP_OTHER, AD, rej("cmd-stop-x")),
@@ -476,7 +543,7 @@ EXPECTED: list[Case] = [
         OFF_CMD,
         replace(AD, phase=S.UNAVAILABLE, available=False, session=None),
         CancelTimer(Timer.CONNECTION),
-        DropSession(AUTHED, SessionEventKind.STOPPED, "unavailable"),
+        DropSession(session=AUTHED, event=SessionEventKind.STOPPED, reason="unavailable"),
         OpenRelay(),
         ok("cmd-off"),
     ),
@@ -488,7 +555,7 @@ EXPECTED: list[Case] = [
         FAULT_EV,
         replace(AD, phase=S.FAULTED, fault=NEW_FAULT, session=None),
         CancelTimer(Timer.CONNECTION),
-        DropSession(AUTHED, SessionEventKind.STOPPED, "fault"),
+        DropSession(session=AUTHED, event=SessionEventKind.STOPPED, reason="fault"),
         OpenRelay(),
     ),
     ig("authorized/fault-cleared", AD, CLEAR),
@@ -507,7 +574,7 @@ EXPECTED: list[Case] = [
         DEAUTH,
         replace(AD, phase=S.AVAILABLE, session=None),
         CancelTimer(Timer.CONNECTION),
-        DropSession(AUTHED, SessionEventKind.STOPPED, "deauthorized"),
+        DropSession(session=AUTHED, event=SessionEventKind.STOPPED, reason="deauthorized"),
         NOTE,
     ),
     ig("authorized/deauthorized-other", AD, DEAUTH_OTHER),
@@ -525,6 +592,7 @@ EXPECTED: list[Case] = [
     ig("charging/tap-other", CH, TAP_B),
     ig("charging/auth-result", CH, replace(AUTH_OK, request_id=SID)),
     ig("charging/auth-timeout", CH, AUTH_TO),
+    ig("charging/auth-timeout-offline-accepted", CH, AUTH_TO_OFFLINE_OK),
     ig("charging/connection-timeout", CH, CONN_TO),
     ig("charging/plug-in", CH, PLUG_IN),
     c(
@@ -594,8 +662,7 @@ EXPECTED: list[Case] = [
         RSTART,
         replace(FI, phase=S.CHARGING, session=REMOTE),
         ok("cmd-start"),
-        Authorize(REMOTE),
-        BeginCharging(RSID),
+        AuthorizeAndCharge(REMOTE),
     ),
     c("finishing/remote-stop", FI, RSTOP, FI, rej("cmd-stop")),
     c(
@@ -776,7 +843,7 @@ def test_fault_always_leads_to_faulted_with_relay_opened(evse: Evse) -> None:
     else:
         assert not ends
         assert OpenRelay() in actions
-    assert not any(isinstance(a, BeginCharging) for a in actions)
+    assert not any(closes_relay(a) for a in actions)
 
 
 def test_pairs_in_table_have_an_explicit_non_ignored_case() -> None:
@@ -787,17 +854,34 @@ def test_pairs_in_table_have_an_explicit_non_ignored_case() -> None:
     assert set(TABLE) - acting == ignore_only
 
 
+def closes_relay(action: Action) -> str | None:
+    """The session id an action starts (or resumes) charging for: the relay closes."""
+    if isinstance(action, BeginCharging | ResumeCharging):
+        return action.session_id
+    if isinstance(action, AuthorizeAndCharge):
+        return action.session.session_id
+    return None
+
+
 def check_invariants(before: Evse, event: Event, nxt: Evse, actions: list[Action]) -> None:
     # (b) charging means a session and a car
     if nxt.phase is S.CHARGING:
         assert nxt.session is not None
         assert nxt.plugged
     # (c) the relay closes only when the result is CHARGING
-    begins = [a for a in actions if isinstance(a, BeginCharging | ResumeCharging)]
+    begins = [sid for a in actions if (sid := closes_relay(a)) is not None]
     if begins:
         assert nxt.phase is S.CHARGING
         assert nxt.session is not None
-        assert len(begins) == 1 and begins[0].session_id == nxt.session.session_id
+        assert begins == [nxt.session.session_id]
+    # an authorisation that starts charging at once is one action (one commit), never the pair
+    assert not (
+        any(isinstance(a, Authorize) for a in actions)
+        and any(isinstance(a, BeginCharging | AuthorizeAndCharge) for a in actions)
+    )
+    for a in actions:
+        if isinstance(a, AuthorizeAndCharge):
+            assert a.session == nxt.session
     # phases without a session hold none
     if nxt.phase in (S.AVAILABLE, S.PREPARING, S.FINISHING, S.UNAVAILABLE, S.FAULTED):
         assert nxt.session is None
@@ -838,7 +922,9 @@ _RIDS = [RID, NEW_RID]
 _tokens = st.sampled_from([(TOK_A, KEY_A), (TOK_B, KEY_B)])
 _events: st.SearchStrategy[Event] = st.one_of(
     st.builds(
-        lambda tk, sid, rid, fl: TokenPresented(tk[0], tk[1], sid, rid, fl),
+        lambda tk, sid, rid, fl: TokenPresented(
+            token=tk[0], token_key=tk[1], session_id=sid, request_id=rid, floating=fl
+        ),
         _tokens,
         st.sampled_from(_SIDS),
         st.sampled_from(_RIDS),
@@ -846,21 +932,43 @@ _events: st.SearchStrategy[Event] = st.one_of(
     ),
     st.builds(
         lambda rid, acc: AuthResult(
-            rid, acc, "accepted" if acc else "rejected", CONTRACT if acc else None
+            request_id=rid,
+            accepted=acc,
+            status="accepted" if acc else "rejected",
+            contract_id=CONTRACT if acc else None,
         ),
         st.sampled_from(_RIDS),
         st.booleans(),
     ),
-    st.builds(AuthTimeout, st.sampled_from(_RIDS)),
+    st.builds(
+        lambda rid, off: AuthTimeout(
+            rid,
+            None
+            if off is None
+            else AuthResult(
+                request_id=rid,
+                accepted=off,
+                status="accepted" if off else "unknown",
+                offline=True,
+            ),
+        ),
+        st.sampled_from(_RIDS),
+        st.sampled_from([None, True, False]),
+    ),
     st.builds(ConnectionTimeout, st.sampled_from(_SIDS)),
     st.just(PLUG_IN),
     st.just(PLUG_OUT),
     st.builds(
-        RemoteStartCmd, st.sampled_from(["c1", "c2"]), st.just(CONTRACT), st.sampled_from(_SIDS)
+        lambda cmd, contract, sid: RemoteStartCmd(
+            command_id=cmd, contract_id=contract, session_id=sid
+        ),
+        st.sampled_from(["c1", "c2"]),
+        st.sampled_from([CONTRACT, "DE-8AA-C12345678-X"]),
+        st.sampled_from(_SIDS),
     ),
     st.builds(RemoteStopCmd, st.sampled_from(["c3", "c4"]), st.sampled_from(_SIDS)),
     st.builds(SetAvailable, st.booleans(), st.sampled_from([None, "c5"])),
-    st.builds(FaultRaised, st.sampled_from([FAULT, NEW_FAULT])),
+    st.builds(FaultRaised, st.sampled_from(list(FaultKind))),
     st.just(CLEAR),
     st.just(ADOPT),
     st.builds(ReleaseSession, st.sampled_from([*_SIDS, FSID])),
@@ -873,7 +981,7 @@ _events: st.SearchStrategy[Event] = st.one_of(
 @given(events=st.lists(_events, max_size=40), stop_same=st.booleans())
 def test_random_walk_keeps_invariants(events: list[Event], stop_same: bool) -> None:
     policy = Policy(stop_with_same_token=stop_same)
-    evse = Evse(EVSE_ID)
+    evse = Evse(evse_id=EVSE_ID)
     relay_closed = False
     plugged = False  # the physical plug, from the plug events
     available = True
@@ -885,7 +993,7 @@ def test_random_walk_keeps_invariants(events: list[Event], stop_same: bool) -> N
         if isinstance(event, SetAvailable):
             available = event.available
         for a in actions:
-            if isinstance(a, BeginCharging | ResumeCharging):
+            if closes_relay(a) is not None:
                 assert not relay_closed, "relay closed twice"
                 relay_closed = True
             elif isinstance(a, EndSession | OpenRelay):
@@ -914,20 +1022,26 @@ def kinds(actions: list[Action]) -> list[str]:
 
 
 def tap(token: RfidToken, sid: str, rid: str, floating: bool = False) -> TokenPresented:
-    return TokenPresented(token, f"rfid:{token.uid}", sid, rid, floating)
+    return TokenPresented(
+        token=token,
+        token_key=f"rfid:{token.uid}",
+        session_id=sid,
+        request_id=rid,
+        floating=floating,
+    )
 
 
 def test_tap_first_then_plug() -> None:
     evse, acts = run(AV, tap(TOK_A, NEW_SID, NEW_RID))
     assert evse.phase is S.AUTHORIZING and not evse.plugged
-    evse, acts = run(evse, AuthResult(NEW_RID, True, "accepted"))
+    evse, acts = run(evse, AuthResult(request_id=NEW_RID, accepted=True, status="accepted"))
     assert evse.phase is S.AUTHORIZED
     assert StartTimer(Timer.CONNECTION, NEW_SID) in acts
     evse, acts = run(evse, PLUG_IN)
     assert evse.phase is S.CHARGING and evse.plugged
     assert acts == [CancelTimer(Timer.CONNECTION), BeginCharging(NEW_SID)]
     evse, acts = run(evse, PLUG_OUT)
-    assert evse == Evse(EVSE_ID)
+    assert evse == Evse(evse_id=EVSE_ID)
     assert acts == [EndSession(NEW_SID, StopReason.EV_DISCONNECTED)]
 
 
@@ -935,10 +1049,12 @@ def test_plug_first_then_tap() -> None:
     evse, acts = run(AV, PLUG_IN, tap(TOK_A, NEW_SID, NEW_RID))
     assert evse.phase is S.AUTHORIZING
     assert RequestAuth(NEW_RID, TOK_A, False) in acts
-    evse, acts = run(evse, AuthResult(NEW_RID, True, "accepted", CONTRACT))
+    evse, acts = run(
+        evse, AuthResult(request_id=NEW_RID, accepted=True, status="accepted", contract_id=CONTRACT)
+    )
     assert evse.phase is S.CHARGING
     assert evse.session is not None and evse.session.contract_id == CONTRACT
-    assert kinds(acts) == ["CancelTimer", "Authorize", "BeginCharging", "Notify"]
+    assert kinds(acts) == ["CancelTimer", "AuthorizeAndCharge", "Notify"]
     # the car was already there: no connection timer
     assert not any(isinstance(a, StartTimer) for a in acts)
 
@@ -946,16 +1062,17 @@ def test_plug_first_then_tap() -> None:
 def test_plug_during_authorisation_charges_on_acceptance() -> None:
     evse, _ = run(AV, tap(TOK_A, NEW_SID, NEW_RID), PLUG_IN)
     assert evse.phase is S.AUTHORIZING and evse.plugged
-    evse, acts = run(evse, AuthResult(NEW_RID, True, "accepted"))
+    evse, acts = run(evse, AuthResult(request_id=NEW_RID, accepted=True, status="accepted"))
     assert evse.phase is S.CHARGING
-    assert BeginCharging(NEW_SID) in acts
+    assert AuthorizeAndCharge(replace(NEW_A, request_id=None)) in acts
+    assert not any(isinstance(a, Authorize | BeginCharging) for a in acts)
 
 
 def test_remote_start_with_car_charges_at_once() -> None:
     evse, acts = run(PR, RSTART)
     assert evse.phase is S.CHARGING
     assert evse.session == REMOTE
-    assert acts == [ok("cmd-start"), Authorize(REMOTE), BeginCharging(RSID)]
+    assert acts == [ok("cmd-start"), AuthorizeAndCharge(REMOTE)]
 
 
 def test_remote_start_without_car_waits_then_charges() -> None:
@@ -970,55 +1087,151 @@ def test_remote_start_without_car_waits_then_charges() -> None:
 def test_remote_start_without_car_times_out() -> None:
     evse, acts = run(AV, RSTART, ConnectionTimeout(RSID))
     assert evse == AV
-    assert DropSession(REMOTE, SessionEventKind.TIMEOUT, "connection_timeout") in acts
+    assert (
+        DropSession(session=REMOTE, event=SessionEventKind.TIMEOUT, reason="connection_timeout")
+        in acts
+    )
 
 
 def test_rejected_card_leaves_evse_as_it_was() -> None:
     for start in (AV, PR):
         evse, acts = run(
-            start, tap(TOK_B, NEW_SID, NEW_RID), AuthResult(NEW_RID, False, "rejected")
+            start,
+            tap(TOK_B, NEW_SID, NEW_RID),
+            AuthResult(request_id=NEW_RID, accepted=False, status="rejected"),
         )
         assert evse == start
         drops = [a for a in acts if isinstance(a, DropSession)]
         assert [(d.session.session_id, d.event, d.reason) for d in drops] == [
             (NEW_SID, SessionEventKind.REJECTED, "rejected")
         ]
-        assert not any(isinstance(a, Authorize | BeginCharging) for a in acts)
+        assert not any(isinstance(a, Authorize | AuthorizeAndCharge | BeginCharging) for a in acts)
 
 
 def test_auth_timeout_is_treated_as_rejection() -> None:
     evse, acts = run(PR, tap(TOK_A, NEW_SID, NEW_RID), AuthTimeout(NEW_RID))
     assert evse == PR
     assert [a for a in acts if isinstance(a, DropSession)] == [
-        DropSession(NEW_A, SessionEventKind.TIMEOUT, "auth_timeout")
+        DropSession(session=NEW_A, event=SessionEventKind.TIMEOUT, reason="auth_timeout")
     ]
     # the backend's late answer no longer matters
-    evse, acts = run(evse, AuthResult(NEW_RID, True, "accepted"))
+    evse, acts = run(evse, AuthResult(request_id=NEW_RID, accepted=True, status="accepted"))
     assert evse == PR
     assert kinds(acts) == ["Ignored"]
+
+
+@pytest.mark.parametrize("start", [AV, PR], ids=["unplugged", "plugged"])
+def test_auth_timeout_with_accepting_offline_decision_authorises(start: Evse) -> None:
+    evse, _ = run(start, tap(TOK_A, NEW_SID, NEW_RID))
+    offline = AuthResult(request_id=NEW_RID, accepted=True, status="accepted", offline=True)
+    via_timeout = step(ON, evse, AuthTimeout(NEW_RID, offline=offline))
+    # exactly what the same AuthResult arriving on its own would do
+    assert via_timeout == step(ON, evse, offline)
+    nxt, acts = via_timeout
+    assert nxt.session == replace(NEW_A, request_id=None, offline=True)
+    assert not any(isinstance(a, DropSession) for a in acts)
+    if start.plugged:
+        assert nxt.phase is S.CHARGING
+        assert kinds(acts) == ["CancelTimer", "AuthorizeAndCharge", "Notify"]
+    else:
+        assert nxt.phase is S.AUTHORIZED
+        assert kinds(acts) == ["CancelTimer", "Authorize", "StartTimer", "Notify"]
+        nxt, acts = run(nxt, PLUG_IN)
+        assert nxt.phase is S.CHARGING
+        assert acts == [CancelTimer(Timer.CONNECTION), BeginCharging(NEW_SID)]
+    # the backend's late answer no longer matters
+    later, acts = run(nxt, AuthResult(request_id=NEW_RID, accepted=False, status="blocked"))
+    assert later == nxt
+    assert kinds(acts) == ["Ignored"]
+
+
+@pytest.mark.parametrize("start", [AV, PR], ids=["unplugged", "plugged"])
+@pytest.mark.parametrize("with_decision", [True, False], ids=["refused", "no-decision"])
+def test_auth_timeout_without_accepting_offline_decision_drops(
+    start: Evse, with_decision: bool
+) -> None:
+    offline = (
+        AuthResult(request_id=NEW_RID, accepted=False, status="unknown", offline=True)
+        if with_decision
+        else None
+    )
+    evse, acts = run(start, tap(TOK_A, NEW_SID, NEW_RID), AuthTimeout(NEW_RID, offline=offline))
+    assert evse == start
+    assert [a for a in acts if isinstance(a, DropSession)] == [
+        DropSession(session=NEW_A, event=SessionEventKind.TIMEOUT, reason="auth_timeout")
+    ]
+    assert not any(isinstance(a, Authorize | AuthorizeAndCharge | BeginCharging) for a in acts)
+
+
+def test_stale_auth_timeout_with_accepting_offline_decision_is_ignored() -> None:
+    for start in (AV, PR):
+        evse, _ = run(start, tap(TOK_A, NEW_SID, NEW_RID))
+        for offline_rid in (OLD_RID, NEW_RID):
+            offline = AuthResult(
+                request_id=offline_rid, accepted=True, status="accepted", offline=True
+            )
+            nxt, acts = step(ON, evse, AuthTimeout(OLD_RID, offline=offline))
+            assert nxt is evse
+            assert kinds(acts) == ["Ignored"]
+
+
+REMOTE_CONTRACT = "DE-8AA-C12345678-X"  # as the backend may send it: separators kept
+
+
+@pytest.mark.parametrize("start", [AV, PR], ids=["unplugged", "plugged"])
+def test_remote_start_token_key_is_normalised(start: Evse) -> None:
+    qr = QrToken(contract_id="DE8AAC12345678X")
+    key = token_key(qr)
+    assert key == "contract:DE8AAC12345678X"
+    cmd = RemoteStartCmd(command_id="cmd-start", contract_id=REMOTE_CONTRACT, session_id=RSID)
+    evse, _ = run(start, cmd)
+    assert evse.session is not None
+    assert evse.session.token_key == key
+    assert evse.session.token == RemoteToken(contract_id=REMOTE_CONTRACT)
+    assert evse.session.contract_id == REMOTE_CONTRACT
+    if not start.plugged:
+        evse, _ = run(evse, PLUG_IN)
+    assert evse.phase is S.CHARGING
+    # presenting that contract (e.g. the QR code) on the EVSE stops the session: same token
+    show = TokenPresented(token=qr, token_key=key, session_id=OTHER_SID, request_id=OLD_RID)
+    nxt, acts = run(evse, show)
+    assert nxt.phase is S.FINISHING and nxt.session is None
+    assert acts[0] == EndSession(RSID, StopReason.LOCAL)
+    # and while still waiting for the car, it cancels the remote start
+    if not start.plugged:
+        waiting, _ = run(start, cmd)
+        nxt, acts = run(waiting, show)
+        assert nxt == start
+        assert [a.event for a in acts if isinstance(a, DropSession)] == [SessionEventKind.STOPPED]
 
 
 def test_connection_timeout_cancels_authorisation() -> None:
     evse, acts = run(
         AV,
         tap(TOK_A, NEW_SID, NEW_RID),
-        AuthResult(NEW_RID, True, "accepted"),
+        AuthResult(request_id=NEW_RID, accepted=True, status="accepted"),
         ConnectionTimeout(NEW_SID),
     )
     assert evse == AV
     assert acts[-2].__class__ is DropSession
     assert acts[-2] == DropSession(
-        replace(NEW_A, request_id=None), SessionEventKind.TIMEOUT, "connection_timeout"
+        session=replace(NEW_A, request_id=None),
+        event=SessionEventKind.TIMEOUT,
+        reason="connection_timeout",
     )
     # a car arriving afterwards does not start charging
     evse, acts = run(evse, PLUG_IN)
     assert evse.phase is S.PREPARING
-    assert not any(isinstance(a, BeginCharging) for a in acts)
+    assert not any(closes_relay(a) for a in acts)
 
 
 @pytest.mark.parametrize("policy", [ON, OFF], ids=["policy-on", "policy-off"])
 def test_stop_by_same_card(policy: Policy) -> None:
-    evse, _ = run(PR, tap(TOK_A, NEW_SID, NEW_RID), AuthResult(NEW_RID, True, "accepted"))
+    evse, _ = run(
+        PR,
+        tap(TOK_A, NEW_SID, NEW_RID),
+        AuthResult(request_id=NEW_RID, accepted=True, status="accepted"),
+    )
     assert evse.phase is S.CHARGING
     nxt, acts = run(evse, tap(TOK_A, OTHER_SID, OLD_RID), policy=policy)
     if policy.stop_with_same_token:
@@ -1031,7 +1244,11 @@ def test_stop_by_same_card(policy: Policy) -> None:
 
 @pytest.mark.parametrize("policy", [ON, OFF], ids=["policy-on", "policy-off"])
 def test_same_card_cancels_authorisation_waiting_for_car(policy: Policy) -> None:
-    evse, _ = run(AV, tap(TOK_A, NEW_SID, NEW_RID), AuthResult(NEW_RID, True, "accepted"))
+    evse, _ = run(
+        AV,
+        tap(TOK_A, NEW_SID, NEW_RID),
+        AuthResult(request_id=NEW_RID, accepted=True, status="accepted"),
+    )
     nxt, acts = run(evse, tap(TOK_A, OTHER_SID, OLD_RID), policy=policy)
     if policy.stop_with_same_token:
         assert nxt == AV
@@ -1094,18 +1311,20 @@ def test_finishing_then_new_tap_starts_new_authorisation() -> None:
     assert evse.phase is S.FINISHING
     evse, acts = run(evse, tap(TOK_B, NEW_SID, NEW_RID))
     assert evse.phase is S.AUTHORIZING
-    assert evse.session == SessionInfo(NEW_SID, TOK_B, KEY_B, request_id=NEW_RID)
+    assert evse.session == SessionInfo(
+        session_id=NEW_SID, token=TOK_B, token_key=KEY_B, request_id=NEW_RID
+    )
     assert acts[0] == RequestAuth(NEW_RID, TOK_B, False)
-    evse, acts = run(evse, AuthResult(NEW_RID, True, "accepted"))
+    evse, acts = run(evse, AuthResult(request_id=NEW_RID, accepted=True, status="accepted"))
     assert evse.phase is S.CHARGING
-    assert BeginCharging(NEW_SID) in acts
+    assert [closes_relay(a) for a in acts if isinstance(a, AuthorizeAndCharge)] == [NEW_SID]
 
 
 def test_stale_request_ids_are_ignored() -> None:
     evse, _ = run(AV, tap(TOK_A, NEW_SID, NEW_RID))
     for stale in (
-        AuthResult(OLD_RID, True, "accepted"),
-        AuthResult(OLD_RID, False, "rejected"),
+        AuthResult(request_id=OLD_RID, accepted=True, status="accepted"),
+        AuthResult(request_id=OLD_RID, accepted=False, status="rejected"),
         AuthTimeout(OLD_RID),
         ConnectionTimeout(OTHER_SID),
     ):
@@ -1114,9 +1333,9 @@ def test_stale_request_ids_are_ignored() -> None:
         assert kinds(acts) == ["Ignored"]
     # a retry: first tap timed out, second tap's answer must not be confused with the first
     evse, _ = run(AV, tap(TOK_A, SID, RID), AuthTimeout(RID), tap(TOK_A, NEW_SID, NEW_RID))
-    nxt, acts = step(ON, evse, AuthResult(RID, True, "accepted"))
+    nxt, acts = step(ON, evse, AuthResult(request_id=RID, accepted=True, status="accepted"))
     assert nxt is evse and kinds(acts) == ["Ignored"]
-    nxt, acts = step(ON, evse, AuthResult(NEW_RID, True, "accepted"))
+    nxt, acts = step(ON, evse, AuthResult(request_id=NEW_RID, accepted=True, status="accepted"))
     assert nxt.phase is S.AUTHORIZED and nxt.session is not None
     assert nxt.session.session_id == NEW_SID
 
@@ -1126,18 +1345,23 @@ def test_floating_session_moves_to_plugged_evse() -> None:
 
     The controller releases the session on the holder and the target adopts it.
     """
-    holder, acts = run(Evse("DE*ICE*E000001*1"), tap(TOK_A, NEW_SID, NEW_RID, floating=True))
+    holder, acts = run(
+        Evse(evse_id="DE*ICE*E000001*1"), tap(TOK_A, NEW_SID, NEW_RID, floating=True)
+    )
     assert holder.session is not None and holder.session.floating
     assert acts[0] == RequestAuth(NEW_RID, TOK_A, True)
-    holder, _ = run(holder, AuthResult(NEW_RID, True, "accepted", CONTRACT))
+    holder, _ = run(
+        holder,
+        AuthResult(request_id=NEW_RID, accepted=True, status="accepted", contract_id=CONTRACT),
+    )
     assert holder.phase is S.AUTHORIZED
     floating = holder.session
     assert floating is not None and floating.floating
 
-    target, _ = run(Evse("DE*ICE*E000001*2"), PLUG_IN)
+    target, _ = run(Evse(evse_id="DE*ICE*E000001*2"), PLUG_IN)
     assert target.phase is S.PREPARING
     holder, acts = run(holder, ReleaseSession(NEW_SID))
-    assert holder == Evse("DE*ICE*E000001*1")
+    assert holder == Evse(evse_id="DE*ICE*E000001*1")
     assert acts == [CancelTimer(Timer.CONNECTION)]
     target, acts = run(target, AdoptSession(floating))
     assert target.phase is S.CHARGING

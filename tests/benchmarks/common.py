@@ -130,7 +130,7 @@ class Load:
 
 # ------------------------------------------------------------------------------ statistics
 def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile, the same rule as ``agent.controller.Metrics``."""
+    """Nearest-rank percentile, the same rule as ``agent.evse.Metrics``."""
     if not values:
         return float("nan")
     data = sorted(values)

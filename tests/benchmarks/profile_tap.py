@@ -59,14 +59,14 @@ def pyspy(pid: int, out: Path) -> subprocess.Popen[bytes]:
 
 
 CATEGORIES = (  # first match wins: what the controller's main loop was handling
-    ("auth answer (auth/res -> relay closed)", "_on_auth_response"),
+    ("auth answer (auth/res -> relay closed)", "_on_auth_answer"),
     ("stop tap (session end, CDR)", "_end_session"),
-    ("start tap (card -> auth/req)", "_on_card"),
-    ("CDR ack", "_on_cdr_ack"),
+    ("start tap (card -> auth/req)", "_on_input"),
+    ("CDR ack", "acknowledged"),
     ("remote command", "_on_command"),
     ("control call", "_on_control"),
-    ("status publish after an item", "_publish_status"),
-    ("display refresh after an item", "_refresh_display"),
+    ("status publish after an item", "publish_status"),
+    ("display refresh after an item", "refresh_display"),
 )
 COSTS = (  # the first of these found in a stack (outermost first) gets the sample
     ("SQLite COMMIT (fsync, synchronous=FULL)", "_Transaction.__exit__"),

@@ -1,0 +1,102 @@
+"""The backend port: everything the station says to or hears from its backend.
+
+The session logic and the components around it only know this :class:`Backend` protocol and the
+typed inputs below. An adapter translates them to one wire protocol: :mod:`agent.backend_mqtt`
+(MQTT contract v1) is the first; an OCPP adapter is the second on the same port.
+
+Outbound calls return ``True`` once the adapter has taken the message for delivery and ``False``
+when it cannot (link down): the caller keeps it durable and tries again later. Inbound messages
+arrive already validated, as the typed inputs below, through the sink given to ``start``; junk
+is logged and dropped by the adapter, and a command that cannot be read but names its id comes
+as :class:`CommandUnreadable`, so that its refusal is answered in order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent.messages import (
+    AnyCommand,
+    AuthRequest,
+    AuthResponse,
+    Cdr,
+    CommandResponse,
+    SessionEvent,
+    StatusMessage,
+)
+
+
+@dataclass(frozen=True)
+class LinkUp:
+    """The backend can be reached (again): status, queued events and CDRs go out now."""
+
+
+@dataclass(frozen=True)
+class LinkDown:
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class AuthAnswer:
+    response: AuthResponse
+    t: float = field(default_factory=time.perf_counter)  # arrival, for latency metrics
+
+
+@dataclass(frozen=True)
+class CdrAcked:
+    session_id: str
+
+
+@dataclass(frozen=True)
+class CommandIn:
+    command: AnyCommand
+    digest: str  # what identifies the command for replay detection (its send time aside)
+    t: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class CommandUnreadable:
+    """A command that could not be read: it is refused with ``reason`` (and not stored), in
+    its turn among the other commands."""
+
+    command_id: str
+    reason: str
+
+
+BackendInput = LinkUp | LinkDown | AuthAnswer | CdrAcked | CommandIn | CommandUnreadable
+BackendSink = Callable[[BackendInput], None]
+
+
+class Backend(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def endpoint(self) -> str:
+        """Where the backend is (a URL), for status and diagnostics."""
+        ...
+
+    def start(self, sink: BackendSink) -> None:
+        """Connect in the background; every input goes to ``sink`` (from any thread)."""
+        ...
+
+    def stop(self) -> None:
+        """Say the station is going offline if the link allows, then disconnect."""
+        ...
+
+    def authorize(self, request: AuthRequest) -> bool: ...
+
+    def session_event(self, event: SessionEvent) -> bool: ...
+
+    def cdr(self, cdr: Cdr) -> bool: ...
+
+    def command_result(self, result: CommandResponse) -> bool: ...
+
+    def status(self, status: StatusMessage) -> bool: ...
+
+    def faults(self) -> dict[str, str]:
+        """Backend-side problems to show in the station's status (e.g. a broker ACL)."""
+        ...
