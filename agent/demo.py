@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,132 @@ def _evse_state(sock: Path, evse_id: str) -> str:
     return str(next(e["state"] for e in st["evses"] if e["evse_id"] == evse_id))
 
 
+def _start_broker(stack: ExitStack, tl: Timeline) -> str:
+    """A private Mosquitto on a free loopback port, stopped with ``stack``; returns its URL."""
+    mosq = Mosquitto()
+    mosq.start()
+    stack.callback(mosq.close)
+    tl.say("demo", f"Mosquitto started on {mosq.url}")
+    return mosq.url
+
+
+def _start_backend(stack: ExitStack, broker: str, prefix: str, tl: Timeline) -> BackendSim:
+    backend = BackendSim(broker, prefix=prefix, on_message=tl.backend)
+    backend.start()
+    stack.callback(backend.stop)
+    tl.say("demo", "backend simulator connected (accepts every token, acks every CDR)")
+    return backend
+
+
+def _stop_agent(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _start_agent(
+    stack: ExitStack, config: Path, broker: str, tmp: Path, sock: Path
+) -> subprocess.Popen[bytes]:
+    """``station-agent run`` as a child process logging to ``tmp/agent.log``, stopped with
+    ``stack``."""
+    log = (tmp / "agent.log").open("wb")
+    stack.callback(log.close)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "run",
+            "--config",
+            str(config),
+            "--broker",
+            broker,
+            "--state-dir",
+            str(tmp / "state"),
+            "--socket",
+            str(sock),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    stack.callback(_stop_agent, proc)
+    return proc
+
+
+def _agent_ready(proc: subprocess.Popen[bytes], sock: Path, tmp: Path) -> bool:
+    """Wait for the control socket and the MQTT link; False (log printed) if the agent died."""
+    _wait(lambda: sock.exists() or proc.poll() is not None, 15, "the agent to start")
+    if proc.poll() is not None:
+        print((tmp / "agent.log").read_text(), file=sys.stderr)
+        return False
+    _wait(lambda: call(sock, {"cmd": "status"})["link"]["connected"], 15, "the MQTT link")
+    return True
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """Where the sessions are played: the agent's control socket, the backend, the timeline."""
+
+    sock: Path
+    backend: BackendSim
+    tl: Timeline
+
+    def state(self, evse_id: str) -> str:
+        return _evse_state(self.sock, evse_id)
+
+
+def _play_session(stage: _Stage, evse_id: str, uid: str, seconds: float, seen: list[str]) -> str:
+    """Plug, tap, charge ``seconds``, tap again, unplug; returns the session id of the CDR the
+    backend then receives for ``evse_id`` (one not in ``seen``)."""
+    sock, tl = stage.sock, stage.tl
+    tl.say("driver", f"plugs the car into {evse_id}")
+    call(sock, {"cmd": "sim.plug", "evse_id": evse_id})
+    _wait(lambda: stage.state(evse_id) == "preparing", 5, "preparing")
+    tl.say("driver", f"taps card {uid}")
+    call(sock, {"cmd": "sim.tap", "uid": uid})
+    _wait(lambda: stage.state(evse_id) == "charging", 10, "charging")
+    tl.say("demo", f"relay closed on {evse_id}; charging for {seconds:.1f} s")
+    time.sleep(seconds)
+    tl.say("driver", f"taps card {uid} again to stop, then unplugs")
+    call(sock, {"cmd": "sim.tap", "uid": uid})
+    _wait(lambda: stage.state(evse_id) == "finishing", 10, "finishing")
+    call(sock, {"cmd": "sim.unplug", "evse_id": evse_id})
+    rec = stage.backend.wait_for(partial(_new_cdr, evse_id=evse_id, seen=seen), 10)
+    return str(rec.data["session_id"])
+
+
+def _play_sessions(stage: _Stage, evse_ids: list[str], seconds: float) -> list[str]:
+    """One session on every EVSE, then wait for every CDR's ack; returns the session ids."""
+    session_ids: list[str] = []
+    for i, evse_id in enumerate(evse_ids):
+        uid = DEMO_CARDS[i % len(DEMO_CARDS)]
+        session_ids.append(_play_session(stage, evse_id, uid, seconds, session_ids))
+    _wait(lambda: call(stage.sock, {"cmd": "outbox"})["pending"] == 0, 15, "CDR acks")
+    return session_ids
+
+
+def _report(
+    tl: Timeline,
+    backend: BackendSim,
+    session_ids: list[str],
+    evse_count: int,
+    proc: subprocess.Popen[bytes],
+) -> int:
+    """The acknowledged CDRs and a summary; 0 if every EVSE's CDR was acknowledged."""
+    tl.say("demo", "every CDR acknowledged by the backend; the CDRs:")
+    for sid in session_ids:
+        print(json.dumps(backend.cdrs[sid], indent=2))
+    _stop_agent(proc)
+    acked = len(session_ids) == evse_count
+    print(
+        f"\n{len(session_ids)} session(s), {len(session_ids)} CDR(s) acknowledged, "
+        f"{backend.cdr_duplicates} duplicate(s)"
+    )
+    return 0 if acked else 1
+
+
 def run_demo(config: Path | None = None, broker: str | None = None, seconds: float = 3.0) -> int:
     config = config or default_config()
     cfg = load_config(config)
@@ -90,82 +217,18 @@ def run_demo(config: Path | None = None, broker: str | None = None, seconds: flo
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="station-demo-")))
         if broker is None:
-            mosq = Mosquitto()
-            mosq.start()
-            stack.callback(mosq.close)
-            broker = mosq.url
-            tl.say("demo", f"Mosquitto started on {broker}")
-        backend = BackendSim(broker, prefix=cfg.mqtt.topic_prefix, on_message=tl.backend)
-        backend.start()
-        stack.callback(backend.stop)
-        tl.say("demo", "backend simulator connected (accepts every token, acks every CDR)")
+            broker = _start_broker(stack, tl)
+        backend = _start_backend(stack, broker, cfg.mqtt.topic_prefix, tl)
         sock = tmp / "control.sock"
-        log = (tmp / "agent.log").open("wb")
-        stack.callback(log.close)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agent.cli",
-                "run",
-                "--config",
-                str(config),
-                "--broker",
-                broker,
-                "--state-dir",
-                str(tmp / "state"),
-                "--socket",
-                str(sock),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-        def stop_agent() -> None:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=10)
-
-        stack.callback(stop_agent)
-        _wait(lambda: sock.exists() or proc.poll() is not None, 15, "the agent to start")
-        if proc.poll() is not None:
-            print((tmp / "agent.log").read_text(), file=sys.stderr)
+        proc = _start_agent(stack, config, broker, tmp, sock)
+        if not _agent_ready(proc, sock, tmp):
             return 1
-        _wait(lambda: call(sock, {"cmd": "status"})["link"]["connected"], 15, "the MQTT link")
         tl.say("demo", f"agent running: station {cfg.station.id}, {len(cfg.evse)} EVSE(s)")
-        session_ids: list[str] = []
+        stage = _Stage(sock, backend, tl)
         try:
-            for i, ec in enumerate(cfg.evse):
-                uid = DEMO_CARDS[i % len(DEMO_CARDS)]
-                tl.say("driver", f"plugs the car into {ec.id}")
-                call(sock, {"cmd": "sim.plug", "evse_id": ec.id})
-                _wait(lambda ec=ec: _evse_state(sock, ec.id) == "preparing", 5, "preparing")
-                tl.say("driver", f"taps card {uid}")
-                call(sock, {"cmd": "sim.tap", "uid": uid})
-                _wait(lambda ec=ec: _evse_state(sock, ec.id) == "charging", 10, "charging")
-                tl.say("demo", f"relay closed on {ec.id}; charging for {seconds:.1f} s")
-                time.sleep(seconds)
-                tl.say("driver", f"taps card {uid} again to stop, then unplugs")
-                call(sock, {"cmd": "sim.tap", "uid": uid})
-                _wait(lambda ec=ec: _evse_state(sock, ec.id) == "finishing", 10, "finishing")
-                call(sock, {"cmd": "sim.unplug", "evse_id": ec.id})
-                new_cdr = partial(_new_cdr, evse_id=ec.id, seen=session_ids)
-                rec = backend.wait_for(new_cdr, 10)
-                session_ids.append(rec.data["session_id"])
-            _wait(lambda: call(sock, {"cmd": "outbox"})["pending"] == 0, 15, "CDR acks")
+            session_ids = _play_sessions(stage, [ec.id for ec in cfg.evse], seconds)
         except (AgentError, ControlError, TimeoutError) as err:
             print(f"demo failed: {err}", file=sys.stderr)
             print((tmp / "agent.log").read_text()[-4000:], file=sys.stderr)
             return 1
-        tl.say("demo", "every CDR acknowledged by the backend; the CDRs:")
-        for sid in session_ids:
-            print(json.dumps(backend.cdrs[sid], indent=2))
-        stop_agent()
-        acked = len(session_ids) == len(cfg.evse)
-        print(
-            f"\n{len(session_ids)} session(s), {len(session_ids)} CDR(s) acknowledged, "
-            f"{backend.cdr_duplicates} duplicate(s)"
-        )
-        return 0 if acked else 1
+        return _report(tl, backend, session_ids, len(cfg.evse), proc)

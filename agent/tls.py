@@ -154,59 +154,86 @@ def build_ssl_context(
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION
     if ca_file is not None:
-        ca = _check_readable_file(ca_file, "mqtt.ca_file", "CA certificate")
-        try:
-            ctx.load_verify_locations(cafile=str(ca))
-        except ssl.SSLError as err:
-            raise ConfigError(
-                f"mqtt.ca_file ({ca}): no usable PEM certificate in it ({err.reason or err})"
-            ) from err
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"mqtt.ca_file ({ca}): cannot load: {err}") from err
+        _load_ca_file(ctx, ca_file)
     else:
-        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
-        if not ctx.get_ca_certs() and not _has_default_ca_paths():
-            log.warning(
-                "no mqtt.ca_file and no system CA store found: the broker's certificate "
-                "cannot be verified and the connection will fail"
-            )
+        _load_system_cas(ctx)
     if cert_file is not None:
-        cert = _check_readable_file(cert_file, "mqtt.cert_file", "certificate")
-        key = (
-            _check_readable_file(key_file, "mqtt.key_file", "private key")
-            if key_file is not None
-            else None
-        )
-        warn_if_world_readable(
-            key if key is not None else cert,
-            "mqtt.key_file" if key is not None else "mqtt.cert_file",
-        )
-        try:
-            ctx.load_cert_chain(
-                str(cert), str(key) if key is not None else None, password=_no_passphrase
-            )
-        except ConfigError as err:
-            raise ConfigError(f"{_where(key or cert, 'mqtt.key_file')}: {err}") from err
-        except ssl.SSLError as err:
-            reason = f"{err.reason} {err}".upper()
-            if "KEY_VALUES_MISMATCH" in reason:
-                msg = "the private key does not belong to the certificate"
-            elif "PEM" in reason or "NO_START_LINE" in reason or "BAD_BASE64" in reason:
-                msg = "not a PEM certificate/private key"
-            else:
-                msg = f"cannot load the certificate or key ({err.reason or err})"
-            raise ConfigError(f"mqtt.cert_file ({cert}) / mqtt.key_file ({key}): {msg}") from err
-        except OSError as err:
-            raise ConfigError(f"mqtt.cert_file ({cert}): cannot load: {err.strerror}") from err
-        check_certificate_dates(cert)
+        _load_station_certificate(ctx, cert_file, key_file)
     if insecure_for_testing:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        log.warning(
-            "TLS certificate and hostname verification are OFF "
-            "(mqtt.tls_insecure_for_testing): never use this on a station"
-        )
+        _switch_verification_off(ctx)
     return ctx
+
+
+def _load_ca_file(ctx: ssl.SSLContext, ca_file: PathLike) -> None:
+    """Trust the CA(s) in ``mqtt.ca_file``."""
+    ca = _check_readable_file(ca_file, "mqtt.ca_file", "CA certificate")
+    try:
+        ctx.load_verify_locations(cafile=str(ca))
+    except ssl.SSLError as err:
+        raise ConfigError(
+            f"mqtt.ca_file ({ca}): no usable PEM certificate in it ({err.reason or err})"
+        ) from err
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"mqtt.ca_file ({ca}): cannot load: {err}") from err
+
+
+def _load_system_cas(ctx: ssl.SSLContext) -> None:
+    """Trust the system's CA store (a broker with a public certificate); warn if there is none."""
+    ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    if not ctx.get_ca_certs() and not _has_default_ca_paths():
+        log.warning(
+            "no mqtt.ca_file and no system CA store found: the broker's certificate "
+            "cannot be verified and the connection will fail"
+        )
+
+
+def _load_station_certificate(
+    ctx: ssl.SSLContext, cert_file: PathLike, key_file: PathLike | None
+) -> None:
+    """The station's certificate and key for mutual TLS (the key may be in ``cert_file``)."""
+    cert = _check_readable_file(cert_file, "mqtt.cert_file", "certificate")
+    key = (
+        _check_readable_file(key_file, "mqtt.key_file", "private key")
+        if key_file is not None
+        else None
+    )
+    warn_if_world_readable(
+        key if key is not None else cert,
+        "mqtt.key_file" if key is not None else "mqtt.cert_file",
+    )
+    try:
+        ctx.load_cert_chain(
+            str(cert), str(key) if key is not None else None, password=_no_passphrase
+        )
+    except ConfigError as err:
+        raise ConfigError(f"{_where(key or cert, 'mqtt.key_file')}: {err}") from err
+    except ssl.SSLError as err:
+        raise _cert_chain_error(err, cert, key) from err
+    except OSError as err:
+        raise ConfigError(f"mqtt.cert_file ({cert}): cannot load: {err.strerror}") from err
+    check_certificate_dates(cert)
+
+
+def _cert_chain_error(err: ssl.SSLError, cert: Path, key: Path | None) -> ConfigError:
+    """What went wrong loading the station's certificate and key, in words."""
+    reason = f"{err.reason} {err}".upper()
+    if "KEY_VALUES_MISMATCH" in reason:
+        msg = "the private key does not belong to the certificate"
+    elif "PEM" in reason or "NO_START_LINE" in reason or "BAD_BASE64" in reason:
+        msg = "not a PEM certificate/private key"
+    else:
+        msg = f"cannot load the certificate or key ({err.reason or err})"
+    return ConfigError(f"mqtt.cert_file ({cert}) / mqtt.key_file ({key}): {msg}")
+
+
+def _switch_verification_off(ctx: ssl.SSLContext) -> None:
+    """``mqtt.tls_insecure_for_testing``: no certificate or hostname checks, loudly."""
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    log.warning(
+        "TLS certificate and hostname verification are OFF "
+        "(mqtt.tls_insecure_for_testing): never use this on a station"
+    )
 
 
 def _has_default_ca_paths() -> bool:
