@@ -202,12 +202,15 @@ class ActionRunner:
 
     def _end_session(self, rt: EvseRuntime, action: EndSession, ctx: Context) -> list[Event]:
         events = self._open_relay(rt, OpenRelay(), ctx, why=f"session end ({action.reason.value})")
-        reading = self.power.read_meter(rt)
+        # a meter known dead is not asked again: its time-out would stall the loop
+        dead = rt.state.fault is FaultKind.METER_FAILED
+        reading = None if dead else self.power.read_meter(rt)
         row = self.store.get_session(action.session_id)
         if row is None:
             log.error("%s: session %s not in the store", rt.evse_id, action.session_id)
             return events
-        meter_stop = reading.energy_kwh if reading is not None else row.meter_last_kwh
+        last = rt.last_energy_kwh if rt.last_energy_kwh is not None else row.meter_last_kwh
+        meter_stop = reading.energy_kwh if reading is not None else last
         self.delivery.settle(row, action.reason, self.power.clock.now(), meter_stop or 0.0)
         return events
 
