@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from agent.backend import Backend
 from agent.clock import Clock
@@ -60,14 +61,15 @@ class Authorizer:
     # ---------------------------------------------------------------- requests
     def request(self, evse_id: str, action: RequestAuth, session_id: str) -> Outcome:
         key = token_key(action.token)
+        contract = None if isinstance(action.token, RfidToken) else action.token.contract_id
         if not self.backend.connected:
             log.info(
                 "%s: backend link down: deciding offline (%s)", evse_id, self.config.offline_policy
             )
-            return Outcome(sent=False, decision=self.offline_result(action.request_id, key))
+            decision = self.offline_result(action.request_id, key, contract)
+            return Outcome(sent=False, decision=decision)
         local = self.local_decision(key)
         confirm = bool(self.config.local_first and local and local.valid(self.clock.now()))
-        contract = None if isinstance(action.token, RfidToken) else action.token.contract_id
         self._pending[action.request_id] = PendingAuth(
             evse_id=evse_id,
             token_key=key,
@@ -83,7 +85,8 @@ class Authorizer:
         )
         if not self.backend.authorize(msg):
             self._pending.pop(action.request_id, None)
-            return Outcome(sent=False, decision=self.offline_result(action.request_id, key))
+            decision = self.offline_result(action.request_id, key, contract)
+            return Outcome(sent=False, decision=decision)
         if confirm and local is not None:
             log.info("%s: token accepted locally, confirming with the backend", evse_id)
             return Outcome(
@@ -105,7 +108,9 @@ class Authorizer:
     def timed_out(self, request_id: str) -> AuthTimeout:
         """No answer in time: the offline policy may still let the session charge."""
         pending = self._pending.pop(request_id, None)
-        offline = self.offline_result(request_id, pending.token_key) if pending else None
+        if pending is None:
+            return AuthTimeout(request_id)
+        offline = self.offline_result(request_id, pending.token_key, pending.token_contract_id)
         return AuthTimeout(request_id, offline)
 
     # ---------------------------------------------------------------- answers
@@ -115,26 +120,25 @@ class Authorizer:
             log.warning("auth response for unknown or stale request %s ignored", res.request_id)
             return None
         entry = AuthEntry(pending.token_key, res.status.value, res.contract_id, res.expires_at)
+        status = _effective_status(res, self.clock.now())
+        accepted = status is AuthStatus.ACCEPTED
         if pending.confirm_only:
             event: Event | None = None
-            if res.status is not AuthStatus.ACCEPTED:
+            if not accepted:
                 log.warning(
                     "%s: backend refused a locally accepted token (%s): stopping",
                     pending.evse_id,
-                    res.status.value,
+                    status.value,
                 )
                 event = Deauthorized(pending.session_id)
             return Answer(
                 evse_id=pending.evse_id, session_id=pending.session_id, event=event, entry=entry
             )
-        accepted = res.status is AuthStatus.ACCEPTED
-        if res.expires_at is not None and res.expires_at <= self.clock.now():
-            accepted = False
-        log.info("%s: auth %s for request %s", pending.evse_id, res.status.value, res.request_id)
+        log.info("%s: auth %s for request %s", pending.evse_id, status.value, res.request_id)
         result = AuthResult(
             request_id=res.request_id,
             accepted=accepted,
-            status=res.status.value,
+            status=status.value,
             contract_id=res.contract_id or pending.token_contract_id,
         )
         return Answer(
@@ -154,19 +158,33 @@ class Authorizer:
             return entry
         return self.store.cache_lookup(key)
 
-    def offline_result(self, request_id: str, key: str) -> AuthResult:
-        """What the station decides on its own under ``auth.offline_policy``."""
+    def offline_result(
+        self, request_id: str, key: str, token_contract_id: str | None = None
+    ) -> AuthResult:
+        """What the station decides on its own under ``auth.offline_policy``
+        (``token_contract_id``: a contract token's own id, when the entry names none)."""
         policy = self.config.offline_policy
         entry = self.local_decision(key)
+        contract = (entry.contract_id if entry else None) or token_contract_id
         if policy == "accept_all":
             if entry is not None and entry.status == AuthStatus.BLOCKED.value:
                 return _offline(request_id, False, entry.status)
-            return _offline(request_id, True, "accepted", entry.contract_id if entry else None)
+            return _offline(request_id, True, "accepted", contract)
         if policy == "local_list":
-            if entry is not None and entry.valid(self.clock.now()):
-                return _offline(request_id, True, "accepted", entry.contract_id)
-            return _offline(request_id, False, entry.status if entry is not None else "unknown")
+            if entry is None:
+                return _offline(request_id, False, AuthStatus.UNKNOWN.value)
+            if entry.valid(self.clock.now()):
+                return _offline(request_id, True, "accepted", contract)
+            expired = entry.status == AuthStatus.ACCEPTED.value  # accepted, but not any more
+            return _offline(request_id, False, "expired" if expired else entry.status)
         return _offline(request_id, False, "rejected")
+
+
+def _effective_status(res: AuthResponse, now: datetime) -> AuthStatus:
+    """An acceptance that has already run out is an expiry."""
+    if res.status is AuthStatus.ACCEPTED and res.expires_at is not None and res.expires_at <= now:
+        return AuthStatus.EXPIRED
+    return res.status
 
 
 def _offline(

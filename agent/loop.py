@@ -48,10 +48,16 @@ class Timers:
         self._live.pop((evse_id, timer), None)
 
     def next_in(self) -> float | None:
-        """Seconds until the next live timer may fire (None: no timer)."""
+        """Seconds until the next live timer fires (None: no timer)."""
+        while self._heap and not self._is_live(self._heap[0]):
+            heapq.heappop(self._heap)  # cancelled or replaced: forget it now
         if not self._heap:
             return None
         return max(0.0, self._heap[0][0] - self.clock.monotonic())
+
+    def _is_live(self, entry: tuple[float, int, TimerFired]) -> bool:
+        _, seq, item = entry
+        return self._live.get((item.evse_id, item.timer)) == seq
 
     def due(self) -> list[TimerFired]:
         """The timers that have fired, in deadline order; each fires once."""
