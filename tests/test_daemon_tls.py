@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,12 +104,15 @@ def test_certificate_of_another_station_gets_nothing_through(
 ):
     other = pki.clients[STATION_B]  # ST-A configured with ST-B's certificate
     d = tls_daemon(tmp_path, tls_broker, ca=pki.ca, cert=other.cert, key=other.key)
+    d.config["mqtt"]["auth_timeout_s"] = 1.0
     try:
         d.start(wait_connected=False)
-        wait_until(lambda: "does not deliver this station" in d.log(), 15, "ACL problem reported")
+        wait_until(lambda: "does not deliver this station" in d.log(), 30, "ACL problem reported")
         d.ctl("sim.plug")
         d.ctl("sim.tap", uid=UID_A)
-        time.sleep(1.0)
+        # the auth request went out and stayed unanswered for auth_timeout_s: had the ACL let
+        # it through, the backend would have had it long before
+        wait_until(lambda: "no auth answer within" in d.log(), 30, "the auth request timed out")
         assert tls_backend.messages("auth/req", STATION_A) == []  # the ACL dropped it
         assert [m for m in tls_backend.messages("status", STATION_A) if m.get("online")] == []
         assert d.proc is not None and d.proc.poll() is None

@@ -54,10 +54,13 @@ def test_pn532_tap_starts_a_session_through_the_daemon(make_daemon, backend, pn5
     latency = time.monotonic() - t0
     assert req["token"] == {"type": "rfid", "uid": NTAG_UID, "card_type": "ultralight"}
     d.wait_state("charging")
-    time.sleep(1.0)  # the card stays on the reader: still one tap
+    # the card stays on the reader while it is sensed again and again: still one tap
+    assert pn532.wait_polls(10, timeout=30), "the reader stopped polling"
     assert len(backend.messages("auth/req", ST)) == 1
+    assert d.evse()["state"] == "charging"
     pn532.remove_card()
-    time.sleep(0.5)
+    assert pn532.wait_polls(2, timeout=30)  # the reader saw it leave
+    time.sleep(0.5)  # the debounce (0.3 s) is a real duration: wait it out after the leave
     pn532.place_card(NTAG_UID, sak=0x00)  # the same card again after the debounce: stop
     d.wait_state("finishing")
     assert wait_msg(backend, "cdr")["stop_reason"] == "local"
@@ -102,7 +105,8 @@ def test_stationctl_rfid_read_shows_the_uid(make_daemon, backend, pn532):
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(0.3)
+    # no wait for the command to be listening: a card already lying on the reader is reported
+    # to ``rfid read`` too (Pn532Reader.read_once), so it may be placed right away
     pn532.place_card("E3F1A27B", sak=0x08)
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0

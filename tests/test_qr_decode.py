@@ -219,13 +219,27 @@ def test_sim_reader_feed_debounces() -> None:
 # --------------------------------------------------------------------------- helpers
 
 
-def wait_for(pred: Callable[[], object], timeout: float = 10.0) -> None:
+def wait_for(pred: Callable[[], object], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
             return
-        time.sleep(0.005)
+        time.sleep(0.005)  # the polling interval of this wait, not a wait for readiness
     raise AssertionError("condition not met in time")
+
+
+def count_polls(reader: FilesQrReader) -> Callable[[], int]:
+    """Count the reader thread's looks at its folder: the signal that it has seen a change."""
+    polls = 0
+    poll = reader.poll
+
+    def counted(*, skip: bool = False) -> None:
+        nonlocal polls
+        poll(skip=skip)
+        polls += 1
+
+    reader.poll = counted  # type: ignore[method-assign]
+    return lambda: polls
 
 
 def _png(payload: str | None, seed: int = 1) -> bytes:
@@ -250,12 +264,14 @@ def test_files_reader_picks_up_a_new_file_once(tmp_path: Path) -> None:
     clock = FakeClock()
     got: list[str] = []
     reader = FilesQrReader(tmp_path, debounce_s=5.0, poll_interval_s=0.01, clock=clock)
+    polls = count_polls(reader)
     reader.start(got.append)
     try:
         wait_for(lambda: reader.health().ok)
         drop(tmp_path / "new.png", _png(payload))
         wait_for(lambda: got == [payload])
-        time.sleep(0.1)  # many more polls: still once
+        seen = polls()
+        wait_for(lambda: polls() >= seen + 10)  # many more polls: still once
         assert got == [payload] and reader.files_decoded == 1
         drop(tmp_path / "again.png", _png(payload, seed=2))  # same code within 5 s
         wait_for(lambda: reader.files_decoded == 2)
@@ -264,7 +280,8 @@ def test_files_reader_picks_up_a_new_file_once(tmp_path: Path) -> None:
         drop(tmp_path / "later.png", _png(payload, seed=3))
         wait_for(lambda: len(got) == 2)
         (tmp_path / "notes.txt").write_text("ignored")
-        time.sleep(0.05)
+        seen = polls()
+        wait_for(lambda: polls() >= seen + 3)  # enough looks to decode a wanted file
         assert reader.files_decoded == 3 and "already-there" not in got
     finally:
         reader.stop()

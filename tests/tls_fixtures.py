@@ -249,7 +249,8 @@ def start_tls_broker(pki: Pki, workdir: Path) -> TlsBroker:
     return TlsBroker(mosq, port, pki)
 
 
-def _wait_listening(port: int, timeout: float = 5.0) -> None:
+def _wait_listening(port: int, timeout: float = 30.0) -> None:
+    """Wait until the TLS listener accepts a TCP connection (the broker's signal it is up)."""
     import socket
     import time
 
@@ -261,4 +262,4 @@ def _wait_listening(port: int, timeout: float = 5.0) -> None:
         except OSError:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.02)
+            time.sleep(0.02)  # the polling interval of this wait, not a wait for readiness
