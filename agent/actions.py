@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.authorization import Authorizer
@@ -17,8 +17,9 @@ from agent.commands import Commands
 from agent.config import AgentConfig
 from agent.delivery import Delivery
 from agent.evse import EvseRuntime, Metrics, PowerPath
+from agent.failpoints import Failpoints, Point
 from agent.loop import Timers
-from agent.messages import SessionEventKind, token_for_record
+from agent.messages import CommandResponse, SessionEventKind, token_for_record
 from agent.privacy import mask
 from agent.session import (
     Action,
@@ -68,6 +69,7 @@ class ActionRunner:
     display: Display
     metrics: Metrics
     boot_id: str | None
+    failpoints: Failpoints = field(default_factory=Failpoints)
 
     def __post_init__(self) -> None:
         self._handlers: dict[type[Any], Callable[[EvseRuntime, Any, Context], list[Event]]] = {
@@ -112,15 +114,17 @@ class ActionRunner:
         return []
 
     def _insert(self, rt: EvseRuntime, session: SessionInfo, reading: MeterReading | None) -> None:
+        clock = self.power.clock
         self.store.insert_session(
             session_id=session.session_id,
             evse_id=rt.evse_id,
             token=token_for_record(session.token).model_dump(exclude_none=True),
             contract_id=session.contract_id,
-            start=self.power.clock.now(),
+            start=clock.now(),
             offline=session.offline,
             boot_id=self.boot_id,
             meter_kwh=reading.energy_kwh if reading is not None else None,
+            mono=clock.monotonic(),  # the CDR's durations come from this, not the wall clock
         )
         log.info(
             "%s: session %s authorised%s for %s",
@@ -130,11 +134,32 @@ class ActionRunner:
             mask(session.token_key.split(":", 1)[1]),
         )
 
+    def _commit_start(
+        self,
+        rt: EvseRuntime,
+        session: SessionInfo,
+        command_id: str | None,
+        reading: MeterReading | None,
+    ) -> CommandResponse | None:
+        """The session, its charging start (with a reading) and a remote start's acceptance:
+        one commit. Nothing is answered or switched before it."""
+        with self.store.unit():
+            self._insert(rt, session, reading)
+            answer = None if command_id is None else self.commands.record(command_id, True, None)
+            self.delivery.queue(
+                session.session_id, rt.evse_id, SessionEventKind.AUTHORIZED, offline=session.offline
+            )
+        if command_id is not None:
+            self.failpoints.hit(Point.START_COMMITTED)
+        return answer
+
     def _authorize(self, rt: EvseRuntime, action: Authorize, ctx: Context) -> list[Event]:
         """Commit the authorised session, then tell the backend."""
         session = action.session
-        self._insert(rt, session, None)
-        self._event(rt, session, SessionEventKind.AUTHORIZED)
+        answer = self._commit_start(rt, session, action.command_id, None)
+        if answer is not None:
+            self.commands.announce(answer)
+        self.delivery.flush_events()  # 'authorized'
         return []
 
     def _authorize_and_charge(
@@ -144,13 +169,17 @@ class ActionRunner:
         the 'authorized' and 'started' events. No session starts unmetered."""
         session = action.session
         reading = self.power.read_meter(rt)
-        self._insert(rt, session, reading)
+        answer = self._commit_start(rt, session, action.command_id, reading)
         if reading is None:
-            self._event(rt, session, SessionEventKind.AUTHORIZED)
+            if answer is not None:
+                self.commands.announce(answer)
+            self.delivery.flush_events()  # 'authorized'
             return [FaultRaised(FaultKind.METER_FAILED)]
         rt.last_meter_store = self.power.clock.monotonic()
         fault = self._close(rt, session.session_id, ctx)
-        self._event(rt, session, SessionEventKind.AUTHORIZED)
+        if answer is not None:
+            self.commands.announce(answer)
+        self.delivery.flush_events()  # 'authorized'
         if fault is not None:
             return [fault]
         self._charging_started(rt, session, reading)
@@ -163,7 +192,11 @@ class ActionRunner:
             return [FaultRaised(FaultKind.METER_FAILED)]
         clock = self.power.clock
         self.store.mark_charging(
-            action.session_id, clock.now(), reading.energy_kwh, evse_id=rt.evse_id
+            action.session_id,
+            clock.now(),
+            reading.energy_kwh,
+            evse_id=rt.evse_id,
+            mono=clock.monotonic(),
         )
         rt.last_meter_store = clock.monotonic()
         fault = self._close(rt, action.session_id, ctx)
@@ -201,33 +234,44 @@ class ActionRunner:
         return []
 
     def _end_session(self, rt: EvseRuntime, action: EndSession, ctx: Context) -> list[Event]:
-        events = self._open_relay(rt, OpenRelay(), ctx, why=f"session end ({action.reason.value})")
+        """Read the meter (the relay still closed: the register the session ends on), commit
+        the end with its CDR, open the relay, then tell the backend. A crash between commit and
+        relay leaves an ended session (the relays open first thing at start-up), never a stop
+        that a restart undoes."""
+        why = f"session end ({action.reason.value})"
         # a meter known dead is not asked again: its time-out would stall the loop
         dead = rt.state.fault is FaultKind.METER_FAILED
         reading = None if dead else self.power.read_meter(rt)
         row = self.store.get_session(action.session_id)
         if row is None:
             log.error("%s: session %s not in the store", rt.evse_id, action.session_id)
-            return events
+            return self._open_relay(rt, OpenRelay(), ctx, why=why)
         last = rt.last_energy_kwh if rt.last_energy_kwh is not None else row.meter_last_kwh
         meter_stop = reading.energy_kwh if reading is not None else last
-        self.delivery.settle(row, action.reason, self.power.clock.now(), meter_stop or 0.0)
+        now = self.power.clock.now()
+        cdr = self.delivery.commit_end(row, action.reason, now, meter_stop or 0.0)
+        self.failpoints.hit(Point.SESSION_ENDED)
+        events = self._open_relay(rt, OpenRelay(), ctx, why=why)
+        self.failpoints.hit(Point.RELAY_OPENED)
+        self.delivery.announce_end(row, cdr)
         return events
 
     def _drop_session(self, rt: EvseRuntime, action: DropSession, ctx: Context) -> list[Event]:
         session = action.session
         self.authorizer.forget(session.request_id)
-        if self.store.get_session(session.session_id) is not None:
-            self.store.end_session(
-                session.session_id, end=self.power.clock.now(), reason=action.reason
+        with self.store.unit():  # the end and its event: one commit
+            if self.store.get_session(session.session_id) is not None:
+                self.store.end_session(
+                    session.session_id, end=self.power.clock.now(), reason=action.reason
+                )
+            self.delivery.queue(
+                session.session_id,
+                rt.evse_id,
+                action.event,
+                action.reason,
+                offline=session.offline,
             )
-        self.delivery.session_event(
-            session.session_id,
-            rt.evse_id,
-            action.event,
-            action.reason,
-            offline=session.offline,
-        )
+        self.delivery.flush_events()
         return []
 
     def _open_relay(

@@ -66,7 +66,12 @@ class CommandUnreadable:
     reason: str
 
 
-BackendInput = LinkUp | LinkDown | AuthAnswer | CdrAcked | CommandIn | CommandUnreadable
+@dataclass(frozen=True)
+class Delivered:
+    """Session events were acknowledged by the broker (``Backend.delivered()`` says which)."""
+
+
+BackendInput = LinkUp | LinkDown | AuthAnswer | CdrAcked | CommandIn | CommandUnreadable | Delivered
 BackendSink = Callable[[BackendInput], None]
 
 
@@ -89,7 +94,15 @@ class Backend(Protocol):
 
     def authorize(self, request: AuthRequest) -> bool: ...
 
-    def session_event(self, event: SessionEvent) -> bool: ...
+    def session_event(self, event: SessionEvent, ref: int) -> bool:
+        """Send a queued session event; ``ref`` comes back from :meth:`delivered` once the
+        other side has it (then, and only then, it leaves the station's durable queue)."""
+        ...
+
+    def delivered(self) -> list[int]:
+        """The refs of session events acknowledged since the last call (a :class:`Delivered`
+        input announces that there are some)."""
+        ...
 
     def cdr(self, cdr: Cdr) -> bool: ...
 
@@ -99,4 +112,9 @@ class Backend(Protocol):
 
     def faults(self) -> dict[str, str]:
         """Backend-side problems to show in the station's status (e.g. a broker ACL)."""
+        ...
+
+    def inbound_dropped(self) -> dict[str, int]:
+        """Inbound messages dropped by the adapter's rate limit since start, per topic (or
+        message kind); empty while nothing was dropped. Shown in the station's status."""
         ...

@@ -7,6 +7,12 @@ dropped before it reaches the station's queue. A command that cannot be read is 
 accepted or refused as a command). The station's own retained status coming back proves that
 the broker's ACL lets this identity use its topics; when it does not come back the adapter
 reports ``broker_acl``.
+
+Two guards run first, in the network thread, before anything is parsed or queued: a per-topic
+rate limit (:class:`InboundLimiter`), so that a flood cannot fill the station's queue or its
+CPU, and the refusal of retained commands: a command the broker stored and hands out again on
+every (re)subscription would otherwise run again whenever its stored answer is gone (a purge
+after a clock step), starting a second session.
 """
 
 from __future__ import annotations
@@ -14,6 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from agent.backend import (
@@ -22,6 +32,7 @@ from agent.backend import (
     CdrAcked,
     CommandIn,
     CommandUnreadable,
+    Delivered,
     LinkDown,
     LinkUp,
 )
@@ -47,12 +58,133 @@ from agent.messages import (
 log = logging.getLogger(__name__)
 
 ECHO_WAIT_S = 5.0  # after connecting: our own retained status must be back by then
+RETAINED_REASON = "retained commands are refused: publish commands without the retain flag"
+DROP_LOG_EVERY_S = 10.0  # at most one "dropped" warning per topic per this interval
+DROPPED_STATUS_EVERY_S = 1.0  # the counts in the status change at most this often
+EXPECTED_MAX = 4096  # ids of answers the station waits for, per topic (oldest forgotten)
+PEEK_MAX_BYTES = 2048  # a real auth/res or cdr/ack is far smaller
+# the id an expected answer carries, found without parsing the payload (the answer is still
+# validated in full afterwards; a payload that hides its id behind escapes just takes its turn)
+EXPECTED_ID = {
+    "auth/res": re.compile(rb'"request_id"\s*:\s*"([^"\\]{1,64})"'),
+    "cdr/ack": re.compile(rb'"session_id"\s*:\s*"([^"\\]{1,64})"'),
+}
 
 
 def command_digest(data: dict[str, Any]) -> str:
     """What identifies a command for replay detection (its send time aside)."""
     body = {k: v for k, v in data.items() if k != "ts"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up; one token per message."""
+
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.last = float(burst), now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class InboundLimiter:
+    """Per-topic token buckets for inbound backend messages (``mqtt.inbound_rate_per_s``,
+    ``mqtt.inbound_burst``), applied in the network thread before any parsing or queueing.
+
+    A message over its topic's limit is dropped and counted (:meth:`dropped`, shown in the
+    status); a warning with the count is logged at most once per ``DROP_LOG_EVERY_S`` per
+    topic. A dropped command is not answered, even when its ``command_id`` could be read:
+    answering a flood is amplifying it (one ``cmd/res`` out for every message in, and the
+    parsing the limit exists to avoid); a backend that gets no answer sends the command again.
+
+    Answers the station is waiting for pass whatever the bucket says (:meth:`expect`): the
+    ``request_id`` of an ``auth/req`` it sent, the ``session_id`` of a CDR it sent. Without
+    that, a flood of random ``auth/res`` would use up the tokens and the real answer to a tap
+    would be dropped with it. The id is found with one bounded byte search, not by parsing;
+    each expected id lets one message through.
+    """
+
+    def __init__(
+        self, limits: dict[str, tuple[float, int]], monotonic: Callable[[], float]
+    ) -> None:
+        self._now = monotonic
+        now = monotonic()
+        self._buckets = {t: TokenBucket(rate, burst, now) for t, (rate, burst) in limits.items()}
+        self._expected: dict[str, OrderedDict[bytes, None]] = {t: OrderedDict() for t in limits}
+        self._dropped: dict[str, int] = {}
+        self._unlogged: dict[str, int] = {}
+        self._logged_at: dict[str, float] = {}
+        self._shown: dict[str, int] = {}
+        self._shown_at = 0.0
+        self._lock = threading.Lock()
+
+    def expect(self, suffix: str, ident: str) -> None:
+        """An answer carrying ``ident`` on ``suffix`` is due (called by the loop thread)."""
+        expected = self._expected.get(suffix)
+        if expected is None:
+            return
+        key = ident.encode()
+        with self._lock:
+            expected[key] = None
+            expected.move_to_end(key)
+            while len(expected) > EXPECTED_MAX:
+                expected.popitem(last=False)
+
+    def admit(self, suffix: str, payload: bytes) -> bool:
+        """True: handle the message; False: it was over the limit, dropped and counted."""
+        bucket = self._buckets.get(suffix)
+        if bucket is None:
+            return True
+        now = self._now()
+        if bucket.take(now) or self._was_expected(suffix, payload):
+            return True
+        with self._lock:
+            self._dropped[suffix] = self._dropped.get(suffix, 0) + 1
+            self._unlogged[suffix] = self._unlogged.get(suffix, 0) + 1
+            if now - self._logged_at.get(suffix, -DROP_LOG_EVERY_S) < DROP_LOG_EVERY_S:
+                return False
+            self._logged_at[suffix] = now
+            count, self._unlogged[suffix] = self._unlogged[suffix], 0
+            total = self._dropped[suffix]
+        log.warning(
+            "inbound %s over its limit (%g/s, burst %d): %d message(s) dropped unread "
+            "(%d since start)",
+            suffix,
+            bucket.rate,
+            bucket.burst,
+            count,
+            total,
+        )
+        return False
+
+    def _was_expected(self, suffix: str, payload: bytes) -> bool:
+        pattern = EXPECTED_ID.get(suffix)
+        if pattern is None or len(payload) > PEEK_MAX_BYTES:
+            return False
+        found = pattern.search(payload)
+        if found is None:
+            return False
+        with self._lock:
+            return self._expected[suffix].pop(found.group(1), False) is None
+
+    def dropped(self) -> dict[str, int]:
+        """Counts since start for the status: the first drops at once, then at most every
+        ``DROPPED_STATUS_EVERY_S`` (the status is published whenever it changes; a flood must
+        not turn into a stream of status messages)."""
+        now = self._now()
+        with self._lock:
+            due = not self._shown or now - self._shown_at >= DROPPED_STATUS_EVERY_S
+            if due and self._dropped != self._shown:
+                self._shown, self._shown_at = dict(self._dropped), now
+            return dict(self._shown)
 
 
 class MqttBackend:
@@ -69,6 +201,9 @@ class MqttBackend:
         self._connected_at: float | None = None
         self._echo_seen = True
         self._acl_reported = False
+        self._ack_lock = threading.Lock()
+        self._delivered: list[int] = []  # refs of acknowledged session events, not yet taken
+        self._limiter = InboundLimiter(config.mqtt.inbound_limits(), clock.monotonic)
 
     # ---------------------------------------------------------------- port
     @property
@@ -87,12 +222,27 @@ class MqttBackend:
         self._link.stop(self._offline_payload())
 
     def authorize(self, request: AuthRequest) -> bool:
+        self._limiter.expect("auth/res", request.request_id)
         return self._link.publish("auth/req", dump(request))
 
-    def session_event(self, event: SessionEvent) -> bool:
-        return self._link.publish("session", dump(event))
+    def session_event(self, event: SessionEvent, ref: int) -> bool:
+        return self._link.publish("session", dump(event), on_ack=lambda: self._acked(ref))
+
+    def delivered(self) -> list[int]:
+        with self._ack_lock:
+            refs, self._delivered = self._delivered, []
+        return refs
+
+    def _acked(self, ref: int) -> None:
+        """A PUBACK (network thread): one Delivered input announces a batch of them."""
+        with self._ack_lock:
+            self._delivered.append(ref)
+            first = len(self._delivered) == 1
+        if first:
+            self._sink(Delivered())
 
     def cdr(self, cdr: Cdr) -> bool:
+        self._limiter.expect("cdr/ack", cdr.session_id)
         return self._link.publish("cdr", dump(cdr))
 
     def command_result(self, result: CommandResponse) -> bool:
@@ -116,6 +266,9 @@ class MqttBackend:
             return {"broker_acl": "own topics not delivered"}
         return {}
 
+    def inbound_dropped(self) -> dict[str, int]:
+        return self._limiter.dropped()
+
     # ---------------------------------------------------------------- inbound (network thread)
     def _offline_payload(self) -> bytes:
         return dump(OfflineStatus(station_id=self._config.station.id))
@@ -129,8 +282,13 @@ class MqttBackend:
             else:
                 self._sink(LinkDown(item.reason))
             return
+        if not self._limiter.admit(item.suffix, item.payload):
+            return
         if item.suffix == "status":
             self._echo_seen = True
+            return
+        if item.retain and item.suffix == "cmd/req":
+            self._refuse_retained(item.payload)
             return
         try:
             data = load_json_object(item.payload)
@@ -154,6 +312,27 @@ class MqttBackend:
             self._sink(CommandIn(parse_command(data), command_digest(data), item.t))
         else:
             log.warning("message on unexpected topic %s ignored", item.suffix)
+
+    def _refuse_retained(self, payload: bytes) -> None:
+        """A retained command is never run: it is read only for its id, to answer it."""
+        try:
+            data = load_json_object(payload)
+        except ProtocolError as err:
+            log.warning(
+                "retained command refused: unreadable payload on %s/cmd/req (%s); no "
+                "command_id to answer; commands must be published without the retain flag",
+                self._config.topic_root,
+                err,
+            )
+            return
+        cid = data.get("command_id")
+        log.warning(
+            "retained command refused: command_id %r on %s/cmd/req; commands must be "
+            "published without the retain flag (clear it: an empty retained message)",
+            cid,
+            self._config.topic_root,
+        )
+        self._reject_unreadable(data, RETAINED_REASON)
 
     def _reject_unreadable(self, data: dict[str, Any], reason: str) -> None:
         cid = data.get("command_id")

@@ -126,11 +126,26 @@ class BackendSim:
         self.publish(station_id, "auth/res", res)
 
     # ------------------------------------------------------------------ outbound
-    def publish(self, station_id: str, suffix: str, data: Any, *, raw: bytes | None = None) -> None:
+    def publish(
+        self,
+        station_id: str,
+        suffix: str,
+        data: Any,
+        *,
+        raw: bytes | None = None,
+        retain: bool = False,
+    ) -> None:
+        """QoS 1 publish. ``retain=True`` (a backend must not do that with commands: the
+        station refuses them) waits until the broker has the message, so it is stored when
+        this returns; an empty retained ``raw`` payload clears the topic's retained message."""
         if self._client is None:
             raise BackendError("backend-sim is not started")
         payload = raw if raw is not None else json.dumps(data).encode()
-        self._client.publish(f"{self.prefix}/{station_id}/{suffix}", payload, qos=1)
+        info = self._client.publish(
+            f"{self.prefix}/{station_id}/{suffix}", payload, qos=1, retain=retain
+        )
+        if retain:
+            info.wait_for_publish(timeout=5.0)
 
     def command(self, station_id: str, command: str, **fields: Any) -> str:
         command_id = str(fields.pop("command_id", uuid.uuid4()))

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.backend import Backend, CommandIn
-from agent.clock import Clock
+from agent.clock import Clock, ClockCheck
 from agent.config import AgentConfig
 from agent.errors import ProtocolError
+from agent.failpoints import Failpoints, Point
 from agent.messages import (
     AnyCommand,
     CommandResponse,
@@ -44,6 +45,7 @@ class Commands:
     backend: Backend
     clock: Clock
     new_id: Callable[[], str]
+    failpoints: Failpoints = field(default_factory=Failpoints)
     _digests: dict[str, str] = field(default_factory=dict)  # command id -> digest, until answered
     _handlers: dict[type[Any], Callable[[Any, dict[str, str]], Routed]] = field(
         default_factory=dict
@@ -84,6 +86,11 @@ class Commands:
 
     def result(self, command_id: str, accepted: bool, reason: str | None) -> None:
         """Commit the answer (with the command's digest), then publish it."""
+        self.announce(self.record(command_id, accepted, reason))
+
+    def record(self, command_id: str, accepted: bool, reason: str | None) -> CommandResponse:
+        """Commit the answer with the digest of the command it answers (inside the caller's
+        unit of work, if one is open: a remote start commits it with its session)."""
         msg = CommandResponse(
             command_id=command_id,
             status=CommandStatus.ACCEPTED if accepted else CommandStatus.REJECTED,
@@ -91,9 +98,14 @@ class Commands:
         )
         digest = self._digests.pop(command_id, None)
         self.store.save_command(command_id, dump(msg).decode(), self.clock.now(), digest)
-        if not accepted:
-            log.info("command %s rejected: %s", command_id, reason)
+        return msg
+
+    def announce(self, msg: CommandResponse) -> None:
+        """Publish an answer that is committed."""
+        if msg.status is CommandStatus.REJECTED:
+            log.info("command %s rejected: %s", msg.command_id, msg.reason)
         self.backend.command_result(msg)
+        self.failpoints.hit(Point.COMMAND_ANSWERED)
 
     def _check(self, cmd: AnyCommand) -> None:
         station = self.config.station.id
@@ -115,6 +127,11 @@ class Commands:
     def _remote_start(self, cmd: RemoteStart, sessions: dict[str, str]) -> Routed:
         if not self._known_evse(cmd.evse_id):
             self.result(cmd.command_id, False, f"unknown evse_id {cmd.evse_id}")
+            return []
+        unset = ClockCheck.from_config(self.config.station, self.clock).refuses_sessions()
+        if unset is not None:
+            log.warning("remote start %s refused: clock not set (%s)", cmd.command_id, unset)
+            self.result(cmd.command_id, False, "station clock is not set")
             return []
         session_id = cmd.session_id or self.new_id()
         if self.store.get_session(session_id) is not None:

@@ -20,6 +20,13 @@ from drivers.display.qrcode import DEFAULT_URL_TEMPLATE
 DEFAULT_CONFIG_PATH = Path("/etc/station-agent/config.toml")
 CfgPath = Annotated[Path, Field(strict=False)]  # TOML has no path type: a string is a path
 EX_CONFIG = 78
+# inbound backend messages per topic (token bucket in the MQTT network thread): rate per second,
+# burst. Generous for one station's real traffic, small enough that a flood cannot starve taps.
+INBOUND_LIMITS: dict[str, tuple[float, int]] = {
+    "auth/res": (200.0, 400),
+    "cdr/ack": (200.0, 400),
+    "cmd/req": (50.0, 100),
+}
 
 
 class _Strict(BaseModel):
@@ -42,6 +49,11 @@ class StationConfig(_Strict):
     state_dir: CfgPath = Path("/var/lib/station-agent")
     control_socket: CfgPath = Path("/run/station-agent/control.sock")
     boot_id_file: CfgPath = Path("/proc/sys/kernel/random/boot_id")
+    # sessions start on a clock known to be unset (before the build date, or not yet
+    # synchronised where systemd-timesyncd runs) only if this says so
+    allow_unset_clock: bool = False
+    # systemd-timesyncd's "synchronised" flag file; checked only where its directory exists
+    clock_sync_file: CfgPath | None = Path("/run/systemd/timesync/synchronized")
 
     @field_validator("id")
     @classmethod
@@ -77,6 +89,34 @@ class MqttConfig(_Strict):
     username: str | None = None
     password_file: CfgPath | None = None
     tls_insecure_for_testing: bool = False  # no certificate or hostname checks: tests only
+    # per-topic overrides of INBOUND_LIMITS, e.g. inbound_rate_per_s = { "cmd/req" = 20 }
+    inbound_rate_per_s: dict[str, Annotated[float, Field(gt=0, le=1_000_000)]] = Field(
+        default_factory=dict
+    )
+    inbound_burst: dict[str, Annotated[int, Field(ge=1, le=1_000_000)]] = Field(
+        default_factory=dict
+    )
+
+    @field_validator("inbound_rate_per_s", "inbound_burst")
+    @classmethod
+    def _inbound_topics(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(INBOUND_LIMITS))
+        if unknown:
+            raise ValueError(
+                f"unknown topic(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(INBOUND_LIMITS)}"
+            )
+        return v
+
+    def inbound_limits(self) -> dict[str, tuple[float, int]]:
+        """Rate per second and burst of every rate-limited inbound topic, overrides applied."""
+        return {
+            topic: (
+                self.inbound_rate_per_s.get(topic, rate),
+                self.inbound_burst.get(topic, burst),
+            )
+            for topic, (rate, burst) in INBOUND_LIMITS.items()
+        }
 
     @model_validator(mode="after")
     def _tls_options(self) -> MqttConfig:

@@ -8,30 +8,74 @@ answered by the controller's main loop, so it sees and changes state consistentl
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import socket
 import stat
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from agent.errors import AgentError
+from agent.errors import AgentError, StoreError
 from agent.inputs import ControlCall
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 64 * 1024
 REPLY_TIMEOUT_S = 10.0
+# the whole request line must arrive within this time: a client that trickles bytes without
+# ever sending a newline cannot hold one of the MAX_CLIENTS slots for longer
+READ_DEADLINE_S = 5.0
 MAX_CLIENTS = 16  # connections served at once; more are told the daemon is busy
+ACCEPT_BACKOFF_S = (0.05, 1.0)  # after a failed accept (EMFILE, ENOBUFS, ...): first, longest
 
 C = TypeVar("C")
+Handler = Callable[[C, dict[str, Any]], Any]
 
 
 class ControlError(AgentError):
     """The daemon could not be reached or refused a control request."""
+
+
+def answer(
+    handlers: Mapping[str, Handler[C]], context: C, request: dict[str, Any]
+) -> dict[str, Any]:
+    """The reply to one request ``{"cmd": name, ...}``, by the handler registered for ``name``.
+
+    It raises nothing but :class:`StoreError` (the main loop faults the station on it): an
+    AgentError or a bad argument is a refusal, anything else a bug, answered and logged with
+    its traceback. The main loop and the client threads run every request through it, so no
+    request, however hostile, ends either of them.
+    """
+    name = request.get("cmd")
+    if not isinstance(name, str):  # any JSON value: never echo it (a list 980 deep, 60 kB)
+        kind = "missing" if name is None else f"a {type(name).__name__}"
+        return {"ok": False, "error": f"cmd must be a command name, not {kind}"}
+    handler = handlers.get(name)
+    if handler is None:
+        return {"ok": False, "error": f"unknown control command {name[:100]!r}"}
+    try:
+        return {"ok": True, "result": handler(context, request)}
+    except StoreError:
+        raise
+    except AgentError as err:
+        log.info("control %s refused: %s", name, err)
+        return {"ok": False, "error": str(err)}
+    except (ArithmeticError, LookupError, TypeError, ValueError) as err:
+        log.info("control %s refused: %s", name, err)
+        return {"ok": False, "error": f"bad request: {err}"}
+    # the last line of defence of the loop or thread that runs the handler: a bug in one
+    # command must not end it (ruff's BLE001 accepts this: log.exception keeps the traceback)
+    except Exception as err:
+        log.exception("control %s failed", name)
+        return {
+            "ok": False,
+            "error": f"internal error ({type(err).__name__}: {err}); see the daemon log",
+        }
 
 
 class ControlServer(Generic[C]):
@@ -42,13 +86,19 @@ class ControlServer(Generic[C]):
         self.path = path
         self._post = post
         self._context = context
-        self._direct: dict[str, Callable[[C, dict[str, Any]], Any]] = {}
+        self._direct: dict[str, Handler[C]] = {}
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self._accept_failing: int | None = None  # errno of the current run of accept failures
 
-    def register_direct(self, name: str, handler: Callable[[C, dict[str, Any]], Any]) -> None:
+    @property
+    def alive(self) -> bool:
+        """True while the accept thread runs: without it no ``stationctl`` request is served."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def register_direct(self, name: str, handler: Handler[C]) -> None:
         """A diagnostic that waits (for a card, a QR code): it runs in the client's thread and
         must only read thread-safe driver state, never the store or the EVSE machines."""
         self._direct[name] = handler
@@ -88,17 +138,42 @@ class ControlServer(Generic[C]):
             self.path.unlink()
 
     def _serve(self) -> None:
+        """The accept loop: it ends only when stopped. A failed accept (out of file
+        descriptors: EMFILE/ENFILE, out of memory: ENOBUFS/ENOMEM, ...) is logged and retried
+        after a growing back-off; a dead accept thread stops the watchdog (``alive``)."""
         assert self._sock is not None
+        backoff = ACCEPT_BACKOFF_S[0]
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
             except TimeoutError:
                 continue
             except OSError as err:
-                if not self._stop.is_set():
-                    log.error("control socket accept failed: %s", err)
-                return
+                if self._stop.is_set():
+                    return
+                self._accept_failed(err, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, ACCEPT_BACKOFF_S[1])
+                continue
+            if self._accept_failing is not None:
+                self._accept_failing = None
+                log.info("control socket accepts connections again")
+            backoff = ACCEPT_BACKOFF_S[0]
             self._spawn(conn)
+
+    def _accept_failed(self, err: OSError, backoff: float) -> None:
+        """The first failure of a run (or a new errno) at ERROR, repeats at DEBUG."""
+        name = errno.errorcode.get(err.errno or 0, str(err.errno))
+        if self._accept_failing != err.errno:
+            self._accept_failing = err.errno
+            log.error(
+                "control socket accept failed (%s: %s); retrying with back-off, "
+                "repeats are logged at debug level",
+                name,
+                err,
+            )
+        else:
+            log.debug("control socket accept failed again (%s), next try in %.2f s", name, backoff)
 
     def _spawn(self, conn: socket.socket) -> None:
         """One thread per client, at most MAX_CLIENTS at once; the accept loop never dies."""
@@ -130,28 +205,41 @@ class ControlServer(Generic[C]):
         with conn:
             conn.settimeout(REPLY_TIMEOUT_S)
             try:
-                line = _read_line(conn)
+                line = _read_line(conn, time.monotonic() + READ_DEADLINE_S)
+                conn.settimeout(REPLY_TIMEOUT_S)
                 reply = self._answer(line)
             except (OSError, ValueError) as err:
                 reply = {"ok": False, "error": f"bad request: {err}"}
             try:
-                conn.sendall(json.dumps(reply).encode() + b"\n")
+                data = json.dumps(reply).encode()
+            except (TypeError, ValueError) as err:  # a handler returned something not JSON
+                log.error("control reply cannot be encoded: %s", err)
+                data = json.dumps(
+                    {"ok": False, "error": f"reply cannot be encoded: {err}"}
+                ).encode()
+            try:
+                conn.sendall(data + b"\n")
             except OSError as err:
                 log.debug("control client went away: %s", err)
 
     def _answer(self, line: bytes) -> dict[str, Any]:
         try:
             request = json.loads(line)
+        except UnicodeDecodeError as err:
+            return {"ok": False, "error": f"request is not UTF-8: {err}"}
         except json.JSONDecodeError as err:
             return {"ok": False, "error": f"request is not JSON: {err}"}
+        except RecursionError:  # "[[[[...": nested deeper than the parser's recursion limit
+            return {"ok": False, "error": "request is not JSON: nested too deeply"}
         if not isinstance(request, dict):
             return {"ok": False, "error": "request must be a JSON object"}
-        direct = self._direct.get(str(request.get("cmd")))
-        if direct is not None:
+        name = request.get("cmd")
+        if isinstance(name, str) and name in self._direct:
             try:
-                return {"ok": True, "result": direct(self._context, request)}
-            except (AgentError, ArithmeticError, ValueError, TypeError) as err:
-                return {"ok": False, "error": str(err)}
+                return answer(self._direct, self._context, request)
+            except StoreError as err:  # direct handlers must not touch the store
+                log.error("control %s: store failure: %s", name, err)
+                return {"ok": False, "error": f"store failure: {err}"}
         call = ControlCall(request)
         self._post(call)
         if not call.done.wait(REPLY_TIMEOUT_S):
@@ -159,9 +247,14 @@ class ControlServer(Generic[C]):
         return call.reply or {"ok": False, "error": "no reply"}
 
 
-def _read_line(conn: socket.socket) -> bytes:
+def _read_line(conn: socket.socket, deadline: float) -> bytes:
+    """One request line; ValueError when it is too long, TimeoutError when it is too slow."""
     buf = b""
     while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete request line within {READ_DEADLINE_S:.0f} s")
+        conn.settimeout(left)
         chunk = conn.recv(4096)
         if not chunk:
             break
@@ -190,13 +283,16 @@ def call(path: Path, request: dict[str, Any], timeout: float = 15.0) -> Any:
         raise ControlError(f"cannot reach station-agent at {path}: {err}") from err
     with sock:
         try:
-            sock.sendall(json.dumps(request).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            try:
+                sock.sendall(json.dumps(request).encode() + b"\n")
+            except (BrokenPipeError, ConnectionResetError) as err:
+                # a busy daemon answers at once and closes, perhaps before the request was
+                # sent: its reply still waits in our receive buffer
+                data = _read_reply(sock)
+                if not data:
+                    raise ControlError(f"control socket {path}: {err}") from err
+            else:
+                data = _read_reply(sock)
         except OSError as err:
             raise ControlError(f"control socket {path}: {err}") from err
     try:
@@ -206,3 +302,13 @@ def call(path: Path, request: dict[str, Any], timeout: float = 15.0) -> Any:
     if not reply.get("ok"):
         raise ControlError(str(reply.get("error", "request failed")))
     return reply.get("result")
+
+
+def _read_reply(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data

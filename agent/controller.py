@@ -30,15 +30,18 @@ from agent.backend import (
     CdrAcked,
     CommandIn,
     CommandUnreadable,
+    Delivered,
     LinkDown,
     LinkUp,
 )
-from agent.clock import Clock
+from agent.clock import Clock, ClockCheck
 from agent.commands import Commands
 from agent.config import AgentConfig
+from agent.control import answer
 from agent.delivery import Delivery
-from agent.errors import AgentError, DriverError, ProtocolError, StoreError
+from agent.errors import DriverError, ProtocolError, StoreError
 from agent.evse import EvseRuntime, MeterSample, Metrics, PowerPath, StationDrivers
+from agent.failpoints import Failpoints
 from agent.inputs import CardTapped, ControlCall, Inputs, PlugChanged, QrScanned, Shutdown
 from agent.loop import EventLoop, TimerFired
 from agent.messages import EvseState, StatusMessage
@@ -79,6 +82,7 @@ Item = (
     | CdrAcked
     | CommandIn
     | CommandUnreadable
+    | Delivered
 )
 ControlHandler = Callable[["Controller", dict[str, Any]], Any]
 PURGE_EVERY_S = 86400.0
@@ -102,6 +106,7 @@ class Controller:
         clock: Clock,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         boot_id: str | None = None,
+        failpoints: Failpoints | None = None,
     ) -> None:
         self.config = config
         self.drivers = drivers
@@ -109,6 +114,9 @@ class Controller:
         self.backend = backend
         self.clock = clock
         self.boot_id = boot_id
+        self.failpoints = failpoints or Failpoints()
+        runtime_dir = config.station.control_socket.parent
+        self.interrupted = recovery.InterruptedSessions(runtime_dir / "interrupted-sessions.json")
         self.policy = Policy(stop_with_same_token=config.auth.stop_with_same_token)
         self.evses = {
             ec.id: EvseRuntime(
@@ -135,7 +143,8 @@ class Controller:
             Shutdown: lambda item: self.loop.stop(),
             MeterSample: self._on_meter_sample,
             LinkUp: self._on_link_up,
-            LinkDown: lambda item: log.warning("backend link down (%s)", item.reason),
+            LinkDown: self._on_link_down,
+            Delivered: lambda item: self.delivery.confirmed(self.backend.delivered()),
             AuthAnswer: self._on_auth_answer,
             CdrAcked: lambda item: self.delivery.acknowledged(item.session_id),
             CommandIn: self._on_command,
@@ -152,10 +161,16 @@ class Controller:
         config, store, backend, clock = self.config, self.store, self.backend, self.clock
         pool = ThreadPoolExecutor(max_workers=max(1, len(self.evses)), thread_name_prefix="meter")
         self.power = PowerPath(clock=clock, post_sample=self.post, pool=pool)
-        self.delivery = Delivery(config, store, backend, clock)
+        self.delivery = Delivery(config, store, backend, clock, boot_id=self.boot_id)
+        self.clock_check = ClockCheck.from_config(config.station, clock)
         self.authorizer = Authorizer(config=config.auth, store=store, backend=backend, clock=clock)
         self.commands = Commands(
-            config=config, store=store, backend=backend, clock=clock, new_id=new_id
+            config=config,
+            store=store,
+            backend=backend,
+            clock=clock,
+            new_id=new_id,
+            failpoints=self.failpoints,
         )
         self.actions = ActionRunner(
             config=config,
@@ -168,12 +183,14 @@ class Controller:
             display=self.drivers.display,
             metrics=self.metrics,
             boot_id=self.boot_id,
+            failpoints=self.failpoints,
         )
         self.inputs = Inputs(
             states=lambda: [rt.state for rt in self.evses.values()],
             display=self.drivers.display,
             post=self.post,
             new_id=new_id,
+            clock_check=self.clock_check,
         )
         self.presenter = Presenter(
             station_id=config.station.id,
@@ -183,6 +200,7 @@ class Controller:
             clock=clock,
             evses=list(self.evses.values()),
             station_faults=self.station_faults,
+            clock_check=self.clock_check,
         )
 
     # ------------------------------------------------------------------ wiring
@@ -232,12 +250,16 @@ class Controller:
             )
 
         plan = recovery.plan(
-            self.store.open_sessions(), boot_id=self.boot_id, can_resume=can_resume
+            self.store.open_sessions(),
+            boot_id=self.boot_id,
+            can_resume=can_resume,
+            interrupted=self.interrupted.read(),
         )
         for evse_id, session in plan.resume:
             self.dispatch(evse_id, PlugIn())
             self.dispatch(evse_id, ResumeSession(session))
         recovery.close_out(plan, self.store, self.delivery)
+        self.interrupted.clear()  # settled and committed
 
     # ------------------------------------------------------------------ main loop
     def run(
@@ -274,6 +296,7 @@ class Controller:
         are settled by the recovery at the next start."""
         log.critical("store failure: %s; opening every relay, station faulted", err)
         self.station_faults["store"] = str(err)
+        self.interrupted.add(self.sessions())  # a restart settles them, never resumes them
         self.open_relays("store failure")
         for evse_id in self.evses:
             try:
@@ -360,6 +383,7 @@ class Controller:
             return
         self._last_housekeeping = mono
         try:
+            self.store.check_file()  # a deleted state directory is a store failure now
             self._supervise()
             if self.backend.connected and self.store.queued_event_count():
                 self.delivery.flush_events()  # whatever a reconnect could not send yet
@@ -401,6 +425,10 @@ class Controller:
             self.dispatch(sample.evse_id, event)
 
     # ------------------------------------------------------------------ backend inputs
+    def _on_link_down(self, item: LinkDown) -> None:
+        log.warning("backend link down (%s)", item.reason)
+        self.delivery.link_lost()
+
     def _on_link_up(self, item: LinkUp) -> None:
         self.presenter.publisher.forget()  # republish on every (re)connect
         self.publish_status()
@@ -444,17 +472,14 @@ class Controller:
         self.presenter.refresh()
 
     def _on_control(self, call: ControlCall) -> None:
-        name = call.request.get("cmd")
-        handler = self._control.get(name) if isinstance(name, str) else None
+        """A control request must never take the main loop (and every charging session) down:
+        :func:`agent.control.answer` turns whatever a handler raises into an error reply,
+        but for a StoreError, which faults the station like anywhere else in the loop."""
         try:
-            if handler is None:
-                call.reply = {"ok": False, "error": f"unknown control command {name!r}"}
-            else:
-                call.reply = {"ok": True, "result": handler(self, call.request)}
-        except AgentError as err:
-            call.reply = {"ok": False, "error": str(err)}
-        except (ArithmeticError, KeyError, TypeError, ValueError) as err:
-            call.reply = {"ok": False, "error": f"bad request: {err}"}
+            call.reply = answer(self._control, self, call.request)
+        except StoreError as err:
+            call.reply = {"ok": False, "error": f"store failure: {err}"}
+            raise  # handle() faults the station: nothing may go on unrecorded
         finally:
             call.done.set()
 

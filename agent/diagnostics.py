@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from agent.control_args import evse_arg
+from agent.clock import rfc3339
+from agent.control_args import EvseArgs, NoArgs, resolve_evse
 from agent.errors import AgentError, DriverError
 from agent.messages import EvseState
 
@@ -22,9 +23,9 @@ def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000.0, 1)
 
 
-def relay_cycle(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
+def relay_cycle(ctl: Controller, args: EvseArgs) -> dict[str, Any]:
     """Close, read feedback, open, read feedback: only on an idle EVSE with no car."""
-    evse_id = evse_arg(ctl, req)
+    evse_id = resolve_evse(ctl, args.evse_id)
     rt = ctl.evses[evse_id]
     st = rt.state
     if (
@@ -59,12 +60,12 @@ def relay_cycle(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
     return {"evse_id": evse_id, "verdict": verdict, "steps": steps}
 
 
-def relay_reset(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
-    return ctl.reset_relay(evse_arg(ctl, req))
+def relay_reset(ctl: Controller, args: EvseArgs) -> dict[str, Any]:
+    return ctl.reset_relay(resolve_evse(ctl, args.evse_id))
 
 
-def meter_read(ctl: Controller, req: dict[str, Any]) -> dict[str, Any]:
-    evse_id = evse_arg(ctl, req)
+def meter_read(ctl: Controller, args: EvseArgs) -> dict[str, Any]:
+    evse_id = resolve_evse(ctl, args.evse_id)
     rt = ctl.evses[evse_id]
     t0 = time.perf_counter()
     reading = rt.meter.read()
@@ -98,8 +99,24 @@ def _health(kind: str, device: Any, what: str) -> Callable[[], str]:
     return probe
 
 
-def selftest(ctl: Controller, req: dict[str, Any]) -> list[dict[str, Any]]:
-    """One line per device: reader, relays, meters, camera, display, broker, store."""
+def _clock_probe(ctl: Controller) -> str:
+    """Fails while the wall clock is known to be unset (asked anew: NTP may have set it)."""
+    problem = ctl.clock_check.problem()
+    if problem is not None:
+        sessions = (
+            "start anyway (station.allow_unset_clock)"
+            if ctl.clock_check.allow_unset
+            else "are refused"
+        )
+        raise AgentError(
+            f"{problem}; sessions {sessions} until NTP sets it: check the network and"
+            " the time servers"
+        )
+    return rfc3339(ctl.clock.now())
+
+
+def selftest(ctl: Controller, args: NoArgs) -> list[dict[str, Any]]:
+    """One line per device: reader, relays, meters, camera, display, broker, clock, store."""
     checks: list[dict[str, Any]] = []
     rfid = ctl.drivers.rfid
     info = rfid.info()
@@ -145,6 +162,7 @@ def selftest(ctl: Controller, req: dict[str, Any]) -> list[dict[str, Any]]:
         return ctl.backend.endpoint
 
     checks.append(_check("broker", broker_probe))
+    checks.append(_check("clock", lambda: _clock_probe(ctl)))
 
     def store_probe() -> str:
         if not ctl.store.integrity_ok():

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.actions import Context
+from agent.clock import ClockCheck
 from agent.errors import DriverError
 from agent.messages import QrToken, RfidToken, token_key
 from agent.privacy import mask
@@ -100,11 +101,13 @@ class Inputs:
         display: Display,
         post: Callable[[Any], None],
         new_id: Callable[[], str],
+        clock_check: ClockCheck | None = None,
     ) -> None:
         self._states = states
         self._display = display
         self._post = post
         self._new_id = new_id
+        self._clock_check = clock_check  # no session starts on a clock known to be unset
         self.qr_sightings = QrSightings()
 
     def handle(self, item: CardTapped | QrScanned | PlugChanged) -> Routed:
@@ -156,6 +159,11 @@ class Inputs:
 
     def _present(self, token: AnyToken, ctx: Context) -> Routed:
         key = token_key(token)
+        unset = self._clock_check.refuses_sessions() if self._clock_check else None
+        if unset is not None:
+            log.warning("token %s refused: clock not set (%s)", mask(key.split(":", 1)[1]), unset)
+            self._show("Clock not set - try again shortly")
+            return []
         route = route_token(self._states(), key)
         if route.evse_id is None:
             log.info("token %s: no EVSE free for it", mask(key.split(":", 1)[1]))

@@ -34,6 +34,9 @@ INBOUND = ("auth/res", "cdr/ack", "cmd/req", "status")
 class Inbound:
     suffix: str  # topic below the station root, e.g. "cmd/req"
     payload: bytes
+    # the broker's RETAIN flag: set when a stored (retained) message is delivered because the
+    # station (re)subscribed, not because someone published it just now (MQTT 3.1.1, 3.3.1.3)
+    retain: bool = False
     t: float = field(default_factory=time.perf_counter)  # arrival, for latency metrics
 
 
@@ -74,6 +77,7 @@ class MqttLink:
         self._will = will_payload
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
+        self._acks = _AckTracker()
         self._ssl_context: ssl.SSLContext | None = None
         self._failures = 0
         self._subscribed: list[str] = []
@@ -107,6 +111,7 @@ class MqttLink:
         client.on_socket_open = self._on_socket_open
         client.on_connect_fail = self._on_connect_fail
         client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
         ctx: ssl.SSLContext | None = None
         if cfg.tls:
             ctx = build_ssl_context(
@@ -144,8 +149,17 @@ class MqttLink:
         self._client = None
         self._connected.clear()
 
-    def publish(self, suffix: str, payload: bytes, *, retain: bool = False) -> bool:
-        """Queue a QoS 1 publish; False when the link is down (the caller keeps it durable)."""
+    def publish(
+        self,
+        suffix: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        on_ack: Callable[[], None] | None = None,
+    ) -> bool:
+        """Queue a QoS 1 publish; False when the link is down (the caller keeps it durable).
+        ``on_ack`` is called (from the network thread) when the broker's PUBACK arrives: only
+        then has the message really left the station."""
         client = self._client
         if client is None or not self.connected:
             return False
@@ -153,7 +167,13 @@ class MqttLink:
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.warning("publish to %s failed: %s", suffix, mqtt.error_string(info.rc))
             return False
+        self._acks.sent(info.mid, on_ack)
         return True
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        self._acks.acked(mid)
 
     # ---------------------------------------------------------------- paho callbacks
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -167,16 +187,16 @@ class MqttLink:
             return
         self._failures = 0
         self._subscribed = [self.topic(s) for s in INBOUND]
+        # the link counts as up once the broker has the subscription (SUBACK): a command sent
+        # to a station that says it is connected is never lost for want of a subscription
         client.subscribe([(t, 1) for t in self._subscribed])
-        self._connected.set()
-        log.info("connected to %s", self._config.url)
-        self._on_event(LinkChange(True))
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        self._acks.clear()  # unacknowledged messages are re-sent from the store
         if was:
             log.warning("disconnected from broker: %s", reason_code)
             self._on_event(LinkChange(False, str(reason_code)))
@@ -198,6 +218,10 @@ class MqttLink:
                 ", ".join(refused),
                 self._client_id,
             )
+        if not self._connected.is_set():
+            self._connected.set()
+            log.info("connected to %s", self._config.url)
+            self._on_event(LinkChange(True))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         """paho reports TLS refusals only as a lost socket: ask the broker why, once in a while."""
@@ -220,4 +244,46 @@ class MqttLink:
         if not msg.topic.startswith(prefix):
             log.warning("message on foreign topic %s ignored", msg.topic)
             return
-        self._on_event(Inbound(msg.topic[len(prefix) :], bytes(msg.payload)))
+        self._on_event(Inbound(msg.topic[len(prefix) :], bytes(msg.payload), bool(msg.retain)))
+
+
+class _AckTracker:
+    """Matches PUBACKs to the publishes that wait for them. paho calls ``on_publish`` from its
+    network thread, possibly before ``publish()`` has returned the message id (it holds its
+    own lock meanwhile, so this one is never held across a paho call)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[int, Callable[[], None]] = {}
+        self._untracked: set[int] = set()
+        self._early: set[int] = set()  # acked before publish() returned
+
+    def sent(self, mid: int, on_ack: Callable[[], None] | None) -> None:
+        with self._lock:
+            early = mid in self._early
+            self._early.discard(mid)
+            if not early:
+                if on_ack is None:
+                    self._untracked.add(mid)
+                else:
+                    self._waiting[mid] = on_ack
+        if early and on_ack is not None:
+            on_ack()
+
+    def acked(self, mid: int) -> None:
+        with self._lock:
+            on_ack = self._waiting.pop(mid, None)
+            if on_ack is None:
+                if mid in self._untracked:
+                    self._untracked.discard(mid)
+                else:
+                    self._early.add(mid)
+                return
+        on_ack()
+
+    def clear(self) -> None:
+        """The connection is gone: what was not acknowledged is re-sent from the store."""
+        with self._lock:
+            self._waiting.clear()
+            self._untracked.clear()
+            self._early.clear()

@@ -176,6 +176,9 @@ class StatusMessage(_Out):
     faults: list[str] = Field(default_factory=list)  # station-wide faults (reader, store, ...)
     outbox: OutboxStatus
     local_list_version: int = 0
+    # inbound backend messages dropped by the rate limit since start, per topic suffix
+    # ("cmd/req": 1234); left out while nothing was dropped
+    inbound_dropped: dict[str, Annotated[int, Field(ge=1)]] | None = None
 
 
 class OfflineStatus(_Out):
@@ -217,6 +220,9 @@ class Cdr(_Out):
     energy_kwh: float
     stop_reason: StopReason
     offline: bool = False
+    # additive in v1: true when the wall clock was stepped during the session and the start
+    # times were derived from the end and the monotonic durations; left out otherwise
+    clock_corrected: bool | None = None
 
     @field_serializer("meter_start_kwh", "meter_stop_kwh", "energy_kwh")
     def _kwh(self, value: float) -> float:
@@ -389,7 +395,7 @@ def parse_command(data: dict[str, Any]) -> AnyCommand:
         raise ProtocolError(describe_validation_error(err)) from err
 
 
-OPTIONAL_FIELDS = frozenset({"reason", "card_type", "pin"})
+OPTIONAL_FIELDS = frozenset({"reason", "card_type", "pin", "inbound_dropped", "clock_corrected"})
 
 
 def dump(msg: BaseModel) -> bytes:

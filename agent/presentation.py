@@ -13,7 +13,7 @@ from datetime import datetime
 
 from agent import __version__
 from agent.backend import Backend
-from agent.clock import Clock
+from agent.clock import Clock, ClockCheck
 from agent.errors import DriverError, StoreError
 from agent.evse import EvseRuntime, StationDrivers
 from agent.messages import EvseState, EvseStatus, OutboxStatus, StatusMessage
@@ -64,6 +64,7 @@ def build_status(
     faults: list[str],
     outbox: tuple[int, datetime | None],
     local_list_version: int,
+    inbound_dropped: dict[str, int] | None = None,
 ) -> StatusMessage:
     pending, oldest = outbox
     return StatusMessage(
@@ -74,6 +75,7 @@ def build_status(
         faults=faults,
         outbox=OutboxStatus(pending=pending, oldest=oldest),
         local_list_version=local_list_version,
+        inbound_dropped=inbound_dropped or None,  # left out while nothing was dropped
     )
 
 
@@ -121,6 +123,7 @@ class Presenter:
         clock: Clock,
         evses: Sequence[EvseRuntime],
         station_faults: dict[str, str],
+        clock_check: ClockCheck | None = None,
     ) -> None:
         self._station_id = station_id
         self._drivers = drivers
@@ -129,6 +132,7 @@ class Presenter:
         self._clock = clock
         self._evses = evses
         self._faults = station_faults  # shared with the controller, which sets them
+        self._clock_check = clock_check
         self.publisher = StatusPublisher(backend)
 
     def status(self) -> StatusMessage:
@@ -140,10 +144,20 @@ class Presenter:
             station_id=self._station_id,
             now=self._clock.now(),
             evses=self._evses,
-            faults=station_faults(self._faults, devices, self._backend.faults()),
+            faults=station_faults(self._faults, devices, self._station_own_faults()),
             outbox=self._store.outbox_stats(),
             local_list_version=self._store.local_list_version(),
+            inbound_dropped=self._backend.inbound_dropped(),
         )
+
+    def _station_own_faults(self) -> dict[str, str]:
+        """The backend's faults plus ``clock:unset`` while the wall clock is known to be unset
+        (asked every time: an NTP step clears it)."""
+        faults = dict(self._backend.faults())
+        problem = self._clock_check.problem() if self._clock_check else None
+        if problem is not None:
+            faults["clock:unset"] = problem
+        return faults
 
     def publish(self) -> None:
         try:

@@ -3,14 +3,20 @@
 Charging, same boot, car still plugged, EVSE available: the session resumes (same id, relay
 closed again, one CDR for the whole session). Charging but the car is gone, or the station lost
 power (the boot id changed): it ends at its last committed time and meter reading, with a CDR.
-A session that never charged is cancelled. :func:`plan` is pure; the controller carries it out.
+A session that never charged is cancelled. A session the station stopped while its store was
+failing (:class:`InterruptedSessions`) is settled, never resumed. :func:`plan` is pure; the
+controller carries it out.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from agent.delivery import Delivery
 from agent.messages import TOKEN_ADAPTER, SessionEventKind, StopReason, token_key
@@ -45,14 +51,21 @@ def session_info(row: SessionRow) -> SessionInfo:
 
 
 def plan(
-    rows: Iterable[SessionRow], *, boot_id: str | None, can_resume: Callable[[str], bool]
+    rows: Iterable[SessionRow],
+    *,
+    boot_id: str | None,
+    can_resume: Callable[[str], bool],
+    interrupted: frozenset[str] = frozenset(),
 ) -> Plan:
-    """``can_resume(evse_id)``: the EVSE exists, is available, idle and has a car plugged."""
+    """``can_resume(evse_id)``: the EVSE exists, is available, idle and has a car plugged;
+    ``interrupted``: sessions the station stopped while it could not write that down."""
     out = Plan()
     for row in rows:
         power_loss = bool(boot_id and row.boot_id and row.boot_id != boot_id)
         if row.state != "charging":
             out.cancel.append(row)
+        elif row.session_id in interrupted:
+            out.settle.append(Settle(row=row, reason=StopReason.FAULT))
         elif not power_loss and can_resume(row.evse_id):
             out.resume.append((row.evse_id, session_info(row)))
         else:
@@ -61,11 +74,46 @@ def plan(
     return out
 
 
+class InterruptedSessions:
+    """Sessions stopped while the store could not record it (disk full, I/O error), noted in
+    the runtime directory (a tmpfs under systemd, not the full disk) so that a restart settles
+    them instead of resuming them. A reboot clears it; a power cut settles them anyway."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def add(self, session_ids: Iterable[str]) -> None:
+        ids = sorted(self.read() | set(session_ids))
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(ids))
+            os.replace(tmp, self.path)
+        except OSError as err:
+            log.critical("cannot note the interrupted sessions in %s: %s", self.path, err)
+
+    def read(self) -> frozenset[str]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return frozenset()
+        except (OSError, ValueError) as err:
+            log.error("%s unreadable (%s): ignored", self.path, err)
+            return frozenset()
+        return frozenset(str(x) for x in data) if isinstance(data, list) else frozenset()
+
+    def clear(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
 def close_out(plan: Plan, store: Store, delivery: Delivery) -> None:
     """Settle the sessions that cannot resume (with their CDR) and cancel the ones that never
     charged; the resumed ones are the controller's (they go through the table)."""
     for settle in plan.settle:
-        row = settle.row
+        # it ends at a stored wall time that has no monotonic twin: its CDR is checked for
+        # inverted times only (clamped and flagged), not against the monotonic marks
+        row = replace(settle.row, mono_start=None, mono_charging_start=None)
         end = row.meter_last_at or row.updated_at
         meter_stop = row.meter_last_kwh if row.meter_last_kwh is not None else 0.0
         delivery.settle(row, settle.reason, end, meter_stop)

@@ -238,17 +238,21 @@ class CancelTimer:
 
 @dataclass(frozen=True)
 class Authorize:
-    """Persist the authorised session, then publish the 'authorized' event."""
+    """Persist the authorised session, then publish the 'authorized' event. ``command_id``: a
+    remote start, whose acceptance is committed with the session and answered after it."""
 
     session: SessionInfo
+    command_id: str | None = None
 
 
 @dataclass(frozen=True)
 class AuthorizeAndCharge:
     """The car is already plugged: read the meter, persist the authorised session and its
-    charging start in one commit, close the relay, then publish 'authorized' and 'started'."""
+    charging start in one commit (with a remote start's acceptance), close the relay, then
+    publish the answer, 'authorized' and 'started'."""
 
     session: SessionInfo
+    command_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -403,15 +407,12 @@ def _remote_start(policy: Policy, evse: Evse, event: Event) -> Result:
         token_key=token_key(token),
         contract_id=event.contract_id,
     )
-    ack = CommandResult(command_id=event.command_id, accepted=True)
-    if evse.plugged:
+    if evse.plugged:  # the acceptance is committed with the session, never before it
         return replace(evse, phase=EvseState.CHARGING, session=session), [
-            ack,
-            AuthorizeAndCharge(session),
+            AuthorizeAndCharge(session, command_id=event.command_id),
         ]
     return replace(evse, phase=EvseState.AUTHORIZED, session=session), [
-        ack,
-        Authorize(session),
+        Authorize(session, command_id=event.command_id),
         StartTimer(Timer.CONNECTION, session.session_id),
         Notify("Plug in your car"),
     ]

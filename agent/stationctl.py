@@ -80,6 +80,11 @@ def _status_text(st: dict[str, Any]) -> str:
     ]
     if st.get("faults"):
         lines.append("faults: " + ", ".join(st["faults"]))
+    if st.get("inbound_dropped"):
+        lines.append(
+            "inbound dropped (rate limit): "
+            + ", ".join(f"{k} {v}" for k, v in sorted(st["inbound_dropped"].items()))
+        )
     for e in st["evses"]:
         lines.append(
             f"  {e['evse_id']:<24} {e['state']:<12} plugged={'yes' if e['plugged'] else 'no':<3} "

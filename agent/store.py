@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +23,8 @@ from agent.errors import StoreError
 log = logging.getLogger(__name__)
 
 DB_NAME = "station-agent.sqlite3"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+MAX_ANSWERS = 10_000  # answered command ids kept for replay protection (the newest)
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -96,6 +98,12 @@ _MIGRATIONS: dict[int, str] = {
     3: """
     ALTER TABLE commands ADD COLUMN digest TEXT;
     """,
+    # v4: monotonic marks (seconds, comparable within one boot only: the row's boot_id) of the
+    # session and charging start, so that a CDR's durations survive wall-clock steps
+    4: """
+    ALTER TABLE sessions ADD COLUMN mono_start REAL;
+    ALTER TABLE sessions ADD COLUMN mono_charging_start REAL;
+    """,
 }
 
 
@@ -117,6 +125,8 @@ class SessionRow:
     stop_reason: str | None
     boot_id: str | None
     updated_at: datetime
+    mono_start: float | None = None  # monotonic clock at session start (same boot only)
+    mono_charging_start: float | None = None  # monotonic clock at charging start
 
 
 @dataclass(frozen=True)
@@ -146,13 +156,137 @@ def _ts(value: str | None) -> datetime | None:
     return None if value is None else parse_rfc3339(value)
 
 
-class Store:
+class _Db:
+    """The connection and the two ways through it: reads (any sqlite3 error becomes
+    StoreError) and write transactions (:class:`_Transaction`)."""
+
+    _db: sqlite3.Connection | None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("store is not open")
+        return self._db
+
+    def _tx(self) -> _Transaction:
+        """A write transaction: any sqlite3 error inside it becomes StoreError."""
+        return _Transaction(self.db)
+
+    def unit(self) -> _Transaction:
+        """One commit for several writes: the store's own transactions inside it join it."""
+        return _Transaction(self.db)
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Every read goes through here: any sqlite3 error becomes StoreError."""
+        try:
+            return self.db.execute(sql, params).fetchall()
+        except sqlite3.Error as err:
+            raise StoreError(f"store read failed: {err}") from err
+
+    def _row(self, sql: str, params: Sequence[Any] = ()) -> Any | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
+
+    def _count(self, table: str) -> int:
+        return int(self._rows(f"SELECT COUNT(*) FROM {table}")[0][0])
+
+
+class _AuthTables(_Db):
+    """The local list (the backend's, versioned) and the auth cache (earlier answers)."""
+
+    # ------------------------------------------------------------------ offline authorisation
+    def local_list_version(self) -> int:
+        row = self._row("SELECT value FROM meta WHERE key='local_list_version'")
+        return int(row[0]) if row else 0
+
+    def local_list_size(self) -> int:
+        return self._count("local_list")
+
+    def replace_local_list(self, version: int, entries: list[AuthEntry], *, full: bool) -> None:
+        """A full update replaces the list; a differential one upserts; both in one transaction."""
+        with self._tx():
+            if full:
+                self.db.execute("DELETE FROM local_list")
+            self.db.executemany(
+                "INSERT INTO local_list (token_key, status, contract_id, expires_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(token_key) DO UPDATE SET"
+                " status=excluded.status, contract_id=excluded.contract_id,"
+                " expires_at=excluded.expires_at",
+                [
+                    (
+                        e.token_key,
+                        e.status,
+                        e.contract_id,
+                        rfc3339(e.expires_at) if e.expires_at else None,
+                    )
+                    for e in entries
+                ],
+            )
+            self.db.execute(
+                "INSERT INTO meta (key, value) VALUES ('local_list_version', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (str(version),),
+            )
+
+    def local_list_entries(self, limit: int = 1000) -> list[AuthEntry]:
+        rows = self._rows(
+            "SELECT token_key, status, contract_id, expires_at FROM local_list"
+            " ORDER BY token_key LIMIT ?",
+            (limit,),
+        )
+        return [AuthEntry(r[0], r[1], r[2], _ts(r[3])) for r in rows]
+
+    def local_list_lookup(self, token_key: str) -> AuthEntry | None:
+        r = self._row(
+            "SELECT token_key, status, contract_id, expires_at FROM local_list WHERE token_key=?",
+            (token_key,),
+        )
+        return None if r is None else AuthEntry(r[0], r[1], r[2], _ts(r[3]))
+
+    def cache_lookup(self, token_key: str) -> AuthEntry | None:
+        r = self._row(
+            "SELECT token_key, status, contract_id, expires_at FROM auth_cache WHERE token_key=?",
+            (token_key,),
+        )
+        return None if r is None else AuthEntry(r[0], r[1], r[2], _ts(r[3]))
+
+    def cache_put(self, entry: AuthEntry, now: datetime, max_size: int) -> None:
+        """Remember a backend answer; when full evict expired, then refused, then oldest."""
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO auth_cache (token_key, status, contract_id, expires_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(token_key) DO UPDATE SET"
+                " status=excluded.status, contract_id=excluded.contract_id,"
+                " expires_at=excluded.expires_at, updated_at=excluded.updated_at",
+                (
+                    entry.token_key,
+                    entry.status,
+                    entry.contract_id,
+                    rfc3339(entry.expires_at) if entry.expires_at else None,
+                    rfc3339(now),
+                ),
+            )
+            excess = self.cache_size() - max_size
+            if excess > 0:
+                self.db.execute(
+                    "DELETE FROM auth_cache WHERE token_key IN (SELECT token_key FROM auth_cache"
+                    " ORDER BY (expires_at IS NOT NULL AND expires_at <= ?) DESC,"
+                    " (status != 'accepted') DESC, updated_at ASC LIMIT ?)",
+                    (rfc3339(now), excess),
+                )
+
+    def cache_size(self) -> int:
+        return self._count("auth_cache")
+
+
+class Store(_AuthTables):
     def __init__(self, state_dir: Path, max_kb: int | None = None) -> None:
         self.path = state_dir / DB_NAME
         self._max_kb = max_kb
         self._db: sqlite3.Connection | None = None
         self.quarantined: Path | None = None  # where a corrupt database was moved to
         self._outbox_stats: tuple[int, datetime | None] | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the open file
 
     # ------------------------------------------------------------------ lifecycle
     def open(self, now: datetime | None = None) -> None:
@@ -172,7 +306,7 @@ class Store:
             self.close()
             if isinstance(err, sqlite3.OperationalError) and not _looks_corrupt(err):
                 raise StoreError(f"cannot open store {self.path}: {err}") from err
-            self.quarantined = self._move_aside(err, now)
+            self.quarantined = _quarantine(self.path, err, now)
             try:
                 self._connect()
             except sqlite3.Error as err2:
@@ -194,53 +328,26 @@ class Store:
         row = db.execute("PRAGMA quick_check").fetchone()
         if not row or row[0] != "ok":
             raise sqlite3.DatabaseError(f"integrity check failed: {row[0] if row else '?'}")
-        self._migrate()
+        _migrate(db, self.path)
+        st = os.stat(self.path)
+        self._identity = (st.st_dev, st.st_ino)
 
-    def _move_aside(self, err: Exception, now: datetime | None) -> Path:
-        stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{self.path}{suffix}")
-            if src.exists():
-                os.replace(src, Path(f"{target}{suffix}"))
-        log.critical(
-            "store %s is unreadable (%s): moved aside to %s and starting with an empty store; "
-            "pending CDRs in it must be recovered by hand",
-            self.path,
-            err,
-            target,
-        )
-        return target
+    def check_file(self) -> None:
+        """The database file is still the one that was opened: a deleted or replaced state
+        directory is a store failure now, not a lost CDR at the next start."""
+        try:
+            st = os.stat(self.path)
+        except OSError as err:
+            raise StoreError(
+                f"{self.path} is gone ({err.strerror}): the state was deleted"
+            ) from err
+        if self._identity is not None and (st.st_dev, st.st_ino) != self._identity:
+            raise StoreError(f"{self.path} was replaced by another file while open")
 
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise StoreError("store is not open")
-        return self._db
-
-    def _migrate(self) -> None:
-        current = int(self.db.execute("PRAGMA user_version").fetchone()[0])
-        if current > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} has schema version {current}, newer than this agent's "
-                f"{SCHEMA_VERSION}: refusing to touch it"
-            )
-        if current == SCHEMA_VERSION:
-            return
-        with self._tx():
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for stmt in _split_sql(_MIGRATIONS[version]):
-                    self.db.execute(stmt)
-            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        log.info("store %s migrated from schema %d to %d", self.path, current, SCHEMA_VERSION)
-
-    def _tx(self) -> _Transaction:
-        return _Transaction(self.db)
 
     def integrity_ok(self) -> bool:
         try:
@@ -261,9 +368,11 @@ class Store:
         offline: bool = False,
         boot_id: str | None = None,
         meter_kwh: float | None = None,
+        mono: float | None = None,
     ) -> None:
         """A new authorised session; with ``meter_kwh`` it is charging from ``start`` on (one
-        commit instead of two before the relay closes)."""
+        commit instead of two before the relay closes). ``mono``: the monotonic clock at
+        ``start`` (durations in the CDR come from it, not from the wall clock)."""
         if "pin" in token:
             raise StoreError("refusing to store a PIN")
         charging = meter_kwh is not None
@@ -271,8 +380,8 @@ class Store:
             self.db.execute(
                 "INSERT INTO sessions (session_id, evse_id, token, contract_id, state, offline,"
                 " session_start, boot_id, updated_at, charging_start, meter_start_kwh,"
-                " meter_last_kwh, meter_last_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " meter_last_kwh, meter_last_at, mono_start, mono_charging_start)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     session_id,
                     evse_id,
@@ -287,19 +396,37 @@ class Store:
                     meter_kwh,
                     meter_kwh,
                     rfc3339(start) if charging else None,
+                    mono,
+                    mono if charging else None,
                 ),
             )
 
     def mark_charging(
-        self, session_id: str, ts: datetime, meter_kwh: float, *, evse_id: str | None = None
+        self,
+        session_id: str,
+        ts: datetime,
+        meter_kwh: float,
+        *,
+        evse_id: str | None = None,
+        mono: float | None = None,
     ) -> None:
-        """Charging started (on ``evse_id``, which may differ for a floating authorisation)."""
+        """Charging started (on ``evse_id``, which may differ for a floating authorisation);
+        ``mono``: the monotonic clock at ``ts``."""
         with self._tx():
             self.db.execute(
                 "UPDATE sessions SET state='charging', charging_start=?, meter_start_kwh=?,"
-                " meter_last_kwh=?, meter_last_at=?, updated_at=?, evse_id=COALESCE(?, evse_id)"
-                " WHERE session_id=?",
-                (rfc3339(ts), meter_kwh, meter_kwh, rfc3339(ts), rfc3339(ts), evse_id, session_id),
+                " meter_last_kwh=?, meter_last_at=?, updated_at=?, evse_id=COALESCE(?, evse_id),"
+                " mono_charging_start=? WHERE session_id=?",
+                (
+                    rfc3339(ts),
+                    meter_kwh,
+                    meter_kwh,
+                    rfc3339(ts),
+                    rfc3339(ts),
+                    evse_id,
+                    mono,
+                    session_id,
+                ),
             )
 
     def record_meter(self, session_id: str, ts: datetime, meter_kwh: float) -> None:
@@ -335,31 +462,29 @@ class Store:
                 )
 
     def get_session(self, session_id: str) -> SessionRow | None:
-        row = self.db.execute(
-            f"SELECT {_SESSION_COLS} FROM sessions WHERE session_id=?", (session_id,)
-        ).fetchone()
+        row = self._row(f"SELECT {_SESSION_COLS} FROM sessions WHERE session_id=?", (session_id,))
         return None if row is None else _session(row)
 
     def open_sessions(self) -> list[SessionRow]:
-        rows = self.db.execute(
+        rows = self._rows(
             f"SELECT {_SESSION_COLS} FROM sessions WHERE state != 'ended' ORDER BY session_start"
-        ).fetchall()
+        )
         return [_session(r) for r in rows]
 
     def recent_sessions(self, limit: int = 50) -> list[SessionRow]:
-        rows = self.db.execute(
+        rows = self._rows(
             f"SELECT {_SESSION_COLS} FROM sessions ORDER BY session_start DESC, rowid DESC LIMIT ?",
             (limit,),
-        ).fetchall()
+        )
         return [_session(r) for r in rows]
 
     # ------------------------------------------------------------------ outbox
     def pending_cdrs(self, limit: int = 100) -> list[OutboxEntry]:
-        rows = self.db.execute(
+        rows = self._rows(
             "SELECT seq, session_id, payload, created_at, attempts, last_attempt_at FROM outbox"
             " WHERE acked_at IS NULL ORDER BY seq LIMIT ?",
             (limit,),
-        ).fetchall()
+        )
         return [OutboxEntry(r[0], r[1], r[2], parse_rfc3339(r[3]), r[4], _ts(r[5])) for r in rows]
 
     def mark_attempt(self, session_id: str, ts: datetime) -> None:
@@ -372,9 +497,7 @@ class Store:
     def ack_cdr(self, session_id: str, ts: datetime) -> str:
         """Returns 'acked', 'duplicate' (already acked) or 'unknown'."""
         with self._tx():
-            row = self.db.execute(
-                "SELECT acked_at FROM outbox WHERE session_id=?", (session_id,)
-            ).fetchone()
+            row = self._row("SELECT acked_at FROM outbox WHERE session_id=?", (session_id,))
             if row is None:
                 return "unknown"
             if row[0] is not None:
@@ -388,18 +511,15 @@ class Store:
     def outbox_stats(self) -> tuple[int, datetime | None]:
         """Pending CDRs and the oldest one's time (cached: status is built after every event)."""
         if self._outbox_stats is None:
-            row = self.db.execute(
-                "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE acked_at IS NULL"
-            ).fetchone()
+            sql = "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE acked_at IS NULL"
+            row = self._rows(sql)[0]  # an aggregate always has one row
             self._outbox_stats = (int(row[0]), _ts(row[1]))
         return self._outbox_stats
 
     # ------------------------------------------------------------------ commands
     def command_response(self, command_id: str) -> tuple[str, str | None] | None:
         """The stored answer to a command id and the digest of the command it answered."""
-        row = self.db.execute(
-            "SELECT response, digest FROM commands WHERE command_id=?", (command_id,)
-        ).fetchone()
+        row = self._row("SELECT response, digest FROM commands WHERE command_id=?", (command_id,))
         return None if row is None else (str(row[0]), row[1])
 
     def save_command(
@@ -411,10 +531,15 @@ class Store:
                 " VALUES (?, ?, ?, ?)",
                 (command_id, response, rfc3339(ts), digest),
             )
+            # bounded by count, never by wall time (a clock step must not forget an answer)
+            self.db.execute(
+                "DELETE FROM commands WHERE rowid <= (SELECT MAX(rowid) FROM commands) - ?",
+                (MAX_ANSWERS,),
+            )
 
     # ------------------------------------------------------------------ settings
     def availability(self) -> dict[str, bool]:
-        rows = self.db.execute("SELECT evse_id, available FROM evse_settings").fetchall()
+        rows = self._rows("SELECT evse_id, available FROM evse_settings")
         return {r[0]: bool(r[1]) for r in rows}
 
     def set_availability(self, evse_id: str, available: bool) -> None:
@@ -425,90 +550,6 @@ class Store:
                 (evse_id, int(available)),
             )
 
-    # ------------------------------------------------------------------ offline authorisation
-    def local_list_version(self) -> int:
-        row = self.db.execute("SELECT value FROM meta WHERE key='local_list_version'").fetchone()
-        return int(row[0]) if row else 0
-
-    def local_list_size(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM local_list").fetchone()[0])
-
-    def replace_local_list(self, version: int, entries: list[AuthEntry], *, full: bool) -> None:
-        """A full update replaces the list; a differential one upserts; both in one transaction."""
-        with self._tx():
-            if full:
-                self.db.execute("DELETE FROM local_list")
-            self.db.executemany(
-                "INSERT INTO local_list (token_key, status, contract_id, expires_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT(token_key) DO UPDATE SET"
-                " status=excluded.status, contract_id=excluded.contract_id,"
-                " expires_at=excluded.expires_at",
-                [
-                    (
-                        e.token_key,
-                        e.status,
-                        e.contract_id,
-                        rfc3339(e.expires_at) if e.expires_at else None,
-                    )
-                    for e in entries
-                ],
-            )
-            self.db.execute(
-                "INSERT INTO meta (key, value) VALUES ('local_list_version', ?)"
-                " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                (str(version),),
-            )
-
-    def local_list_entries(self, limit: int = 1000) -> list[AuthEntry]:
-        rows = self.db.execute(
-            "SELECT token_key, status, contract_id, expires_at FROM local_list"
-            " ORDER BY token_key LIMIT ?",
-            (limit,),
-        ).fetchall()
-        return [AuthEntry(r[0], r[1], r[2], _ts(r[3])) for r in rows]
-
-    def local_list_lookup(self, token_key: str) -> AuthEntry | None:
-        r = self.db.execute(
-            "SELECT token_key, status, contract_id, expires_at FROM local_list WHERE token_key=?",
-            (token_key,),
-        ).fetchone()
-        return None if r is None else AuthEntry(r[0], r[1], r[2], _ts(r[3]))
-
-    def cache_lookup(self, token_key: str) -> AuthEntry | None:
-        r = self.db.execute(
-            "SELECT token_key, status, contract_id, expires_at FROM auth_cache WHERE token_key=?",
-            (token_key,),
-        ).fetchone()
-        return None if r is None else AuthEntry(r[0], r[1], r[2], _ts(r[3]))
-
-    def cache_put(self, entry: AuthEntry, now: datetime, max_size: int) -> None:
-        """Remember a backend answer; when full evict expired, then refused, then oldest."""
-        with self._tx():
-            self.db.execute(
-                "INSERT INTO auth_cache (token_key, status, contract_id, expires_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(token_key) DO UPDATE SET"
-                " status=excluded.status, contract_id=excluded.contract_id,"
-                " expires_at=excluded.expires_at, updated_at=excluded.updated_at",
-                (
-                    entry.token_key,
-                    entry.status,
-                    entry.contract_id,
-                    rfc3339(entry.expires_at) if entry.expires_at else None,
-                    rfc3339(now),
-                ),
-            )
-            excess = self.cache_size() - max_size
-            if excess > 0:
-                self.db.execute(
-                    "DELETE FROM auth_cache WHERE token_key IN (SELECT token_key FROM auth_cache"
-                    " ORDER BY (expires_at IS NOT NULL AND expires_at <= ?) DESC,"
-                    " (status != 'accepted') DESC, updated_at ASC LIMIT ?)",
-                    (rfc3339(now), excess),
-                )
-
-    def cache_size(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM auth_cache").fetchone()[0])
-
     # ------------------------------------------------------------------ event queue
     def queue_event(self, topic: str, payload: str, ts: datetime) -> None:
         """A message that could not be published now; sent in order when the link returns."""
@@ -518,10 +559,12 @@ class Store:
                 (topic, payload, rfc3339(ts)),
             )
 
-    def queued_events(self, limit: int = 1000) -> list[tuple[int, str, str]]:
-        rows = self.db.execute(
-            "SELECT seq, topic, payload FROM event_queue ORDER BY seq LIMIT ?", (limit,)
-        ).fetchall()
+    def queued_events(self, limit: int = 1000, after: int = 0) -> list[tuple[int, str, str]]:
+        """Queued events oldest first, those with a sequence number above ``after``."""
+        rows = self._rows(
+            "SELECT seq, topic, payload FROM event_queue WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        )
         return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     def drop_events(self, seqs: list[int]) -> None:
@@ -530,11 +573,12 @@ class Store:
             self.db.executemany("DELETE FROM event_queue WHERE seq=?", [(s,) for s in seqs])
 
     def queued_event_count(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM event_queue").fetchone()[0])
+        return self._count("event_queue")
 
     # ------------------------------------------------------------------ retention
     def purge(self, now: datetime, retention_days: int) -> dict[str, int]:
-        """Delete acknowledged CDRs, ended sessions and commands older than the retention.
+        """Delete acknowledged CDRs, ended sessions and cached answers older than the retention
+        (answered commands are bounded by count instead: :data:`MAX_ANSWERS`).
 
         Undelivered CDRs (and their sessions) are kept until delivered, however old.
         """
@@ -549,19 +593,16 @@ class Store:
                 " AND session_id NOT IN (SELECT session_id FROM outbox)",
                 (cutoff,),
             ).rowcount
-            commands = self.db.execute(
-                "DELETE FROM commands WHERE received_at < ?", (cutoff,)
-            ).rowcount
             cache = self.db.execute(
                 "DELETE FROM auth_cache WHERE updated_at < ?", (cutoff,)
             ).rowcount
-        return {"cdrs": cdrs, "sessions": sessions, "commands": commands, "auth_cache": cache}
+        return {"cdrs": cdrs, "sessions": sessions, "auth_cache": cache}
 
 
 _SESSION_COLS = (
     "session_id, evse_id, token, contract_id, state, offline, session_start, charging_start,"
     " charging_end, session_end, meter_start_kwh, meter_last_kwh, meter_last_at, stop_reason,"
-    " boot_id, updated_at"
+    " boot_id, updated_at, mono_start, mono_charging_start"
 )
 
 
@@ -583,6 +624,8 @@ def _session(r: tuple[Any, ...]) -> SessionRow:
         stop_reason=r[13],
         boot_id=r[14],
         updated_at=parse_rfc3339(r[15]),
+        mono_start=r[16],
+        mono_charging_start=r[17],
     )
 
 
@@ -597,19 +640,63 @@ def _split_sql(script: str) -> list[str]:
     return [stmt.strip() for stmt in text.split(";") if stmt.strip()]
 
 
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to SCHEMA_VERSION in one transaction; refuse a newer one."""
+    current = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if current > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has schema version {current}, newer than this agent's "
+            f"{SCHEMA_VERSION}: refusing to touch it"
+        )
+    if current == SCHEMA_VERSION:
+        return
+    with _Transaction(db):
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for stmt in _split_sql(_MIGRATIONS[version]):
+                db.execute(stmt)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    log.info("store %s migrated from schema %d to %d", path, current, SCHEMA_VERSION)
+
+
+def _quarantine(path: Path, err: Exception, now: datetime | None) -> Path:
+    """Move an unreadable database (and its WAL/SHM files) aside; returns where to."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            os.replace(src, Path(f"{target}{suffix}"))
+    log.critical(
+        "store %s is unreadable (%s): moved aside to %s and starting with an empty store; "
+        "pending CDRs in it must be recovered by hand",
+        path,
+        err,
+        target,
+    )
+    return target
+
+
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error; sqlite errors become StoreError."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
+        self._joined = False  # inside an open transaction: the outer one commits
 
     def __enter__(self) -> None:
         try:
+            self._joined = self._db.in_transaction
+            if self._joined:
+                return
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as err:
             raise StoreError(f"cannot begin transaction: {err}") from err
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> Literal[False]:
+        if self._joined:  # the outer transaction commits or rolls back
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"store write failed: {exc}") from exc
+            return False
         if exc is None:
             try:
                 self._db.execute("COMMIT")

@@ -23,6 +23,9 @@ from tests.helpers import station_config
 
 class FakeBackend:
     def __init__(self, *, connected: bool = True) -> None:
+        self.refs: list[int] = []  # queue refs of the session events taken, in order
+        self.acked: list[int] = []  # refs acknowledged, not yet taken by delivered()
+        self.auto_ack = True  # every event taken is acknowledged at once
         self.connected = connected
         self.refuse = False  # connected, but every send is refused (a full client queue)
         self.drop_after: int | None = None  # accepted sends left before the link drops
@@ -48,8 +51,20 @@ class FakeBackend:
     def authorize(self, request: AuthRequest) -> bool:
         return self._send("authorize", request)
 
-    def session_event(self, event: SessionEvent) -> bool:
-        return self._send("session_event", event)
+    def session_event(self, event: SessionEvent, ref: int) -> bool:
+        ok = self._send("session_event", event)
+        if ok:
+            self.refs.append(ref)
+            if self.auto_ack:
+                self.acked.append(ref)
+        return ok
+
+    def delivered(self) -> list[int]:
+        refs, self.acked = self.acked, []
+        return refs
+
+    def inbound_dropped(self) -> dict[str, int]:
+        return {}
 
     def cdr(self, cdr: Cdr) -> bool:
         return self._send("cdr", cdr)

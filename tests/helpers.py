@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.backend_sim import BackendSim, Received
 from agent.control import ControlError, call
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,6 +80,8 @@ def station_config(
             "state_dir": str(tmp / "state"),
             "control_socket": str(tmp / "control.sock"),
             "boot_id_file": str(tmp / "boot_id"),
+            # the test machine's own time sync is not the station's: the build-date rule only
+            "clock_sync_file": str(tmp / "no-timesyncd" / "synchronized"),
         },
         "mqtt": {
             "url": broker_url,
@@ -113,7 +116,22 @@ def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "cond
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(0.01)  # the polling interval of this wait, not a wait for readiness
+
+
+def wait_msg(
+    backend: BackendSim, suffix: str, timeout: float = 10.0, start: int = 0, **match: Any
+) -> Any:
+    """The first message on ``suffix`` (from index ``start``) whose fields match ``match``."""
+
+    def pred(r: Received) -> bool:
+        return (
+            r.suffix == suffix
+            and isinstance(r.data, dict)
+            and all(r.data.get(k) == v for k, v in match.items())
+        )
+
+    return backend.wait_for(pred, timeout, start).data
 
 
 @dataclass
@@ -170,7 +188,7 @@ class Daemon:
             )
         return self
 
-    def wait_ready(self, timeout: float = 15.0, connected: bool = True) -> Daemon:
+    def wait_ready(self, timeout: float = 30.0, connected: bool = True) -> Daemon:
         proc = self.proc
         assert proc is not None
         wait_until(
@@ -186,7 +204,7 @@ class Daemon:
             )
         return self
 
-    def start(self, wait_connected: bool = True, timeout: float = 15.0) -> Daemon:
+    def start(self, wait_connected: bool = True, timeout: float = 30.0) -> Daemon:
         return self.spawn().wait_ready(timeout, wait_connected)
 
     def ctl(self, cmd: str, **kw: Any) -> Any:
@@ -202,7 +220,7 @@ class Daemon:
         st = self.ctl("status")
         return next(e for e in st["evses"] if e["evse_id"] == evse_id)
 
-    def wait_state(self, state: str, evse_id: str = EVSE1, timeout: float = 10.0) -> dict[str, Any]:
+    def wait_state(self, state: str, evse_id: str = EVSE1, timeout: float = 20.0) -> dict[str, Any]:
         return wait_until(
             lambda: (e := self.evse(evse_id))["state"] == state and e,
             timeout,

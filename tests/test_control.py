@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import Any
 import pytest
 
 from agent.control import MAX_CLIENTS, ControlServer, call
-from agent.control_args import int_arg, seconds_arg, str_arg
+from agent.control_args import MAX_ERROR_CHARS, ArgumentError, parse_args
+from agent.control_commands import DIRECT_COMMANDS, LOOP_COMMANDS
 from agent.errors import AgentError
 from agent.inputs import ControlCall
 
@@ -103,42 +105,151 @@ def test_more_clients_than_slots_are_told_busy_and_the_server_lives_on(sock_path
         server.stop()
 
 
+# ------------------------------------------------------------------- the argument models
+# through the same table the daemon registers: command name -> (arguments model, handler)
+def _args(cmd: str, **args: Any) -> Any:
+    command = {**LOOP_COMMANDS, **DIRECT_COMMANDS}[cmd]
+    return parse_args(cmd, command.args, {"cmd": cmd, **args})
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        (1e400, "whole number"),
-        (-1e999, "whole number"),
-        (True, "whole number"),
-        ("5", "whole number"),
-        (2.5, "whole number"),
-        (0, "from 1 to 100"),
-        (101, "from 1 to 100"),
-        (10**400, "from 1 to 100"),
+        (1e400, "sessions: limit: Input should be a valid integer"),
+        (-1e999, "sessions: limit: Input should be a valid integer"),
+        (float("nan"), "sessions: limit: Input should be a valid integer"),
+        (True, "sessions: limit: Input should be a valid integer"),
+        ("5", "sessions: limit: Input should be a valid integer"),
+        (2.5, "sessions: limit: Input should be a valid integer"),
+        (2.0, "sessions: limit: Input should be a valid integer"),
+        (None, "sessions: limit: Input should be a valid integer"),
+        (0, "sessions: limit: Input should be greater than or equal to 1"),
+        (10_001, "sessions: limit: Input should be less than or equal to 10000"),
+        (10**400, "sessions: limit: Input should be less than or equal to 10000"),
+        (-(10**400), "sessions: limit: Input should be greater than or equal to 1"),
     ],
 )
 def test_int_arguments_are_checked(value: object, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        int_arg({"limit": value}, "limit", 10, 1, 100)
+    with pytest.raises(ArgumentError) as exc:
+        _args("sessions", limit=value)
+    assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("value", [1e400, -1e999, 0, 100_001, 10**400, True, "5"])
+def test_auth_list_limit_is_checked(value: object) -> None:
+    with pytest.raises(ArgumentError, match=r"^auth\.list: limit: Input should be"):
+        _args("auth.list", limit=value)
 
 
 def test_int_argument_default_and_valid_value() -> None:
-    assert int_arg({}, "limit", 10, 1, 100) == 10
-    assert int_arg({"limit": 100}, "limit", 10, 1, 100) == 100
+    assert _args("sessions").limit == 50
+    assert _args("sessions", limit=10_000).limit == 10_000
+    assert _args("auth.list").limit == 100
+    assert _args("auth.list", limit=100_000).limit == 100_000
 
 
-@pytest.mark.parametrize("value", [float("inf"), float("nan"), "3", None, False])
-def test_seconds_arguments_must_be_finite_numbers(value: object) -> None:
-    with pytest.raises(ValueError, match="seconds"):
-        seconds_arg({"timeout": value}, "timeout", 10.0, 0.1, 120.0)
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_seconds_arguments_must_be_finite(value: object) -> None:
+    with pytest.raises(
+        ArgumentError, match=r"^rfid\.read: timeout: Input should be a finite number"
+    ):
+        _args("rfid.read", timeout=value)
+
+
+@pytest.mark.parametrize("value", ["3", None, False, True, [1], 10**400])
+def test_seconds_arguments_must_be_numbers(value: object) -> None:
+    with pytest.raises(
+        ArgumentError, match=r"^qr\.verify: timeout: Input should be a valid number"
+    ):
+        _args("qr.verify", timeout=value)
 
 
 def test_seconds_arguments_are_clamped() -> None:
-    assert seconds_arg({"timeout": 1e300}, "timeout", 10.0, 0.1, 120.0) == 120.0
-    assert seconds_arg({"timeout": -5}, "timeout", 10.0, 0.1, 120.0) == 0.1
-    assert seconds_arg({}, "timeout", 10.0, 0.1, 120.0) == 10.0
+    assert _args("rfid.read", timeout=1e300).timeout == 120.0
+    assert _args("rfid.read", timeout=-5).timeout == 0.1
+    assert _args("rfid.read", timeout=1.5).timeout == 1.5
+    assert _args("rfid.read").timeout == 10.0
+    assert _args("qr.verify", timeout=1e300).timeout == 300.0
+    assert _args("qr.verify").timeout == 30.0
 
 
 @pytest.mark.parametrize("value", [None, "", 5, ["04A2"]])
 def test_string_arguments_are_required(value: object) -> None:
-    with pytest.raises(ValueError, match="uid is required"):
-        str_arg({"uid": value}, "uid")
+    with pytest.raises(ArgumentError, match=r"^sim\.tap: uid: "):
+        _args("sim.tap", uid=value)
+    with pytest.raises(ArgumentError, match=r"^sim\.qr: payload: "):
+        _args("sim.qr", payload=value)
+
+
+def test_missing_required_argument_is_named() -> None:
+    with pytest.raises(ArgumentError, match=r"^sim\.tap: uid: Field required$"):
+        _args("sim.tap")
+
+
+def test_unknown_arguments_are_named() -> None:
+    with pytest.raises(ArgumentError, match=r"^status: verbose: unknown field$"):
+        _args("status", verbose=True)
+    with pytest.raises(ArgumentError, match=r"limt: unknown field"):
+        _args("sessions", limt=5)
+
+
+def test_a_long_unknown_argument_is_shortened_in_the_error() -> None:
+    with pytest.raises(ArgumentError) as exc:
+        _args("status", **{"x" * 60_000: 1})
+    assert len(str(exc.value)) <= MAX_ERROR_CHARS
+
+
+def test_enum_and_literal_arguments() -> None:
+    assert _args("sim.tap", uid="04A2", card_type="mifare_classic").card_type == "mifare_classic"
+    assert _args("sim.tap", uid="04A2").card_type == "unknown"
+    assert _args("sim.relay", mode="welded", evse_id=None).mode == "welded"
+    with pytest.raises(ArgumentError, match=r"^sim\.tap: card_type: Input should be"):
+        _args("sim.tap", uid="04A2", card_type="visa")
+    with pytest.raises(ArgumentError, match=r"^sim\.tap: card_type: Input should be"):
+        _args("sim.tap", uid="04A2", card_type=1)
+    with pytest.raises(ArgumentError, match=r"^sim\.relay: mode: Input should be"):
+        _args("sim.relay", mode="melted")
+
+
+@pytest.mark.parametrize("cmd", ["sim.plug", "sim.unplug", "relay.cycle", "relay.reset"])
+def test_evse_id_may_be_null_but_not_another_type(cmd: str) -> None:
+    assert _args(cmd, evse_id=None).evse_id is None  # stationctl sends null: "the only one"
+    assert _args(cmd).evse_id is None
+    assert _args(cmd, evse_id="DE*ICE*E000001*1").evse_id == "DE*ICE*E000001*1"
+    with pytest.raises(
+        ArgumentError, match=f"^{re.escape(cmd)}: evse_id: Input should be a valid string"
+    ):
+        _args(cmd, evse_id=1)
+
+
+def test_every_command_has_a_strict_model_that_forbids_unknown_keys() -> None:
+    for name, command in {**LOOP_COMMANDS, **DIRECT_COMMANDS}.items():
+        config = command.args.model_config
+        assert config.get("strict") is True and config.get("extra") == "forbid", name
+
+
+def test_every_request_stationctl_sends_is_accepted() -> None:
+    """The exact requests of tests/test_stationctl.py (what the CLI puts on the wire)."""
+    requests = [
+        {"cmd": "sessions", "limit": 3},
+        {"cmd": "sim.tap", "uid": "04A224B2C13C80", "card_type": "unknown"},
+        {"cmd": "sim.plug", "evse_id": None},
+        {"cmd": "sim.unplug", "evse_id": "DE*ICE*E000001*1"},
+        {"cmd": "sim.qr", "payload": "hello"},
+        {"cmd": "relay.cycle", "evse_id": None},
+        {"cmd": "relay.reset", "evse_id": "DE*ICE*E000001*1"},
+        {"cmd": "qr.verify", "evse_id": "DE*ICE*E000001*1", "timeout": 2.0},
+        {"cmd": "rfid.read", "timeout": 1.5},
+        {"cmd": "meter.read", "evse_id": None},
+        {"cmd": "status"},
+        {"cmd": "outbox"},
+        {"cmd": "outbox.retry"},
+        {"cmd": "auth.list"},
+        {"cmd": "rfid.info"},
+        {"cmd": "selftest"},
+        {"cmd": "metrics"},
+    ]
+    for request in requests:
+        cmd = request["cmd"]
+        assert isinstance(cmd, str)
+        _args(cmd, **{k: v for k, v in request.items() if k != "cmd"})

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from agent.backend_sim import BackendSim, Received
+from agent.backend_sim import BackendSim
 from agent.broker import Mosquitto
 from agent.errors import StoreError
 from agent.store import _MIGRATIONS, DB_NAME, SCHEMA_VERSION, Store, _split_sql
-from tests.helpers import EVSE1, UID_A, UID_B, Daemon, station_config, wait_until
+from tests.helpers import EVSE1, UID_A, UID_B, Daemon, station_config, wait_msg, wait_until
 
 ST = "ST-TEST"
 
@@ -44,17 +44,48 @@ def durable_config(tmp: Path, url: str, prefix: str, **over: Any) -> dict[str, A
     return cfg
 
 
-def wait_msg(
-    backend: BackendSim, suffix: str, timeout: float = 10.0, start: int = 0, **match: Any
-) -> Any:
-    def pred(r: Received) -> bool:
-        return (
-            r.suffix == suffix
-            and isinstance(r.data, dict)
-            and all(r.data.get(k) == v for k, v in match.items())
-        )
+def wait_online(backend: BackendSim, start: int = 0) -> None:
+    """Wait for the daemon's online status at the backend: from then on the daemon receives
+    the backend's commands. (The link reports "connected" at CONNACK, before the broker has
+    the subscription; the daemon subscribes before it publishes anything, so its first
+    message proves the subscription is in place.)"""
+    wait_msg(backend, "status", timeout=30, start=start, online=True)
 
-    return backend.wait_for(pred, timeout, start).data
+
+def committed_session(d: Daemon, session_id: str) -> dict[str, Any]:
+    """The session's row as the daemon has committed it, read over a read-only connection of
+    our own (WAL: a reader never blocks the daemon's writes)."""
+    path = Path(d.config["station"]["state_dir"]) / DB_NAME
+    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5.0)
+    try:
+        db.row_factory = sqlite3.Row
+        row = db.execute("SELECT * FROM sessions WHERE session_id=?", (session_id,)).fetchone()
+        return dict(row) if row is not None else {}
+    finally:
+        db.close()
+
+
+def wait_persisted_kwh(d: Daemon, session_id: str, kwh: float, timeout: float = 30.0) -> None:
+    """Wait until the daemon has committed meter readings worth more than ``kwh`` for the
+    session (meter_last_kwh - meter_start_kwh): the signal that meter persists happened."""
+
+    def persisted() -> float:
+        row = committed_session(d, session_id)
+        if row.get("meter_last_kwh") is None or row.get("meter_start_kwh") is None:
+            return 0.0
+        return float(row["meter_last_kwh"] - row["meter_start_kwh"])
+
+    wait_until(lambda: persisted() > kwh, timeout, f"{kwh} kWh persisted for {session_id}")
+
+
+def wait_live_kwh(d: Daemon, session_id: str, kwh: float, timeout: float = 30.0) -> None:
+    """Wait until the daemon reports (``sessions``) more than ``kwh`` charged in the session."""
+
+    def live() -> float:
+        row = next((r for r in d.ctl("sessions") if r["session_id"] == session_id), {})
+        return float(row.get("energy_kwh") or 0.0)
+
+    wait_until(lambda: live() > kwh, timeout, f"{kwh} kWh charged in {session_id}")
 
 
 def parse_relay_log(path: Path) -> list[tuple[datetime, str]]:
@@ -180,9 +211,10 @@ def test_kill_9_at_every_point_loses_no_cdr(durable, backend):
         elif point.startswith(("charging", "just_after", "cdr_", "after_ack", "random")):
             d.ctl("sim.plug")
             d.ctl("sim.tap", uid=UID_A)
-            d.wait_state("charging")
+            sid = d.wait_state("charging")["session_id"]
             if point == "charging_late":
-                time.sleep(0.8)
+                # several meter persists (0.2 s apart, ~0.04 kWh each) are committed
+                wait_persisted_kwh(d, sid, 0.1)
             elif point == "just_after_unplug":
                 d.ctl("sim.unplug")
             elif point == "just_after_stop_tap":
@@ -194,6 +226,7 @@ def test_kill_9_at_every_point_loses_no_cdr(durable, backend):
                 d.ctl("sim.tap", uid=UID_A)
                 wait_until(lambda: d.ctl("outbox")["pending"] == 0, 5, "ack")
             else:
+                # a random kill instant is the point of these kill points: not readiness waits
                 time.sleep(rng.uniform(0.0, 0.6))
                 if rng.random() < 0.5:
                     d.ctl("sim.tap", uid=UID_A)
@@ -237,7 +270,7 @@ def test_sigterm_mid_charge_resumes_the_same_session(durable, backend):
     d.ctl("sim.plug")
     d.ctl("sim.tap", uid=UID_A)
     sid = d.wait_state("charging")["session_id"]
-    time.sleep(0.5)
+    wait_live_kwh(d, sid, 0.09)  # ~0.5 s of charging before the restart
     assert d.stop() == 0  # SIGTERM: relay opened, store flushed, offline status
     assert d.relay_log()[-1] == "open"
     wait_msg(backend, "status", online=False)
@@ -245,7 +278,7 @@ def test_sigterm_mid_charge_resumes_the_same_session(durable, backend):
     d.start()
     e = d.wait_state("charging")
     assert e["session_id"] == sid and e["relay_closed"]
-    time.sleep(0.5)
+    wait_live_kwh(d, sid, 0.18)  # and as much again after it
     d.ctl("sim.unplug")
     cdr = wait_msg(backend, "cdr", session_id=sid)
     assert cdr["stop_reason"] == "ev_disconnected"
@@ -262,7 +295,7 @@ def test_restart_with_car_gone_ends_session_ev_disconnected(durable, backend):
     d.ctl("sim.plug")
     d.ctl("sim.tap", uid=UID_A)
     sid = d.wait_state("charging")["session_id"]
-    time.sleep(0.4)
+    wait_persisted_kwh(d, sid, 0.0)  # a meter reading past the start is committed
     d.kill()
     (d.tmp / "plug1.state").write_text("unplugged\n")  # the car left while the agent was down
     d.start()
@@ -278,7 +311,7 @@ def test_power_loss_ends_session_with_last_persisted_facts(durable, backend):
     d.ctl("sim.plug")
     d.ctl("sim.tap", uid=UID_A)
     sid = d.wait_state("charging")["session_id"]
-    time.sleep(1.5)  # several meter persists (meter_interval_s = 0.2)
+    wait_persisted_kwh(d, sid, 0.1)  # several meter persists (meter_interval_s = 0.2)
     d.kill()
     (d.tmp / "boot_id").write_text("boot-2\n")  # the station rebooted
     d.start()
@@ -300,6 +333,7 @@ def test_broker_outage_offline_sessions_delivered_in_order(tmp_path, prefix):
                 tmp_path, durable_config(tmp_path, mosq.url, prefix, mqtt={"keepalive_s": 5})
             )
             d.start()
+            wait_online(backend)
             cid = backend.command(
                 ST,
                 "update_local_list",
@@ -386,6 +420,7 @@ def test_local_first_and_deauthorisation(durable, backend):
     backend.accept = set()  # the backend refuses everyone
     d = durable(auth={"local_first": True})
     d.start()
+    wait_online(backend)
     cid = backend.command(
         ST,
         "update_local_list",
@@ -466,7 +501,7 @@ def test_newer_agent_upgrades_an_older_database(tmp_path):
     db.close()
     store = Store(tmp_path)
     store.open()
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert store.get_session(sid) is not None
     assert store.outbox_stats()[0] == 1
     assert store.local_list_version() == 0  # the v2 tables exist
@@ -514,15 +549,14 @@ def test_disk_full_faults_opens_relay_and_leaves_no_half_state(durable, backend,
     queued = check.execute("SELECT COUNT(*) FROM outbox WHERE session_id=?", (sid,)).fetchone()
     check.close()
     assert row is not None and (row[0] == "ended") == (queued[0] == 1)  # no half-written end
-    # the technician frees space and restarts: the car is still there, so the session that
-    # could not be ended on disk resumes, and its CDR is not lost
+    # the technician frees space and restarts: the car is still there, but the station stopped
+    # that session while it could not write it down: it is settled, never resumed
     (small_disk / "ballast").unlink()
     d.start()
-    if row[0] == "charging":
-        assert d.wait_state("charging")["session_id"] == sid
-        d.ctl("sim.unplug")
     cdr = wait_msg(backend, "cdr", session_id=sid)
-    assert cdr["stop_reason"] in ("ev_disconnected", "fault")
+    assert cdr["stop_reason"] == "fault"
+    assert d.evse()["session_id"] != sid and not d.evse()["relay_closed"]
+    assert d.relay_log()[-1] == "open"
 
 
 def test_database_size_cap_fails_writes_cleanly(tmp_path):

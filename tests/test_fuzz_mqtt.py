@@ -863,7 +863,15 @@ def station(broker: Mosquitto, tmp_path: Path) -> Iterator[Station]:
         prefix,
         station_id=ST,
         evses=2,
-        mqtt={"auth_timeout_s": 120.0, "cdr_retry_initial_s": 3600.0, "cdr_retry_max_s": 3600.0},
+        mqtt={
+            "auth_timeout_s": 120.0,
+            "cdr_retry_initial_s": 3600.0,
+            "cdr_retry_max_s": 3600.0,
+            # these tests check what the station makes of every input: no inbound rate limit
+            # (tests/test_promises_backend.py tests the limit); quoted: TOML keys with a '/'
+            "inbound_rate_per_s": {f'"{t}"': 1e6 for t in ("auth/res", "cdr/ack", "cmd/req")},
+            "inbound_burst": {f'"{t}"': 1_000_000 for t in ("auth/res", "cdr/ack", "cmd/req")},
+        },
         auth={"connection_timeout_s": 3600.0},
     )
     d = Daemon(tmp_path, cfg).start()

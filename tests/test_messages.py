@@ -628,3 +628,16 @@ def test_rejection_keeps_command_id_readable() -> None:
 )
 def test_timestamps_without_offset_are_rejected(name: str, obj: dict[str, Any]) -> None:
     rejected(name, raw(obj))
+
+
+def test_cdr_clock_corrected_is_additive() -> None:
+    """Absent unless the station corrected the CDR's times after a clock step; a v1 consumer
+    that ignores unknown fields sees the same CDR as before."""
+    plain = json.loads(m.dump(cdr()))
+    assert "clock_corrected" not in plain
+    flagged = json.loads(m.dump(cdr(clock_corrected=True)))
+    assert flagged.pop("clock_corrected") is True
+    assert flagged == plain
+    schema = m.json_schema("cdr")
+    assert "clock_corrected" in schema["properties"]
+    assert "clock_corrected" not in schema.get("required", [])

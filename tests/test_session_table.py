@@ -186,6 +186,16 @@ def rej(cmd: str) -> CommandResult:
     )  # a rejection always carries some reason
 
 
+def answered(actions: Sequence[Action]) -> list[str]:
+    """The command ids the actions answer: a CommandResult, or a remote start's acceptance
+    committed with its session (Authorize/AuthorizeAndCharge with a command id)."""
+    out = [a.command_id for a in actions if isinstance(a, CommandResult)]
+    for a in actions:
+        if isinstance(a, Authorize | AuthorizeAndCharge) and a.command_id is not None:
+            out.append(a.command_id)
+    return out
+
+
 def norm(actions: Sequence[Action]) -> list[Action]:
     """Actions with free text replaced by '*' (Notify text, Ignored reason, rejection reason)."""
     out: list[Action] = []
@@ -256,8 +266,7 @@ EXPECTED: list[Case] = [
         AV,
         RSTART,
         replace(AV, phase=S.AUTHORIZED, session=REMOTE),
-        ok("cmd-start"),
-        Authorize(REMOTE),
+        Authorize(REMOTE, command_id="cmd-start"),
         StartTimer(Timer.CONNECTION, RSID),
         NOTE,
     ),
@@ -315,8 +324,7 @@ EXPECTED: list[Case] = [
         PR,
         RSTART,
         replace(PR, phase=S.CHARGING, session=REMOTE),
-        ok("cmd-start"),
-        AuthorizeAndCharge(REMOTE),
+        AuthorizeAndCharge(REMOTE, command_id="cmd-start"),
     ),
     c("preparing/remote-stop", PR, RSTOP, PR, rej("cmd-stop")),
     c(
@@ -661,8 +669,7 @@ EXPECTED: list[Case] = [
         FI,
         RSTART,
         replace(FI, phase=S.CHARGING, session=REMOTE),
-        ok("cmd-start"),
-        AuthorizeAndCharge(REMOTE),
+        AuthorizeAndCharge(REMOTE, command_id="cmd-start"),
     ),
     c("finishing/remote-stop", FI, RSTOP, FI, rej("cmd-stop")),
     c(
@@ -815,9 +822,7 @@ COMMANDS: list[Event] = [RSTART, RSTOP, RSTOP_OTHER, OFF_CMD, ON_CMD]
 def test_every_command_gets_exactly_one_result(evse: Evse, cmd: Event) -> None:
     for policy in (ON, OFF):
         _, actions = step(policy, evse, cmd)
-        results = [a for a in actions if isinstance(a, CommandResult)]
-        assert len(results) == 1, actions
-        assert results[0].command_id == cmd.command_id  # type: ignore[union-attr]
+        assert answered(actions) == [cmd.command_id], actions  # type: ignore[union-attr]
         assert not any(isinstance(a, Ignored) for a in actions)
 
 
@@ -907,7 +912,7 @@ def check_invariants(before: Evse, event: Event, nxt: Evse, actions: list[Action
     if isinstance(event, RemoteStartCmd | RemoteStopCmd) or (
         isinstance(event, SetAvailable) and event.command_id
     ):
-        assert sum(isinstance(a, CommandResult) for a in actions) == 1
+        assert len(answered(actions)) == 1
 
 
 @pytest.mark.parametrize("case", EXPECTED, ids=[case.id for case in EXPECTED])
@@ -1072,7 +1077,7 @@ def test_remote_start_with_car_charges_at_once() -> None:
     evse, acts = run(PR, RSTART)
     assert evse.phase is S.CHARGING
     assert evse.session == REMOTE
-    assert acts == [ok("cmd-start"), AuthorizeAndCharge(REMOTE)]
+    assert acts == [AuthorizeAndCharge(REMOTE, command_id="cmd-start")]
 
 
 def test_remote_start_without_car_waits_then_charges() -> None:

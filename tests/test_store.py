@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from agent.clock import rfc3339
 from agent.errors import StoreError
-from agent.store import DB_NAME, SCHEMA_VERSION, Store
+from agent.store import _MIGRATIONS, DB_NAME, SCHEMA_VERSION, AuthEntry, Store, _split_sql
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 EVSE_1 = "DE*ICE*E000001*1"
@@ -290,18 +291,15 @@ def test_purge_keeps_undelivered_and_recent(store: Store) -> None:
     store.save_command("cmd-new", '{"status":"accepted"}', now - timedelta(days=89))
 
     counts = store.purge(now, retention_days=90)
-    assert {k: counts[k] for k in ("cdrs", "sessions", "commands")} == {
-        "cdrs": 1,
-        "sessions": 2,
-        "commands": 1,
-    }
+    assert {k: counts[k] for k in ("cdrs", "sessions")} == {"cdrs": 1, "sessions": 2}
+    assert "commands" not in counts  # answers are bounded by count, never purged by wall time
 
     remaining = {r[0] for r in store.db.execute("SELECT session_id FROM sessions")}
     assert remaining == {sid(1), sid(3), sid(5), sid(6), sid(7)}
     outbox = {r[0] for r in store.db.execute("SELECT session_id FROM outbox")}
     assert outbox == {sid(1), sid(3), sid(6)}
     assert [p.session_id for p in store.pending_cdrs()] == [sid(1)]
-    assert store.command_response("cmd-old") is None
+    assert store.command_response("cmd-old") == ('{"status":"accepted"}', None)
     assert store.command_response("cmd-new") == ('{"status":"accepted"}', None)
     # nothing more to do on a second run
     assert not any(store.purge(now, retention_days=90).values())
@@ -383,3 +381,193 @@ def test_recent_sessions_newest_first_with_limit(store: Store) -> None:
     for n in range(1, 6):
         charged_session(store, sid(n), T0 + timedelta(minutes=n), end=T0 + timedelta(hours=n))
     assert [r.session_id for r in store.recent_sessions(limit=3)] == [sid(5), sid(4), sid(3)]
+
+
+# Every public Store method, called with valid arguments. A failing SQLite underneath must come
+# out of each of them as StoreError (the daemon's store-failure path), never as a raw
+# sqlite3 error that kills the process.
+STORE_READS: dict[str, Callable[[Store], object]] = {
+    "get_session": lambda s: s.get_session(sid(1)),
+    "open_sessions": lambda s: s.open_sessions(),
+    "recent_sessions": lambda s: s.recent_sessions(),
+    "pending_cdrs": lambda s: s.pending_cdrs(),
+    "outbox_stats": lambda s: s.outbox_stats(),
+    "command_response": lambda s: s.command_response("cmd-1"),
+    "availability": lambda s: s.availability(),
+    "local_list_version": lambda s: s.local_list_version(),
+    "local_list_size": lambda s: s.local_list_size(),
+    "local_list_entries": lambda s: s.local_list_entries(),
+    "local_list_lookup": lambda s: s.local_list_lookup("rfid:04A224B2C13C80"),
+    "cache_lookup": lambda s: s.cache_lookup("rfid:04A224B2C13C80"),
+    "cache_size": lambda s: s.cache_size(),
+    "queued_events": lambda s: s.queued_events(),
+    "queued_event_count": lambda s: s.queued_event_count(),
+}
+STORE_WRITES: dict[str, Callable[[Store], object]] = {
+    "insert_session": lambda s: s.insert_session(
+        session_id=sid(1), evse_id=EVSE_1, token=RFID, contract_id=None, start=T0
+    ),
+    "mark_charging": lambda s: s.mark_charging(sid(1), T0, 1.0),
+    "record_meter": lambda s: s.record_meter(sid(1), T0, 1.0),
+    "end_session": lambda s: s.end_session(sid(1), end=T0, reason="local"),
+    "mark_attempt": lambda s: s.mark_attempt(sid(1), T0),
+    "ack_cdr": lambda s: s.ack_cdr(sid(1), T0),
+    "save_command": lambda s: s.save_command("cmd-1", "{}", T0),
+    "set_availability": lambda s: s.set_availability(EVSE_1, False),
+    "replace_local_list": lambda s: s.replace_local_list(
+        1, [AuthEntry("rfid:04A224B2C13C80", "accepted")], full=True
+    ),
+    "cache_put": lambda s: s.cache_put(AuthEntry("rfid:04A224B2C13C80", "accepted"), T0, 10),
+    "queue_event": lambda s: s.queue_event("topic", "{}", T0),
+    "drop_events": lambda s: s.drop_events([1]),
+    "purge": lambda s: s.purge(T0, retention_days=90),
+}
+# not data calls: open/close/integrity_ok/unit/check_file have their own tests; db is the
+# raw connection
+STORE_LIFECYCLE = {"open", "close", "integrity_ok", "db", "unit", "check_file"}
+
+
+def test_every_public_store_method_is_in_the_failure_tests() -> None:
+    public = {name for name in dir(Store) if not name.startswith("_")}
+    covered = set(STORE_READS) | set(STORE_WRITES) | STORE_LIFECYCLE
+    assert public == covered, "add the new Store method to STORE_READS or STORE_WRITES"
+
+
+def _close_underneath(store: Store) -> None:
+    store.db.close()  # the Store still holds it: every statement now fails
+
+
+def _drop_tables(store: Store) -> None:
+    tables = [
+        r[0]
+        for r in store.db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+        )
+    ]
+    store.db.execute("PRAGMA foreign_keys=OFF")
+    for table in tables:
+        store.db.execute(f"DROP TABLE {table}")
+
+
+FAILURES: dict[str, Callable[[Store], None]] = {
+    "connection_closed": _close_underneath,
+    "tables_dropped": _drop_tables,
+}
+
+
+@pytest.mark.parametrize("failure", sorted(FAILURES))
+@pytest.mark.parametrize("method", sorted(STORE_READS) + sorted(STORE_WRITES))
+def test_sqlite_failures_come_out_as_store_error(store: Store, failure: str, method: str) -> None:
+    call = {**STORE_READS, **STORE_WRITES}[method]
+    FAILURES[failure](store)
+    with pytest.raises(StoreError) as info:
+        call(store)
+    assert isinstance(info.value.__cause__, sqlite3.Error)  # chained: raise ... from err
+    if failure == "tables_dropped":
+        assert not store.db.in_transaction  # a failed write was rolled back
+
+
+def test_reads_work_again_after_a_failed_read(store: Store) -> None:
+    store.set_availability(EVSE_1, True)
+    store.db.execute("ALTER TABLE evse_settings RENAME TO evse_settings_away")
+    with pytest.raises(StoreError, match="no such table"):
+        store.availability()
+    store.db.execute("ALTER TABLE evse_settings_away RENAME TO evse_settings")
+    assert store.availability() == {EVSE_1: True}
+
+
+def test_answered_commands_are_bounded_by_count_not_by_time(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clock step (1970 -> now) must not make the station forget what it answered."""
+    import agent.store
+
+    monkeypatch.setattr(agent.store, "MAX_ANSWERS", 3)
+    for i in range(5):
+        store.save_command(f"cmd-{i}", "{}", datetime(1970, 1, 1, tzinfo=UTC), f"d{i}")
+    store.purge(T0 + timedelta(days=20000), retention_days=90)
+    kept = [i for i in range(5) if store.command_response(f"cmd-{i}") is not None]
+    assert kept == [2, 3, 4]  # the newest three, whatever their time stamps
+
+
+def test_a_unit_of_work_commits_once_or_not_at_all(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.unit():
+        store.insert_session(
+            session_id=sid(1), evse_id=EVSE_1, token=RFID, contract_id=None, start=T0
+        )
+        store.save_command("cmd-1", "{}", T0, "d")
+        raise RuntimeError("crash before the commit")
+    assert store.get_session(sid(1)) is None and store.command_response("cmd-1") is None
+    with store.unit():
+        store.insert_session(
+            session_id=sid(1), evse_id=EVSE_1, token=RFID, contract_id=None, start=T0
+        )
+        store.save_command("cmd-1", "{}", T0, "d")
+        assert store.db.in_transaction  # the inner writes joined the unit
+    assert not store.db.in_transaction
+    assert store.get_session(sid(1)) is not None and store.command_response("cmd-1") is not None
+
+
+def test_a_deleted_or_replaced_database_is_noticed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state")
+    store.open()
+    store.check_file()  # the file it opened
+    other = tmp_path / "state" / "other"
+    other.write_bytes(b"")  # made while the database exists: certainly another inode
+    os.replace(other, tmp_path / "state" / DB_NAME)
+    with pytest.raises(StoreError, match="replaced"):
+        store.check_file()
+    (tmp_path / "state" / DB_NAME).unlink()
+    with pytest.raises(StoreError, match="gone"):
+        store.check_file()
+    store.close()
+
+
+# ---------------------------------------------------------------- v4: monotonic marks
+def test_monotonic_marks_are_stored_and_read_back(store: Store) -> None:
+    store.insert_session(
+        session_id=sid(1), evse_id=EVSE_1, token=RFID, contract_id=None, start=T0, mono=12.5
+    )
+    row = store.get_session(sid(1))
+    assert row is not None and (row.mono_start, row.mono_charging_start) == (12.5, None)
+    store.mark_charging(sid(1), T0 + timedelta(seconds=5), 100.0, mono=17.25)
+    row = store.get_session(sid(1))
+    assert row is not None and (row.mono_start, row.mono_charging_start) == (12.5, 17.25)
+    store.insert_session(
+        session_id=sid(2),
+        evse_id=EVSE_2,
+        token=RFID,
+        contract_id=None,
+        start=T0,
+        meter_kwh=3.0,
+        mono=40.0,
+    )  # charging at once: both marks from the one commit
+    row = store.get_session(sid(2))
+    assert row is not None and (row.mono_start, row.mono_charging_start) == (40.0, 40.0)
+    charged_session(store, sid(3), T0)  # callers that pass no marks get none
+    row = store.get_session(sid(3))
+    assert row is not None and (row.mono_start, row.mono_charging_start) == (None, None)
+
+
+def test_a_v3_database_upgrades_to_v4_in_place(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    for version in (1, 2, 3):
+        for stmt in _split_sql(_MIGRATIONS[version]):
+            db.execute(stmt)
+    db.execute("PRAGMA user_version = 3")
+    db.execute(
+        "INSERT INTO sessions (session_id, evse_id, token, state, session_start, charging_start,"
+        " meter_start_kwh, boot_id, updated_at) VALUES (?, ?, ?, 'charging', ?, ?, 1.0, 'b', ?)",
+        (sid(1), EVSE_1, json.dumps(RFID), rfc3339(T0), rfc3339(T0), rfc3339(T0)),
+    )
+    db.commit()
+    db.close()
+    store = Store(tmp_path)
+    store.open()
+    try:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        row = store.get_session(sid(1))
+        assert row is not None and row.state == "charging" and row.session_start == T0
+        assert (row.mono_start, row.mono_charging_start) == (None, None)  # no marks: wall only
+    finally:
+        store.close()

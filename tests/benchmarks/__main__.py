@@ -4,6 +4,7 @@
     python -m tests.benchmarks --quick              # smoke run (< 1 min): CI runs this
     python -m tests.benchmarks --json out.json      # also write every result as JSON
     python -m tests.benchmarks --only tap,drain     # a subset (names below)
+    python -m tests.benchmarks --only flood         # tap to relay under inbound floods
 
 What runs where:
 
@@ -50,7 +51,7 @@ from tests.benchmarks.common import (
 )
 
 BUSY_NOTE = 25.0  # % of one core used by other processes: noted in the table
-BENCHES = ("tap", "pn532", "remote", "startup", "footprint", "drain", "fleet", "qr")
+BENCHES = ("tap", "pn532", "remote", "startup", "footprint", "drain", "fleet", "qr", "flood")
 
 
 def _runner(name: str) -> Callable[[bool], Result]:
@@ -82,6 +83,10 @@ def _runner(name: str) -> Callable[[bool], Result]:
         from tests.benchmarks.fleet import run_fleet
 
         return run_fleet
+    if name == "flood":
+        from tests.benchmarks.flood import run_flood
+
+        return run_flood
     raise ValueError(name)
 
 
@@ -217,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         print("## qr (collecting) ...", file=sys.stderr, flush=True)
         results.append(qr.result())
     total = time.monotonic() - t_all
-    order = {n: i for i, n in enumerate(["1.", "2.", "3.", "4.", "5.", "6.", "7.", "8."])}
+    order = {n: i for i, n in enumerate(["1.", "2.", "3.", "4.", "5.", "6.", "7.", "8.", "9."])}
     results.sort(key=lambda r: order.get(r.name[:2], 99))
     table = markdown(results)
     mode = "quick" if args.quick else "full"
