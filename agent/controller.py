@@ -39,7 +39,7 @@ from agent.commands import Commands
 from agent.config import AgentConfig
 from agent.control import answer
 from agent.delivery import Delivery
-from agent.errors import DriverError, ProtocolError, StoreError
+from agent.errors import ProtocolError, StoreError
 from agent.evse import EvseRuntime, MeterSample, Metrics, PowerPath, StationDrivers
 from agent.failpoints import Failpoints
 from agent.inputs import CardTapped, ControlCall, Inputs, PlugChanged, QrScanned, Shutdown
@@ -52,7 +52,6 @@ from agent.session import (
     ConnectionTimeout,
     Event,
     Evse,
-    FaultCleared,
     FaultKind,
     FaultRaised,
     PlugIn,
@@ -399,12 +398,8 @@ class Controller:
         self.refresh_display()
 
     def _supervise(self) -> None:
-        interval = self.config.store.meter_interval_s
-        for evse_id, rt in self.evses.items():
-            if rt.state.phase is EvseState.CHARGING and self.power.meter_due(rt, interval):
-                self.power.poll_meter(rt)
-            for event in self.power.supervise(rt):
-                self.dispatch(evse_id, event)
+        for evse_id, event in self.power.tick(self.evses.values(), self.config.store):
+            self.dispatch(evse_id, event)
 
     def _on_meter_sample(self, sample: MeterSample) -> None:
         rt = self.evses[sample.evse_id]
@@ -482,15 +477,3 @@ class Controller:
             raise  # handle() faults the station: nothing may go on unrecorded
         finally:
             call.done.set()
-
-    def reset_relay(self, evse_id: str) -> dict[str, Any]:
-        """``stationctl relay reset``: clear a latched relay fault once the feedback is open."""
-        rt = self.evses[evse_id]
-        try:
-            rt.relay.reset()
-        except DriverError as err:
-            raise ValueError(f"{evse_id}: not reset, {err}") from err
-        if rt.state.fault is not None and rt.state.fault.is_relay:
-            self.dispatch(evse_id, FaultCleared())
-        log.warning("%s: relay fault reset by a technician", evse_id)
-        return {"evse_id": evse_id, "state": rt.state.phase.value}

@@ -6,6 +6,7 @@ what to check.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -14,9 +15,12 @@ from agent.clock import rfc3339
 from agent.control_args import EvseArgs, NoArgs, resolve_evse
 from agent.errors import AgentError, DriverError
 from agent.messages import EvseState
+from agent.session import FaultCleared
 
 if TYPE_CHECKING:
     from agent.controller import Controller
+
+log = logging.getLogger(__name__)
 
 
 def _ms(t0: float) -> float:
@@ -61,7 +65,17 @@ def relay_cycle(ctl: Controller, args: EvseArgs) -> dict[str, Any]:
 
 
 def relay_reset(ctl: Controller, args: EvseArgs) -> dict[str, Any]:
-    return ctl.reset_relay(resolve_evse(ctl, args.evse_id))
+    """Clear a latched relay fault, only once the feedback reads open."""
+    evse_id = resolve_evse(ctl, args.evse_id)
+    rt = ctl.evses[evse_id]
+    try:
+        rt.relay.reset()
+    except DriverError as err:
+        raise ValueError(f"{evse_id}: not reset, {err}") from err
+    if rt.state.fault is not None and rt.state.fault.is_relay:
+        ctl.dispatch(evse_id, FaultCleared())
+    log.warning("%s: relay fault reset by a technician", evse_id)
+    return {"evse_id": evse_id, "state": rt.state.phase.value}
 
 
 def meter_read(ctl: Controller, args: EvseArgs) -> dict[str, Any]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from agent.clock import Clock
-from agent.config import EvseConfig
+from agent.config import EvseConfig, StoreConfig
 from agent.errors import DriverError
+from agent.messages import EvseState
 from agent.session import Event, Evse, FaultCleared, FaultKind, FaultRaised
 from drivers.display.base import Display
 from drivers.meter.base import Meter, MeterReading
@@ -156,6 +157,16 @@ class PowerPath:
         )
 
     # ---------------------------------------------------------------- supervision
+    def tick(self, evses: Iterable[EvseRuntime], store: StoreConfig) -> list[tuple[str, Event]]:
+        """Housekeeping: meter readings that are due while charging (in the background), and
+        supervision of every EVSE's devices."""
+        events: list[tuple[str, Event]] = []
+        for rt in evses:
+            if rt.state.phase is EvseState.CHARGING and self.meter_due(rt, store.meter_interval_s):
+                self.poll_meter(rt)
+            events.extend((rt.evse_id, event) for event in self.supervise(rt))
+        return events
+
     def supervise(self, rt: EvseRuntime) -> list[Event]:
         """Between switches: a contact that welds or drops out, a meter that stopped answering
         or answers again."""
