@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agent.failpoints import ENV
-from tests.helpers import EVSE1, EVSE2, UID_A, Daemon, wait_msg, wait_until
+from tests.helpers import EVSE1, EVSE2, UID_A, UID_B, Daemon, wait_msg, wait_until
 from tests.test_durability import ST, durable_config
 from tests.test_power_daemon import BlackHoleProxy
 
@@ -185,3 +185,54 @@ def test_a_stopped_event_on_a_silent_link_survives_a_crash(station, backend, bro
         wait_until(lambda: d.ctl("outbox")["pending"] == 0, 10, "CDR acknowledged")
     finally:
         proxy.close()
+
+
+def test_broker_restarts_while_two_evses_charge_lose_no_cdr_and_no_event(tmp_path, prefix):
+    """What held and must keep holding: the broker restarted again and again while sessions
+    start and end on two EVSEs; every session has its three events and exactly one CDR."""
+    from agent.backend_sim import BackendSim
+    from agent.broker import Mosquitto
+
+    with Mosquitto() as mosq:
+        backend = BackendSim(mosq.url, prefix=prefix)
+        backend.start()
+        d = Daemon(
+            tmp_path,
+            durable_config(
+                tmp_path,
+                mosq.url,
+                prefix,
+                evses=2,
+                mqtt={"keepalive_s": 5, "reconnect_min_s": 1, "reconnect_max_s": 1},
+                auth={"offline_policy": "accept_all"},
+            ),
+        )
+        sessions: list[str] = []
+        try:
+            d.start()
+            for cycle in range(6):
+                for evse in (EVSE1, EVSE2):
+                    d.ctl("sim.plug", evse_id=evse)
+                    d.ctl("sim.tap", uid=UID_A if evse == EVSE1 else UID_B)
+                    sessions.append(d.wait_state("charging", evse)["session_id"])
+                mosq.stop()  # mid-session: the stops happen while the broker is away
+                for evse in (EVSE1, EVSE2) if cycle % 2 else (EVSE2, EVSE1):
+                    d.ctl("sim.unplug", evse_id=evse)
+                    d.wait_state("available", evse)
+                mosq.start()
+                wait_until(lambda: d.ctl("status")["link"]["connected"], 20, "link back")
+            wait_until(lambda: d.ctl("outbox")["pending"] == 0, 30, "every CDR acknowledged")
+            wait_until(
+                lambda: all(
+                    {m["event"] for m in backend.messages("session", ST) if m["session_id"] == s}
+                    >= {"authorized", "started", "stopped"}
+                    for s in sessions
+                ),
+                30,
+                "every session event delivered",
+            )
+            cdrs = [c["session_id"] for c in backend.messages("cdr", ST)]
+            assert set(cdrs) == set(sessions) and len(sessions) == 12  # re-sends may repeat one
+        finally:
+            d.stop()
+            backend.stop()
