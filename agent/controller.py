@@ -84,7 +84,7 @@ Item = (
     | Delivered
 )
 ControlHandler = Callable[["Controller", dict[str, Any]], Any]
-PURGE_EVERY_S = 86400.0
+PURGE_EVERY_S = 3600.0  # retention purge and running-time checkpoint, hourly
 
 
 @dataclass
@@ -389,6 +389,7 @@ class Controller:
             self.delivery.resend()
             if self._last_purge is None or mono - self._last_purge >= PURGE_EVERY_S:
                 self._last_purge = mono
+                self.store.checkpoint_runtime()  # the age retention counts in
                 purged = self.store.purge(self.clock.now(), self.config.store.retention_days)
                 if any(purged.values()):
                     log.info("retention purge: %s", purged)

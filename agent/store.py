@@ -11,7 +11,8 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ from agent.errors import StoreError
 log = logging.getLogger(__name__)
 
 DB_NAME = "station-agent.sqlite3"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MAX_ANSWERS = 10_000  # answered command ids kept for replay protection (the newest)
 
 _MIGRATIONS: dict[int, str] = {
@@ -104,6 +105,16 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE sessions ADD COLUMN mono_start REAL;
     ALTER TABLE sessions ADD COLUMN mono_charging_start REAL;
     """,
+    # v5: retention by an age no wall-clock step can fake (the station's summed running time)
+    5: """
+    CREATE TABLE station_clock (
+        id        INTEGER PRIMARY KEY CHECK (id = 1),
+        runtime_s REAL NOT NULL
+    );
+    ALTER TABLE outbox ADD COLUMN acked_runtime REAL;
+    ALTER TABLE sessions ADD COLUMN ended_runtime REAL;
+    ALTER TABLE auth_cache ADD COLUMN updated_runtime REAL;
+    """,
 }
 
 
@@ -161,6 +172,16 @@ class _Db:
     StoreError) and write transactions (:class:`_Transaction`)."""
 
     _db: sqlite3.Connection | None
+    _monotonic: Callable[[], float]
+    _runtime_base: float = 0.0  # running time up to _runtime_mark
+    _runtime_mark: float | None = None  # monotonic time of the last checkpoint (None: closed)
+
+    def runtime(self) -> float:
+        """Seconds the station has run, summed over every run since the database was made: an
+        age no wall-clock step can fake (it stands still only while the station is off)."""
+        if self._runtime_mark is None:
+            return self._runtime_base
+        return self._runtime_base + max(0.0, self._monotonic() - self._runtime_mark)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -254,16 +275,18 @@ class _AuthTables(_Db):
         """Remember a backend answer; when full evict expired, then refused, then oldest."""
         with self._tx():
             self.db.execute(
-                "INSERT INTO auth_cache (token_key, status, contract_id, expires_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(token_key) DO UPDATE SET"
+                "INSERT INTO auth_cache (token_key, status, contract_id, expires_at, updated_at,"
+                " updated_runtime) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(token_key) DO UPDATE SET"
                 " status=excluded.status, contract_id=excluded.contract_id,"
-                " expires_at=excluded.expires_at, updated_at=excluded.updated_at",
+                " expires_at=excluded.expires_at, updated_at=excluded.updated_at,"
+                " updated_runtime=excluded.updated_runtime",
                 (
                     entry.token_key,
                     entry.status,
                     entry.contract_id,
                     rfc3339(entry.expires_at) if entry.expires_at else None,
                     rfc3339(now),
+                    self.runtime(),
                 ),
             )
             excess = self.cache_size() - max_size
@@ -280,8 +303,14 @@ class _AuthTables(_Db):
 
 
 class Store(_AuthTables):
-    def __init__(self, state_dir: Path, max_kb: int | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        max_kb: int | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = state_dir / DB_NAME
+        self._monotonic = monotonic
         self._max_kb = max_kb
         self._db: sqlite3.Connection | None = None
         self.quarantined: Path | None = None  # where a corrupt database was moved to
@@ -331,6 +360,21 @@ class Store(_AuthTables):
         _migrate(db, self.path)
         st = os.stat(self.path)
         self._identity = (st.st_dev, st.st_ino)
+        row = db.execute("SELECT runtime_s FROM station_clock WHERE id=1").fetchone()
+        self._runtime_base = float(row[0]) if row else 0.0
+        self._runtime_mark = self._monotonic()
+
+    def checkpoint_runtime(self) -> None:
+        """Persist the running time (at most the time since the last checkpoint is lost to a
+        crash: data is then kept that much longer, never purged early)."""
+        runtime, mark = self.runtime(), self._monotonic()
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO station_clock (id, runtime_s) VALUES (1, ?)"
+                " ON CONFLICT(id) DO UPDATE SET runtime_s=excluded.runtime_s",
+                (runtime,),
+            )
+        self._runtime_base, self._runtime_mark = runtime, mark
 
     def check_file(self) -> None:
         """The database file is still the one that was opened: a deleted or replaced state
@@ -346,8 +390,13 @@ class Store(_AuthTables):
 
     def close(self) -> None:
         if self._db is not None:
+            try:
+                self.checkpoint_runtime()
+            except StoreError as err:
+                log.error("running time not saved at close: %s", err)
             self._db.close()
             self._db = None
+            self._runtime_mark = None
 
     def integrity_ok(self) -> bool:
         try:
@@ -451,8 +500,17 @@ class Store(_AuthTables):
             self.db.execute(
                 "UPDATE sessions SET state='ended', session_end=?, stop_reason=?,"
                 " charging_end=CASE WHEN charging_start IS NOT NULL THEN ? END,"
-                " meter_last_kwh=COALESCE(?, meter_last_kwh), updated_at=? WHERE session_id=?",
-                (rfc3339(end), reason, rfc3339(end), meter_stop_kwh, rfc3339(end), session_id),
+                " meter_last_kwh=COALESCE(?, meter_last_kwh), updated_at=?, ended_runtime=?"
+                " WHERE session_id=?",
+                (
+                    rfc3339(end),
+                    reason,
+                    rfc3339(end),
+                    meter_stop_kwh,
+                    rfc3339(end),
+                    self.runtime(),
+                    session_id,
+                ),
             )
             if cdr_payload is not None:
                 self._outbox_stats = None
@@ -504,7 +562,8 @@ class Store(_AuthTables):
                 return "duplicate"
             self._outbox_stats = None
             self.db.execute(
-                "UPDATE outbox SET acked_at=? WHERE session_id=?", (rfc3339(ts), session_id)
+                "UPDATE outbox SET acked_at=?, acked_runtime=? WHERE session_id=?",
+                (rfc3339(ts), self.runtime(), session_id),
             )
             return "acked"
 
@@ -580,21 +639,27 @@ class Store(_AuthTables):
         """Delete acknowledged CDRs, ended sessions and cached answers older than the retention
         (answered commands are bounded by count instead: :data:`MAX_ANSWERS`).
 
-        Undelivered CDRs (and their sessions) are kept until delivered, however old.
+        Undelivered CDRs (and their sessions) are kept until delivered, however old. The age is
+        the wall-clock age or the station's running time since then (:meth:`runtime`),
+        whichever is larger: a clock stepped back cannot keep data beyond the retention.
         """
         cutoff = rfc3339(now - timedelta(days=retention_days))
+        ran = self.runtime() - retention_days * 86400.0
         self._outbox_stats = None
         with self._tx():
             cdrs = self.db.execute(
-                "DELETE FROM outbox WHERE acked_at IS NOT NULL AND acked_at < ?", (cutoff,)
+                "DELETE FROM outbox WHERE acked_at IS NOT NULL"
+                " AND (acked_at < ? OR acked_runtime < ?)",
+                (cutoff, ran),
             ).rowcount
             sessions = self.db.execute(
-                "DELETE FROM sessions WHERE state='ended' AND session_end < ?"
+                "DELETE FROM sessions WHERE state='ended'"
+                " AND (session_end < ? OR ended_runtime < ?)"
                 " AND session_id NOT IN (SELECT session_id FROM outbox)",
-                (cutoff,),
+                (cutoff, ran),
             ).rowcount
             cache = self.db.execute(
-                "DELETE FROM auth_cache WHERE updated_at < ?", (cutoff,)
+                "DELETE FROM auth_cache WHERE updated_at < ? OR updated_runtime < ?", (cutoff, ran)
             ).rowcount
         return {"cdrs": cdrs, "sessions": sessions, "auth_cache": cache}
 

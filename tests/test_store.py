@@ -404,6 +404,7 @@ STORE_READS: dict[str, Callable[[Store], object]] = {
     "queued_event_count": lambda s: s.queued_event_count(),
 }
 STORE_WRITES: dict[str, Callable[[Store], object]] = {
+    "checkpoint_runtime": lambda s: s.checkpoint_runtime(),
     "insert_session": lambda s: s.insert_session(
         session_id=sid(1), evse_id=EVSE_1, token=RFID, contract_id=None, start=T0
     ),
@@ -424,7 +425,7 @@ STORE_WRITES: dict[str, Callable[[Store], object]] = {
 }
 # not data calls: open/close/integrity_ok/unit/check_file have their own tests; db is the
 # raw connection
-STORE_LIFECYCLE = {"open", "close", "integrity_ok", "db", "unit", "check_file"}
+STORE_LIFECYCLE = {"open", "close", "integrity_ok", "db", "unit", "check_file", "runtime"}
 
 
 def test_every_public_store_method_is_in_the_failure_tests() -> None:
@@ -549,7 +550,7 @@ def test_monotonic_marks_are_stored_and_read_back(store: Store) -> None:
     assert row is not None and (row.mono_start, row.mono_charging_start) == (None, None)
 
 
-def test_a_v3_database_upgrades_to_v4_in_place(tmp_path: Path) -> None:
+def test_a_v3_database_upgrades_to_the_current_version_in_place(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / DB_NAME)
     for version in (1, 2, 3):
         for stmt in _split_sql(_MIGRATIONS[version]):
@@ -565,9 +566,56 @@ def test_a_v3_database_upgrades_to_v4_in_place(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.open()
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         row = store.get_session(sid(1))
         assert row is not None and row.state == "charging" and row.session_start == T0
         assert (row.mono_start, row.mono_charging_start) == (None, None)  # no marks: wall only
     finally:
         store.close()
+
+
+class SteppedMonotonic:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.t = 5000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_running_time_adds_up_across_runs(tmp_path: Path) -> None:
+    mono = SteppedMonotonic()
+    store = Store(tmp_path, monotonic=mono)
+    store.open()
+    assert store.runtime() == 0.0
+    mono.t += 100.0
+    store.close()  # saved at close
+    mono.t = 7.0  # a new boot: the monotonic clock starts again
+    again = Store(tmp_path, monotonic=mono)
+    again.open()
+    mono.t += 50.0
+    assert again.runtime() == pytest.approx(150.0)
+    again.checkpoint_runtime()
+    mono.t += 1.0
+    assert again.runtime() == pytest.approx(151.0)
+    again.close()
+
+
+def test_a_clock_stepped_back_cannot_keep_data_beyond_the_retention(tmp_path: Path) -> None:
+    """Acknowledged CDRs, ended sessions and cached answers are purged once the station has
+    run for the retention period since, whatever the wall clock says."""
+    mono = SteppedMonotonic()
+    store = Store(tmp_path, monotonic=mono)
+    store.open()
+    charged_session(store, sid(1), T0, end=T0 + timedelta(hours=1))
+    store.ack_cdr(sid(1), T0 + timedelta(hours=2))
+    store.cache_put(AuthEntry("rfid:04A224B2C13C80", "accepted"), T0, 10)
+    stepped_back = T0 - timedelta(days=365)  # the wall clock now reads a year earlier
+    mono.t += 89 * 86400.0
+    assert not any(store.purge(stepped_back, retention_days=90).values())  # 89 days: kept
+    mono.t += 2 * 86400.0
+    counts = store.purge(stepped_back, retention_days=90)
+    assert counts == {"cdrs": 1, "sessions": 1, "auth_cache": 1}
+    assert store.get_session(sid(1)) is None and store.cache_size() == 0
+    store.close()
