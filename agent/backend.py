@@ -47,7 +47,8 @@ class AuthAnswer:
 
 @dataclass(frozen=True)
 class CdrAcked:
-    session_id: str
+    """CDRs were acknowledged (``Backend.acknowledged_cdrs()`` says which): after an outage a
+    backend acknowledges a thousand at once, and they are settled in one commit, not one each."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,10 @@ class Backend(Protocol):
     def session_event(self, event: SessionEvent, ref: int) -> bool:
         """Send a queued session event; ``ref`` comes back from :meth:`delivered` once the
         other side has it (then, and only then, it leaves the station's durable queue)."""
+        ...
+
+    def acknowledged_cdrs(self) -> list[str]:
+        """The session ids of the CDRs acknowledged since the last call."""
         ...
 
     def delivered(self) -> list[int]:

@@ -203,6 +203,7 @@ class MqttBackend:
         self._acl_reported = False
         self._ack_lock = threading.Lock()
         self._delivered: list[int] = []  # refs of acknowledged session events, not yet taken
+        self._cdr_acks: list[str] = []  # session ids of acknowledged CDRs, not yet taken
         self._limiter = InboundLimiter(config.mqtt.inbound_limits(), clock.monotonic)
 
     # ---------------------------------------------------------------- port
@@ -232,6 +233,19 @@ class MqttBackend:
         with self._ack_lock:
             refs, self._delivered = self._delivered, []
         return refs
+
+    def acknowledged_cdrs(self) -> list[str]:
+        with self._ack_lock:
+            ids, self._cdr_acks = self._cdr_acks, []
+        return ids
+
+    def _cdr_acked(self, session_id: str) -> None:
+        """A CDR acknowledgement (network thread): one CdrAcked input announces a batch."""
+        with self._ack_lock:
+            self._cdr_acks.append(session_id)
+            first = len(self._cdr_acks) == 1
+        if first:
+            self._sink(CdrAcked())
 
     def _acked(self, ref: int) -> None:
         """A PUBACK (network thread): one Delivered input announces a batch of them."""
@@ -307,7 +321,7 @@ class MqttBackend:
         if item.suffix == "auth/res":
             self._sink(AuthAnswer(parse_auth_response(data), item.t))
         elif item.suffix == "cdr/ack":
-            self._sink(CdrAcked(parse_cdr_ack(data).session_id))
+            self._cdr_acked(parse_cdr_ack(data).session_id)
         elif item.suffix == "cmd/req":
             self._sink(CommandIn(parse_command(data), command_digest(data), item.t))
         else:

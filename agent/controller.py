@@ -145,7 +145,7 @@ class Controller:
             LinkDown: self._on_link_down,
             Delivered: lambda item: self.delivery.confirmed(self.backend.delivered()),
             AuthAnswer: self._on_auth_answer,
-            CdrAcked: lambda item: self.delivery.acknowledged(item.session_id),
+            CdrAcked: lambda item: self.delivery.acknowledged(self.backend.acknowledged_cdrs()),
             CommandIn: self._on_command,
             CommandUnreadable: lambda item: self.commands.reject_unstored(
                 item.command_id, item.reason
@@ -280,6 +280,10 @@ class Controller:
         for rt in self.evses.values():
             rt.plug.stop()
         self.power.pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            self.delivery.forget_acked()  # else they are sent once more after the restart
+        except StoreError as err:
+            log.error("acknowledged events not cleared: %s", err)
 
     def handle(self, item: Item) -> None:
         try:
@@ -384,6 +388,7 @@ class Controller:
         try:
             self.store.check_file()  # a deleted state directory is a store failure now
             self._supervise()
+            self.delivery.forget_acked()
             if self.backend.connected and self.store.queued_event_count():
                 self.delivery.flush_events()  # whatever a reconnect could not send yet
             self.delivery.resend()

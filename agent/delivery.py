@@ -96,6 +96,7 @@ class Delivery:
         # clock stepped back does not stall re-sends (none after a restart: due at once)
         self._attempt_mono: dict[str, float] = {}
         self._in_flight: set[int] = set()  # queued events handed over, not yet acknowledged
+        self._acked: set[int] = set()  # acknowledged, still in the store until forget_acked()
 
     # ---------------------------------------------------------------- session events
     def session_event(
@@ -142,7 +143,7 @@ class Delivery:
         while batch := self._store.queued_events(limit=EVENT_BATCH, after=after):
             for seq, kind, payload in batch:
                 after = seq
-                if seq in self._in_flight:
+                if seq in self._in_flight or seq in self._acked:
                     continue
                 event = _load(SessionEvent, payload, f"queued {kind} event {seq}")
                 if event is None:  # logged; it can never be sent
@@ -155,11 +156,20 @@ class Delivery:
         return sent
 
     def confirmed(self, refs: list[int]) -> None:
-        """The backend has these events: they leave the durable queue (one commit)."""
+        """The backend has these events: they leave the durable queue, in batches (a crash
+        before the batch is committed only sends them again: at least once, never lost)."""
         done = [ref for ref in refs if ref in self._in_flight]
         self._in_flight.difference_update(done)
-        if done:
-            self._store.drop_events(done)
+        self._acked.update(done)
+        if len(self._acked) >= EVENT_BATCH:
+            self.forget_acked()
+
+    def forget_acked(self) -> None:
+        """Delete the acknowledged events from the store (one commit); housekeeping calls it
+        every tick, so an idle station's queue is empty within a second."""
+        if self._acked:
+            self._store.drop_events(sorted(self._acked))
+            self._acked.clear()
 
     def link_lost(self) -> None:
         """What was in flight without an acknowledgement is sent again on the next link."""
@@ -167,7 +177,7 @@ class Delivery:
 
     def _events_handed_over(self) -> bool:
         """Every queued event is with the backend: a CDR sent now cannot overtake one."""
-        return self._store.queued_event_count() == len(self._in_flight)
+        return self._store.queued_event_count() == len(self._in_flight) + len(self._acked)
 
     # ---------------------------------------------------------------- CDRs
     def settle(self, row: SessionRow, reason: StopReason, end: datetime, meter_stop: float) -> Cdr:
@@ -273,25 +283,30 @@ class Delivery:
         if len(pending) < RESEND_BATCH:  # all of them: forget the marks of acknowledged ones
             ids = {e.session_id for e in pending}
             self._attempt_mono = {k: v for k, v in self._attempt_mono.items() if k in ids}
-        for entry in pending:
-            if not force and not self._due(entry, mono):
-                continue
-            cdr = _load(Cdr, entry.payload, f"CDR {entry.session_id}")
-            if cdr is None:
-                continue  # logged; it stays in the outbox for a technician to look at
-            if not self._backend.cdr(cdr):
-                break
-            self._store.mark_attempt(entry.session_id, now)
-            self._attempt_mono[entry.session_id] = mono
-            sent += 1
+        with self._store.unit():  # the attempts of a whole batch: one commit, not one each
+            for entry in pending:
+                if not force and not self._due(entry, mono):
+                    continue
+                cdr = _load(Cdr, entry.payload, f"CDR {entry.session_id}")
+                if cdr is None:
+                    continue  # logged; it stays in the outbox for a technician to look at
+                if not self._backend.cdr(cdr):
+                    break
+                self._store.mark_attempt(entry.session_id, now)
+                self._attempt_mono[entry.session_id] = mono
+                sent += 1
         return sent
 
-    def acknowledged(self, session_id: str) -> None:
-        outcome = self._store.ack_cdr(session_id, self._clock.now())
-        if outcome == "acked":
-            log.info("CDR %s acknowledged", session_id)
-        else:
-            log.info("CDR ack for %s ignored (%s)", session_id, outcome)
+    def acknowledged(self, session_ids: list[str]) -> None:
+        """CDRs the backend acknowledged: settled in one commit."""
+        now = self._clock.now()
+        with self._store.unit():
+            for session_id in session_ids:
+                outcome = self._store.ack_cdr(session_id, now)
+                if outcome == "acked":
+                    log.info("CDR %s acknowledged", session_id)
+                else:
+                    log.info("CDR ack for %s ignored (%s)", session_id, outcome)
 
     def _due(self, entry: OutboxEntry, mono: float) -> bool:
         """By the back-off, in monotonic time (the stored ``last_attempt_at`` is wall time,

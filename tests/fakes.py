@@ -59,6 +59,9 @@ class FakeBackend:
                 self.acked.append(ref)
         return ok
 
+    def acknowledged_cdrs(self) -> list[str]:
+        return []
+
     def delivered(self) -> list[int]:
         refs, self.acked = self.acked, []
         return refs

@@ -94,8 +94,25 @@ def numbers(backend: FakeBackend) -> list[int]:
 
 # ---------------------------------------------------------------- session events
 def ack(delivery: Delivery, backend: FakeBackend) -> None:
-    """The broker's acknowledgements arrive (the loop's Delivered input)."""
+    """The broker's acknowledgements arrive (the loop's Delivered input), and a housekeeping
+    tick clears them from the store."""
     delivery.confirmed(backend.delivered())
+    delivery.forget_acked()
+
+
+def test_acknowledged_events_leave_the_store_in_batches_and_are_never_sent_again(
+    delivery: Delivery, store: Store, backend: FakeBackend
+) -> None:
+    queue_numbered(delivery, 3)
+    delivery.confirmed(backend.delivered())
+    assert store.queued_event_count() == 3  # not one commit per acknowledgement
+    assert delivery.flush_events() == 0  # acknowledged: not sent again
+    delivery.link_lost()
+    assert delivery.flush_events() == 0  # not even after the link was lost
+    assert delivery.resend(force=True) == 0  # no CDR pending (and the events count as handed over)
+    delivery.forget_acked()
+    assert store.queued_event_count() == 0
+    assert numbers(backend) == [0, 1, 2]
 
 
 def test_an_event_is_committed_sent_and_leaves_only_when_acknowledged(
@@ -488,12 +505,12 @@ def test_an_acknowledged_cdr_is_not_sent_again(
     keep, done = charging(store, clock), charging(store, clock)
     delivery.settle(keep, StopReason.LOCAL, clock.now(), 1240.0)
     delivery.settle(done, StopReason.LOCAL, clock.now(), 1240.0)
-    delivery.acknowledged(done.session_id)
+    delivery.acknowledged([done.session_id])
     assert [e.session_id for e in store.pending_cdrs()] == [keep.session_id]
     backend.sent.clear()
     assert delivery.resend(force=True) == 1
     assert [c.session_id for c in backend.cdrs] == [keep.session_id]
-    delivery.acknowledged(done.session_id)  # a duplicate ack changes nothing either
+    delivery.acknowledged([done.session_id])  # a duplicate ack changes nothing either
     assert [e.session_id for e in store.pending_cdrs()] == [keep.session_id]
 
 
@@ -503,7 +520,7 @@ def test_acknowledging_an_unknown_session_changes_nothing(
     row = charging(store, clock)
     delivery.settle(row, StopReason.LOCAL, clock.now(), 1240.0)
     before = (store.pending_cdrs(), store.outbox_stats(), list(backend.sent))
-    delivery.acknowledged("00000000-0000-0000-0000-000000000000")
+    delivery.acknowledged(["00000000-0000-0000-0000-000000000000"])
     assert (store.pending_cdrs(), store.outbox_stats(), backend.sent) == before
 
 
