@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 
 from agent.backend_mqtt import RETAINED_REASON
 from agent.backend_sim import BackendSim, Received
-from tests.benchmarks.flood import FLOODS, Flood, taps
+from tests.benchmarks.flood import FLOODS, Flood, flood_arrived, taps
 from tests.helpers import EVSE1, wait_until
 
 ST = "ST-TEST"
@@ -103,7 +102,7 @@ def test_taps_charge_under_inbound_flood(kind: str, make_daemon, backend, tmp_pa
     d.wait_state("preparing")
     before = len(backend.received)
     with Flood(backend.broker_url, backend.prefix, ST, kind) as flood:
-        time.sleep(0.5)  # the flood is under way before the first tap
+        flood_arrived(d, kind)
         latencies = taps(d, backend, TAPS, timeout=3 * BOUND_S)
         during = d.ctl("status")
     sent = flood.result

@@ -63,6 +63,31 @@ FLOODS: dict[str, tuple[str, float]] = {
     "auth": ("auth/res", 5000.0),
     "stop": ("cmd/req", 1000.0),
 }
+# the station's default inbound limits (rate per second, burst): what it may let in of a flood
+DEFAULT_LIMITS: dict[str, tuple[float, float]] = {
+    "cmd/req": (50.0, 100.0),
+    "auth/res": (200.0, 400.0),
+}
+
+
+def dropped(d: Daemon, suffix: str) -> int:
+    """What the station says it dropped on ``suffix`` (its status, refreshed once a second)."""
+    counts = d.ctl("status").get("inbound_dropped") or {}
+    return int(counts.get(suffix, 0))
+
+
+def flood_arrived(d: Daemon, kind: str, timeout: float = 10.0) -> None:
+    """The flood is under way: the station itself reports drops on its topic."""
+    suffix = FLOODS[kind][0]
+    wait_until(lambda: dropped(d, suffix) > 0, timeout, f"the {kind} flood at the station")
+
+
+def flood_counted(d: Daemon, kind: str, sent: int, seconds: float, timeout: float = 10.0) -> None:
+    """The station's counts cover the whole flood: at most the limit's budget got in."""
+    suffix = FLOODS[kind][0]
+    rate, burst = DEFAULT_LIMITS[suffix]
+    least = sent - (burst + rate * (seconds + 1))
+    wait_until(lambda: dropped(d, suffix) >= least, timeout, f"{kind} flood counted")
 
 
 # ------------------------------------------------------------------------------ payloads
@@ -210,7 +235,8 @@ def taps(
         mark = len(backend.received)
         d.ctl("sim.tap", uid=UID_A)  # same card: stop, CDR
         wait_suffix(backend, "cdr", mark, timeout=timeout)
-        time.sleep(gap)  # at least: the CDR ack reaches the daemon before the next tap
+        wait_until(lambda: d.ctl("outbox")["pending"] == 0, timeout, "CDR acknowledged")
+        time.sleep(gap)  # pacing: the taps are spread over the flood (not a readiness wait)
     return out
 
 
@@ -225,10 +251,10 @@ def scenario(kind: str, n: int, warmup: int, gap: float) -> dict[str, Any]:
                 flood: dict[str, Any] = {}
             else:
                 with Flood(mosq.url, "bench", st.station_id, kind) as fl:
-                    time.sleep(0.5)  # the flood is under way before the first tap
+                    flood_arrived(st, kind)
                     lat = taps(st, backend, n, warmup=warmup, gap=gap)
                 flood = fl.result
-                time.sleep(1.1)  # the status's counts are refreshed at most once a second
+                flood_counted(st, kind, int(flood["sent"]), float(flood["seconds"]))
             status = st.ctl("status")
             alive = st.proc is not None and st.proc.poll() is None
             metrics = st.ctl("metrics")
