@@ -207,7 +207,7 @@ class SessionEvent(_Out):
 class SignedMeterValues(BaseModel):
     """Signed meter readings (additive in v1), each record exactly as the meter signed it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"required": ["format"]})
     format: Literal["OCMF"] = "OCMF"
     # the start record, only when the meter signs the start separately
     start: str | None = None
