@@ -29,8 +29,9 @@ from drivers.meter.base import TransactionIdent
 from drivers.meter.iskra import IskraMeter
 from drivers.meter.ocmf import parse, public_key_hex, split
 from drivers.meter.sim_signing import SigningSimMeter
-from tests.helpers import EVSE1, UID_A, wait_msg
+from tests.helpers import EVSE1, EVSE2, UID_A, wait_msg
 from tests.iskra_server import IskraServer
+from tests.test_messages import validator
 from tests.test_meter_drivers import pty_bridge  # noqa: F401  (a fixture)
 
 IDENT = TransactionIdent(evse_id=EVSE1, id_type="ISO14443", id_masked="04A2...3C80")
@@ -178,14 +179,18 @@ def _stationctl(socket: Path, *argv: str, capsys: pytest.CaptureFixture[str]) ->
 def test_signed_session_end_to_end_verified_by_pyocmf(
     make_daemon, backend, tmp_path, capsys
 ) -> None:
-    d = make_daemon(evse=_signing_evse(tmp_path))
-    d.ctl("sim.plug")
+    unsigned = {"id": EVSE2, "meter": {"driver": "sim"}, "plug": {"driver": "sim"}}
+    d = make_daemon(evse=[*_signing_evse(tmp_path), unsigned])
+    assert d.ctl("meter.read", evse_id=EVSE1)["signed"] is True
+    assert d.ctl("meter.read", evse_id=EVSE2)["signed"] is False  # says so, does not pretend
+    d.ctl("sim.plug", evse_id=EVSE1)
     d.ctl("sim.tap", uid=UID_A)
     d.wait_state("charging")
     started = d.ctl("sessions")[0]["session_id"]
     assert d.ctl("cdr.signed", session_id=started)["signed_meter_values"]["start"]
     d.ctl("sim.tap", uid=UID_A)
     cdr = wait_msg(backend, "cdr")
+    validator("cdr").validate(cdr)  # the exported JSON Schema knows the field
     smv = cdr["signed_meter_values"]
     assert smv["format"] == "OCMF" and "error" not in smv
     start, stop = parse(smv["start"]), parse(smv["stop"])
@@ -229,6 +234,27 @@ def test_restart_mid_session_keeps_the_start_record_and_signs_the_end(
     pg = [json.loads(split(smv[k])[0])["PG"] for k in ("start", "stop")]
     assert int(pg[1][1:]) > int(pg[0][1:])
     assert cdr["meter_start_kwh"] == parse(smv["start"]).begin_kwh
+
+
+def test_session_settled_at_start_up_gets_its_end_record_then(
+    make_daemon, backend, tmp_path
+) -> None:
+    """The car left while the agent was down: the session is settled at start-up, and the
+    meter (its register unchanged since the relays opened) signs the end then."""
+    d = make_daemon(evse=_signing_evse(tmp_path))
+    d.ctl("sim.plug")
+    d.ctl("sim.tap", uid=UID_A)
+    d.wait_state("charging")
+    session_id = d.ctl("sessions")[0]["session_id"]
+    d.kill()
+    (tmp_path / "plug1").write_text("unplugged\n")
+    d.start()
+    cdr = wait_msg(backend, "cdr", session_id=session_id)
+    assert cdr["stop_reason"] == "ev_disconnected"
+    smv = cdr["signed_meter_values"]
+    assert check(smv).ok and "error" not in smv
+    assert cdr["meter_stop_kwh"] == parse(smv["stop"]).end_kwh
+    d.wait_state("available")
 
 
 @pytest.fixture
