@@ -5,6 +5,7 @@ also when the meter stops answering and across a restart mid-session."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import stat
@@ -25,9 +26,11 @@ from agent.errors import ConfigError, DriverError
 from agent.ocmf_verify import check
 from agent.stationctl import main as stationctl_main
 from drivers.clock import FakeClock
-from drivers.meter.base import TransactionIdent
+from drivers.meter.base import TransactionIdent, signing
 from drivers.meter.iskra import IskraMeter
+from drivers.meter.modbus import ModbusMeter
 from drivers.meter.ocmf import parse, public_key_hex, split
+from drivers.meter.sim import SimMeter
 from drivers.meter.sim_signing import SigningSimMeter
 from tests.helpers import EVSE1, EVSE2, UID_A, wait_msg
 from tests.iskra_server import IskraServer
@@ -117,6 +120,17 @@ def test_failing_meter_signs_nothing_and_bad_keys_are_refused(sim_meter, tmp_pat
     )
     with pytest.raises(ConfigError, match="secp256r1"):
         SigningSimMeter(key_file=tmp_path / "p384.pem").prepare()
+
+
+def test_signing_meters_implement_the_capability_and_others_do_not(tmp_path) -> None:
+    signing_meters = [SigningSimMeter(key_file=tmp_path / "k.pem"), IskraMeter("tcp", host="h")]
+    for meter in signing_meters:
+        assert signing(meter) is meter
+        for name in ("signs", "begin_transaction", "end_transaction", "public_key"):
+            assert inspect.getattr_static(type(meter), name, None) is not None, name
+    assert not (tmp_path / "k.pem").exists()  # no I/O in the constructor
+    assert signing(SimMeter()) is None
+    assert signing(ModbusMeter("sdm630", "tcp", host="h")) is None
 
 
 # ----------------------------------------------------------------------------- Iskra
