@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.authorization import Authorizer
@@ -20,6 +20,7 @@ from agent.evse import EvseRuntime, Metrics, PowerPath
 from agent.failpoints import Failpoints, Point
 from agent.loop import Timers
 from agent.messages import CommandResponse, SessionEventKind, token_for_record
+from agent.metering import SignedMetering, SignedStart
 from agent.privacy import mask
 from agent.session import (
     Action,
@@ -70,6 +71,7 @@ class ActionRunner:
     metrics: Metrics
     boot_id: str | None
     failpoints: Failpoints = field(default_factory=Failpoints)
+    metering: SignedMetering | None = None  # signing meters' records (OCMF)
 
     def __post_init__(self) -> None:
         self._handlers: dict[type[Any], Callable[[EvseRuntime, Any, Context], list[Event]]] = {
@@ -140,11 +142,14 @@ class ActionRunner:
         session: SessionInfo,
         command_id: str | None,
         reading: MeterReading | None,
+        signed: SignedStart | None = None,
     ) -> CommandResponse | None:
-        """The session, its charging start (with a reading) and a remote start's acceptance:
-        one commit. Nothing is answered or switched before it."""
+        """The session, its charging start (with a reading and a signed start record) and a
+        remote start's acceptance: one commit. Nothing is answered or switched before it."""
         with self.store.unit():
             self._insert(rt, session, reading)
+            if self.metering is not None:
+                self.metering.save_start(session.session_id, signed)
             answer = None if command_id is None else self.commands.record(command_id, True, None)
             self.delivery.queue(
                 session.session_id, rt.evse_id, SessionEventKind.AUTHORIZED, offline=session.offline
@@ -168,8 +173,8 @@ class ActionRunner:
         """The car is plugged: session and charging start in one commit, then the relay, then
         the 'authorized' and 'started' events. No session starts unmetered."""
         session = action.session
-        reading = self.power.read_meter(rt)
-        answer = self._commit_start(rt, session, action.command_id, reading)
+        reading, signed = self._signed_start(rt, _token(session))
+        answer = self._commit_start(rt, session, action.command_id, reading, signed)
         if reading is None:
             if answer is not None:
                 self.commands.announce(answer)
@@ -186,18 +191,39 @@ class ActionRunner:
         return []
 
     # ---------------------------------------------------------------- charging
-    def _begin_charging(self, rt: EvseRuntime, action: BeginCharging, ctx: Context) -> list[Event]:
+    def _signed_start(
+        self, rt: EvseRuntime, token: dict[str, Any]
+    ) -> tuple[MeterReading | None, SignedStart | None]:
+        """The start reading; a signing meter begins its transaction too, and its signed
+        value becomes the start reading (the CDR bills what the meter signed)."""
         reading = self.power.read_meter(rt)
+        if reading is None or self.metering is None:
+            return reading, None
+        signed = self.metering.begin(rt.evse_id, token)
+        record = signed.record if signed is not None else None
+        if record is not None and record.begin_kwh is not None:
+            reading = replace(reading, energy_kwh=record.begin_kwh)
+            rt.last_energy_kwh = record.begin_kwh
+        return reading, signed
+
+    def _begin_charging(self, rt: EvseRuntime, action: BeginCharging, ctx: Context) -> list[Event]:
+        session = rt.state.session
+        row = self.store.get_session(action.session_id) if session is None else None
+        token = _token(session) if session is not None else (row.token if row else {})
+        reading, signed = self._signed_start(rt, token)
         if reading is None:
             return [FaultRaised(FaultKind.METER_FAILED)]
         clock = self.power.clock
-        self.store.mark_charging(
-            action.session_id,
-            clock.now(),
-            reading.energy_kwh,
-            evse_id=rt.evse_id,
-            mono=clock.monotonic(),
-        )
+        with self.store.unit():  # the charging start and the signed start record: one commit
+            self.store.mark_charging(
+                action.session_id,
+                clock.now(),
+                reading.energy_kwh,
+                evse_id=rt.evse_id,
+                mono=clock.monotonic(),
+            )
+            if self.metering is not None:
+                self.metering.save_start(action.session_id, signed)
         rt.last_meter_store = clock.monotonic()
         fault = self._close(rt, action.session_id, ctx)
         if fault is not None:
@@ -248,8 +274,13 @@ class ActionRunner:
             return self._open_relay(rt, OpenRelay(), ctx, why=why)
         last = rt.last_energy_kwh if rt.last_energy_kwh is not None else row.meter_last_kwh
         meter_stop = reading.energy_kwh if reading is not None else last
+        signed = None
+        if self.metering is not None:  # the meter signs the end (the relay still closed)
+            signed = self.metering.end(
+                row.session_id, rt.evse_id, row.token, ask=reading is not None
+            )
         now = self.power.clock.now()
-        cdr = self.delivery.commit_end(row, action.reason, now, meter_stop or 0.0)
+        cdr = self.delivery.commit_end(row, action.reason, now, meter_stop or 0.0, signed=signed)
         self.failpoints.hit(Point.SESSION_ENDED)
         events = self._open_relay(rt, OpenRelay(), ctx, why=why)
         self.failpoints.hit(Point.RELAY_OPENED)
@@ -296,3 +327,8 @@ class ActionRunner:
 
     def _event(self, rt: EvseRuntime, session: SessionInfo, kind: SessionEventKind) -> None:
         self.delivery.session_event(session.session_id, rt.evse_id, kind, offline=session.offline)
+
+
+def _token(session: SessionInfo) -> dict[str, Any]:
+    """The session's token as stored and put into records (never with a PIN)."""
+    return token_for_record(session.token).model_dump(exclude_none=True)

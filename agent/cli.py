@@ -75,6 +75,19 @@ def cmd_pn532_sim(args: argparse.Namespace) -> int:
     return sim_main(args.rest)
 
 
+def cmd_ocmf_verify(args: argparse.Namespace) -> int:
+    """Check signed meter records offline (a CDR file, its signed_meter_values, or a record)."""
+    from agent.ocmf_verify import VerifyError, check, load_values, report
+
+    try:
+        verdict = check(load_values(args.file, args.public_key))
+    except VerifyError as err:
+        print(f"station-agent ocmf verify: {err}", file=sys.stderr)
+        return 1
+    print("\n".join(report(verdict)))
+    return 0 if verdict.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="station-agent", description=__doc__)
     p.add_argument("--version", action="version", version=f"station-agent {__version__}")
@@ -115,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schemas", help="export the MQTT contract's JSON Schemas")
     s.add_argument("directory", type=Path)
     s.set_defaults(func=cmd_schemas)
+
+    oc = sub.add_parser("ocmf", help="signed meter records (OCMF)")
+    ocsub = oc.add_subparsers(dest="ocmf_command", required=True)
+    ov = ocsub.add_parser("verify", help="check a CDR's signed records with pyocmf (offline)")
+    ov.add_argument("file", type=Path, help="a CDR JSON, its signed_meter_values, or a record")
+    ov.add_argument("--public-key", help="hex DER public key (for a bare OCMF record)")
+    ov.set_defaults(func=cmd_ocmf_verify)
     return p
 
 

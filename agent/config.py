@@ -250,6 +250,31 @@ class SimMeterConfig(_Strict):
     time_factor: float = Field(default=1.0, gt=0, le=3600)  # sim seconds per real second
     state_file: CfgPath | None = None  # keeps the register across restarts, like a real meter
     poll_interval_s: float = Field(default=5.0, gt=0, le=3600)  # readings while charging
+    signing: bool = False  # sign OCMF records of the register (needs key_file)
+    key_file: CfgPath | None = None  # PEM secp256r1 private key; created (0600) if missing
+
+    @model_validator(mode="after")
+    def _key(self) -> SimMeterConfig:
+        if self.signing and self.key_file is None:
+            raise ValueError("signing = true needs key_file (a PEM secp256r1 private key)")
+        return self
+
+
+class IskraMeterConfig(_Strict):
+    """Iskra WM3M4/WM3M4C over Modbus RTU or TCP: signs each transaction (OCMF)."""
+
+    driver: Literal["iskra"]
+    transport: Literal["tcp", "rtu"] = "rtu"
+    host: str | None = None
+    port: int | str | None = None  # TCP port, or the serial device for RTU
+    baudrate: int = 115200
+    parity: Parity = "N"
+    stopbits: int = 1
+    device_id: int = Field(default=33, ge=0, le=247)
+    timeout_s: float = Field(default=1.0, gt=0)
+    max_failures: int = Field(default=3, ge=1)
+    sign_timeout_s: float = Field(default=15.0, gt=0, le=120)
+    poll_interval_s: float = Field(default=5.0, gt=0, le=3600)  # readings while charging
 
 
 class SimPlugConfig(_Strict):
@@ -337,7 +362,9 @@ RelayConfig = Annotated[
     SimRelayConfig | GpioRelayConfig | SerialRelayConfig | ModbusRelayConfig,
     Field(discriminator="driver"),
 ]
-MeterConfig = Annotated[SimMeterConfig | ModbusMeterConfig, Field(discriminator="driver")]
+MeterConfig = Annotated[
+    SimMeterConfig | ModbusMeterConfig | IskraMeterConfig, Field(discriminator="driver")
+]
 PlugConfig = Annotated[SimPlugConfig | GpioPlugConfig, Field(discriminator="driver")]
 
 

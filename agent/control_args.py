@@ -68,6 +68,10 @@ class EvseArgs(Args):
     evse_id: str | None = None  # None: the station's only EVSE
 
 
+class SessionArgs(Args):
+    session_id: Annotated[str, Field(min_length=1, max_length=64)]
+
+
 class SessionsArgs(Args):
     limit: Annotated[int, Field(ge=1, le=10_000)] = 50
 

@@ -23,6 +23,7 @@ from agent.control_args import (
     NoArgs,
     QrVerifyArgs,
     RfidReadArgs,
+    SessionArgs,
     SessionsArgs,
     SimQrArgs,
     SimRelayArgs,
@@ -116,6 +117,23 @@ def _sessions(ctl: Controller, args: SessionsArgs) -> list[dict[str, Any]]:
     return views.sessions_view(ctl.store, views.live_energy(ctl.evses.values()), args.limit)
 
 
+def _cdr_signed(ctl: Controller, args: SessionArgs) -> dict[str, Any]:
+    """A session's signed meter records as committed (stationctl verifies them itself)."""
+    row = ctl.store.get_session(args.session_id)
+    if row is None:
+        raise ValueError(f"no session {args.session_id!r} in the store")
+    values = ctl.metering.stored(args.session_id)
+    return {
+        "session_id": row.session_id,
+        "evse_id": row.evse_id,
+        "state": row.state,
+        "meter_start_kwh": row.meter_start_kwh,
+        "meter_stop_kwh": row.meter_last_kwh if row.state == "ended" else None,
+        "signed": values is not None,
+        "signed_meter_values": values.model_dump(exclude_none=True) if values else None,
+    }
+
+
 def _outbox(ctl: Controller, args: NoArgs) -> dict[str, Any]:
     return views.outbox_view(ctl.store)
 
@@ -147,6 +165,7 @@ LOOP_COMMANDS: dict[str, Command[Any]] = {
     "status": Command(NoArgs, _status),
     "sessions": Command(SessionsArgs, _sessions),
     "outbox": Command(NoArgs, _outbox),
+    "cdr.signed": Command(SessionArgs, _cdr_signed),
     "outbox.retry": Command(NoArgs, _outbox_retry),
     "auth.list": Command(AuthListArgs, _auth_list),
     "metrics": Command(NoArgs, _metrics),

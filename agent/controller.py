@@ -45,6 +45,7 @@ from agent.failpoints import Failpoints
 from agent.inputs import CardTapped, ControlCall, Inputs, PlugChanged, QrScanned, Shutdown
 from agent.loop import EventLoop, TimerFired
 from agent.messages import EvseState, StatusMessage
+from agent.metering import SignedMetering
 from agent.presentation import Presenter
 from agent.routing import floating_move, holder_of
 from agent.session import (
@@ -160,8 +161,13 @@ class Controller:
         config, store, backend, clock = self.config, self.store, self.backend, self.clock
         pool = ThreadPoolExecutor(max_workers=max(1, len(self.evses)), thread_name_prefix="meter")
         self.power = PowerPath(clock=clock, post_sample=self.post, pool=pool)
-        self.delivery = Delivery(config, store, backend, clock, boot_id=self.boot_id)
         self.clock_check = ClockCheck.from_config(config.station, clock)
+        self.metering = SignedMetering(
+            store, self.drivers.meters, lambda: self.clock_check.problem() is None
+        )
+        self.delivery = Delivery(
+            config, store, backend, clock, boot_id=self.boot_id, metering=self.metering
+        )
         self.authorizer = Authorizer(config=config.auth, store=store, backend=backend, clock=clock)
         self.commands = Commands(
             config=config,
@@ -183,6 +189,7 @@ class Controller:
             metrics=self.metrics,
             boot_id=self.boot_id,
             failpoints=self.failpoints,
+            metering=self.metering,
         )
         self.inputs = Inputs(
             states=lambda: [rt.state for rt in self.evses.values()],
@@ -257,7 +264,7 @@ class Controller:
         for evse_id, session in plan.resume:
             self.dispatch(evse_id, PlugIn())
             self.dispatch(evse_id, ResumeSession(session))
-        recovery.close_out(plan, self.store, self.delivery)
+        recovery.close_out(plan, self.store, self.delivery, self.metering)
         self.interrupted.clear()  # settled and committed
 
     # ------------------------------------------------------------------ main loop

@@ -19,6 +19,7 @@ from agent.backend import Backend
 from agent.clock import Clock, rfc3339
 from agent.config import AgentConfig
 from agent.messages import Cdr, SessionEvent, SessionEventKind, StopReason, dump
+from agent.metering import SignedEnd, SignedMetering
 from agent.store import OutboxEntry, SessionRow, Store
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,10 @@ class Delivery:
         clock: Clock,
         *,
         boot_id: str | None = None,
+        metering: SignedMetering | None = None,
     ) -> None:
         self._config = config
+        self._metering = metering  # signed records are committed with their CDR
         self._store = store
         self._backend = backend
         self._clock = clock
@@ -180,18 +183,35 @@ class Delivery:
         return self._store.queued_event_count() == len(self._in_flight) + len(self._acked)
 
     # ---------------------------------------------------------------- CDRs
-    def settle(self, row: SessionRow, reason: StopReason, end: datetime, meter_stop: float) -> Cdr:
+    def settle(
+        self,
+        row: SessionRow,
+        reason: StopReason,
+        end: datetime,
+        meter_stop: float,
+        *,
+        signed: SignedEnd | None = None,
+    ) -> Cdr:
         """Persist the end of a charging session with its CDR, then tell the backend."""
-        cdr = self.commit_end(row, reason, end, meter_stop)
+        cdr = self.commit_end(row, reason, end, meter_stop, signed=signed)
         self.announce_end(row, cdr)
         return cdr
 
     def commit_end(
-        self, row: SessionRow, reason: StopReason, end: datetime, meter_stop: float
+        self,
+        row: SessionRow,
+        reason: StopReason,
+        end: datetime,
+        meter_stop: float,
+        *,
+        signed: SignedEnd | None = None,
     ) -> Cdr:
-        """One commit: the session's end, its CDR and the 'stopped' event."""
+        """One commit: the session's end, its CDR (with its signed records) and the 'stopped'
+        event."""
         with self._store.unit():
-            cdr = self.record_end(row, reason, end, meter_stop)
+            cdr = self.record_end(row, reason, end, meter_stop, signed=signed)
+            if self._metering is not None:
+                self._metering.save_end(row.session_id, signed)
             kind = SessionEventKind.STOPPED
             self.queue(row.session_id, row.evse_id, kind, reason.value, offline=row.offline)
         return cdr
@@ -204,14 +224,22 @@ class Delivery:
         meter_stop: float,
         *,
         mono_end: float | None = None,
+        signed: SignedEnd | None = None,
     ) -> Cdr:
         """Commit the end of a charging session with its CDR, in one transaction. ``end`` is
         the clock's reading now; ``mono_end`` its monotonic twin (default: read here). A
-        session settled at a stored time has no monotonic marks (recovery drops them)."""
+        session settled at a stored time has no monotonic marks (recovery drops them).
+        ``signed``: the meter's signed records; their values are what the CDR bills."""
         meter_start = row.meter_start_kwh if row.meter_start_kwh is not None else meter_stop
+        if signed is not None and signed.begin_kwh is not None:
+            meter_start = signed.begin_kwh
+        if signed is not None and signed.end_kwh is not None:
+            meter_stop = signed.end_kwh
         meter_stop = max(meter_stop, meter_start)
         mono = self._clock.monotonic() if mono_end is None else mono_end
         cdr = self.build_cdr(row, reason, end, meter_start, meter_stop, mono_end=mono)
+        if signed is not None:
+            cdr = cdr.model_copy(update={"signed_meter_values": signed.values})
         self._store.end_session(
             row.session_id,
             end=end,

@@ -16,6 +16,7 @@ from agent.control_args import EvseArgs, NoArgs, resolve_evse
 from agent.errors import AgentError, DriverError
 from agent.messages import EvseState
 from agent.session import FaultCleared
+from drivers.meter.base import signing
 
 if TYPE_CHECKING:
     from agent.controller import Controller
@@ -91,6 +92,7 @@ def meter_read(ctl: Controller, args: EvseArgs) -> dict[str, Any]:
         "driver": rt.config.meter.driver,
         "model": getattr(rt.config.meter, "model", "sim"),
         "read_ms": _ms(t0),
+        "signed": signing(rt.meter) is not None,  # a meter that does not sign says so
     }
 
 

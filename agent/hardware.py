@@ -14,6 +14,7 @@ from agent.config import (
     DisplayConfig,
     EvseConfig,
     GpioRelayConfig,
+    IskraMeterConfig,
     MeterConfig,
     PlugConfig,
     QrConfig,
@@ -118,20 +119,34 @@ def build_relay(cfg: RelayConfig, clock: Clock) -> Relay:
 
 def build_meter(cfg: MeterConfig, clock: Clock) -> Meter:
     if isinstance(cfg, SimMeterConfig):
-        from drivers.meter.sim import SimMeter
+        return _sim_meter(cfg, clock)
+    if isinstance(cfg, IskraMeterConfig):
+        from drivers.meter.iskra import IskraMeter
 
-        meter = SimMeter(
-            power_kw=cfg.power_kw,
-            initial_kwh=cfg.initial_kwh,
-            time_factor=cfg.time_factor,
-            clock=clock,
-            state_file=str(cfg.state_file) if cfg.state_file else None,
-        )
-        meter.load_state()
-        return meter
+        return IskraMeter(**_kwargs(cfg), clock=clock)
     from drivers.meter.modbus import ModbusMeter
 
     return ModbusMeter(**_kwargs(cfg), clock=clock)
+
+
+def _sim_meter(cfg: SimMeterConfig, clock: Clock) -> SimMeter:
+    kwargs: dict[str, Any] = {
+        "power_kw": cfg.power_kw,
+        "initial_kwh": cfg.initial_kwh,
+        "time_factor": cfg.time_factor,
+        "clock": clock,
+        "state_file": str(cfg.state_file) if cfg.state_file else None,
+    }
+    if cfg.signing and cfg.key_file is not None:
+        from drivers.meter.sim_signing import SigningSimMeter
+
+        signing = SigningSimMeter(**kwargs, key_file=cfg.key_file)
+        signing.prepare()
+        meter: SimMeter = signing
+    else:
+        meter = SimMeter(**kwargs)
+    meter.load_state()
+    return meter
 
 
 def build_plug(cfg: PlugConfig, clock: Clock) -> PlugSensor:

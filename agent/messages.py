@@ -204,6 +204,19 @@ class SessionEvent(_Out):
     offline: bool | None = None  # true for sessions the station authorised on its own
 
 
+class SignedMeterValues(BaseModel):
+    """Signed meter readings (additive in v1), each record exactly as the meter signed it."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"required": ["format"]})
+    format: Literal["OCMF"] = "OCMF"
+    # the start record, only when the meter signs the start separately
+    start: str | None = None
+    # the end record (an Iskra's holds the begin and the end reading)
+    stop: str | None = None
+    public_key: str | None = None  # hex of the DER SubjectPublicKeyInfo
+    error: str | None = None  # why a record is missing (the CDR is sent anyway)
+
+
 class Cdr(_Out):
     session_id: str
     evse_id: str
@@ -223,6 +236,8 @@ class Cdr(_Out):
     # additive in v1: true when the wall clock was stepped during the session and the start
     # times were derived from the end and the monotonic durations; left out otherwise
     clock_corrected: bool | None = None
+    # additive in v1: the signed (OCMF) records of a signing meter; left out for other meters
+    signed_meter_values: SignedMeterValues | None = None
 
     @field_serializer("meter_start_kwh", "meter_stop_kwh", "energy_kwh")
     def _kwh(self, value: float) -> float:
@@ -395,7 +410,10 @@ def parse_command(data: dict[str, Any]) -> AnyCommand:
         raise ProtocolError(describe_validation_error(err)) from err
 
 
-OPTIONAL_FIELDS = frozenset({"reason", "card_type", "pin", "inbound_dropped", "clock_corrected"})
+OPTIONAL_FIELDS = frozenset(
+    {"reason", "card_type", "pin", "inbound_dropped", "clock_corrected"}
+    | {"signed_meter_values", "start", "stop", "public_key", "error"}  # signed metering
+)
 
 
 def dump(msg: BaseModel) -> bytes:

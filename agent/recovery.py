@@ -20,6 +20,7 @@ from pathlib import Path
 
 from agent.delivery import Delivery
 from agent.messages import TOKEN_ADAPTER, SessionEventKind, StopReason, token_key
+from agent.metering import SignedMetering
 from agent.session import SessionInfo
 from agent.store import SessionRow, Store
 
@@ -107,16 +108,21 @@ class InterruptedSessions:
             self.path.unlink()
 
 
-def close_out(plan: Plan, store: Store, delivery: Delivery) -> None:
+def close_out(
+    plan: Plan, store: Store, delivery: Delivery, metering: SignedMetering | None = None
+) -> None:
     """Settle the sessions that cannot resume (with their CDR) and cancel the ones that never
-    charged; the resumed ones are the controller's (they go through the table)."""
+    charged; the resumed ones are the controller's (they go through the table). A signing
+    meter is asked for the end record of a settled session (its register has not moved since
+    the relays opened)."""
     for settle in plan.settle:
         # it ends at a stored wall time that has no monotonic twin: its CDR is checked for
         # inverted times only (clamped and flagged), not against the monotonic marks
         row = replace(settle.row, mono_start=None, mono_charging_start=None)
         end = row.meter_last_at or row.updated_at
         meter_stop = row.meter_last_kwh if row.meter_last_kwh is not None else 0.0
-        delivery.settle(row, settle.reason, end, meter_stop)
+        signed = None if metering is None else metering.end(row.session_id, row.evse_id, row.token)
+        delivery.settle(row, settle.reason, end, meter_stop, signed=signed)
         log.warning(
             "session %s was charging when the agent stopped: ended (%s)",
             row.session_id,

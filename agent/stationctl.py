@@ -257,6 +257,24 @@ def cmd_meter_read(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cdr_verify(args: argparse.Namespace) -> int:
+    """Fetch a session's signed records from the daemon and check them with pyocmf here."""
+    from agent.ocmf_verify import check, report
+
+    got = call(args.socket, {"cmd": "cdr.signed", "session_id": args.session_id})
+    values = got.get("signed_meter_values")
+    if not values:
+        print(f"session {got['session_id']}: the meter does not sign (signed: false)")
+        return 1
+    verdict = check(values)  # VerifyError (an AgentError): one line, exit 1
+    if args.json:
+        _print_json({**got, "verdict": "ok" if verdict.ok else "failed"})
+    else:
+        print(f"session {got['session_id']} on {got['evse_id']} ({got['state']})")
+        print("\n".join(report(verdict)))
+    return 0 if verdict.ok else 1
+
+
 # ---------------------------------------------------------------------- local commands
 def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = load_config(args.path)  # ConfigError: exit 78
@@ -374,6 +392,11 @@ def _add_session_commands(sub: SubParsers, common: argparse.ArgumentParser) -> N
     ss = _command(sub, "sessions", cmd_sessions, common, help="recent sessions (tokens masked)")
     ss.add_argument("--json", action="store_true")
     ss.add_argument("--limit", type=int, default=50)
+    cdr = sub.add_parser("cdr", parents=[common], help="charge detail records")
+    cdrsub = cdr.add_subparsers(dest="cdr_command", required=True)
+    cv = _command(cdrsub, "verify", cmd_cdr_verify, common, help="check the signed meter records")
+    cv.add_argument("session_id")
+    cv.add_argument("--json", action="store_true")
     ob = _command(sub, "outbox", cmd_outbox, common, help="CDRs waiting for the backend's ack")
     ob.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
     ob.add_argument("--json", action="store_true")

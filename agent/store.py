@@ -24,7 +24,7 @@ from agent.errors import StoreError
 log = logging.getLogger(__name__)
 
 DB_NAME = "station-agent.sqlite3"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 MAX_ANSWERS = 10_000  # answered command ids kept for replay protection (the newest)
 
 _MIGRATIONS: dict[int, str] = {
@@ -114,6 +114,17 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE outbox ADD COLUMN acked_runtime REAL;
     ALTER TABLE sessions ADD COLUMN ended_runtime REAL;
     ALTER TABLE auth_cache ADD COLUMN updated_runtime REAL;
+    """,
+    # v6: signed meter records (OCMF), byte for byte as the meter gave them (agent/metering.py)
+    6: """
+    CREATE TABLE signed_values (
+        session_id   TEXT PRIMARY KEY REFERENCES sessions(session_id) ON DELETE CASCADE,
+        format       TEXT NOT NULL,
+        start_record TEXT,
+        stop_record  TEXT,
+        public_key   TEXT,
+        error        TEXT
+    );
     """,
 }
 

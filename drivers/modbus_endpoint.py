@@ -177,6 +177,13 @@ class ModbusLink:
             )
         return words[:count]
 
+    def write_registers(self, address: int, values: list[int], device_id: int) -> None:
+        """Holding registers from ``address`` on (function 0x10; one register: 0x06)."""
+        if len(values) == 1:
+            self.call("write_register", address, values[0], device_id=device_id)
+        else:
+            self.call("write_registers", address, values, device_id=device_id)
+
 
 class EndpointOptions(TypedDict, total=False):
     """The endpoint keyword arguments every Modbus driver takes (defaults: :class:`ModbusEndpoint`).

@@ -38,8 +38,10 @@ from drivers.display.terminal import TerminalDisplay
 from drivers.errors import DriverError
 from drivers.health import Health
 from drivers.meter.base import Meter
+from drivers.meter.iskra import IskraMeter
 from drivers.meter.modbus import ModbusMeter
 from drivers.meter.sim import SimMeter
+from drivers.meter.sim_signing import SigningSimMeter
 from drivers.plug.base import PlugSensor
 from drivers.plug.gpio import GpioPlug
 from drivers.plug.sim import SimPlug
@@ -477,8 +479,13 @@ def make_relays() -> list[Relay]:
     ]
 
 
-def make_meters() -> list[Meter]:
-    return [SimMeter(), ModbusMeter("sdm630", "tcp", host="192.0.2.1")]
+def make_meters(tmp_path: Path) -> list[Meter]:
+    return [
+        SimMeter(),
+        ModbusMeter("sdm630", "tcp", host="192.0.2.1"),
+        SigningSimMeter(key_file=tmp_path / "meter-key.pem"),  # no I/O before prepare()
+        IskraMeter("tcp", host="192.0.2.1"),
+    ]
 
 
 def make_plugs() -> list[PlugSensor]:
@@ -498,11 +505,13 @@ PROTOCOLS: list[tuple[type, Callable[[Path], list[Any]]]] = [
     (RfidReader, lambda _p: make_rfid()),
     (QrReader, make_qr),
     (Relay, lambda _p: make_relays()),
-    (Meter, lambda _p: make_meters()),
+    (Meter, make_meters),
     (PlugSensor, lambda _p: make_plugs()),
     (Display, make_displays),
 ]
-SIM_DRIVERS = {SimRfidReader, SimQrReader, SimRelay, SimMeter, SimPlug, SimDisplay}
+SIM_DRIVERS = {
+    SimRfidReader, SimQrReader, SimRelay, SimMeter, SigningSimMeter, SimPlug, SimDisplay
+}  # fmt: skip
 
 
 def all_devices(tmp_path: Path) -> list[Any]:

@@ -566,7 +566,7 @@ def test_a_v3_database_upgrades_to_the_current_version_in_place(tmp_path: Path) 
     store = Store(tmp_path)
     store.open()
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         row = store.get_session(sid(1))
         assert row is not None and row.state == "charging" and row.session_start == T0
         assert (row.mono_start, row.mono_charging_start) == (None, None)  # no marks: wall only

@@ -51,7 +51,9 @@ from tests.benchmarks.common import (
 )
 
 BUSY_NOTE = 25.0  # % of one core used by other processes: noted in the table
-BENCHES = ("tap", "pn532", "remote", "startup", "footprint", "drain", "fleet", "qr", "flood")
+BENCHES = (
+    "tap", "pn532", "remote", "startup", "footprint", "drain", "fleet", "qr", "flood", "ocmf"
+)  # fmt: skip
 
 
 def _runner(name: str) -> Callable[[bool], Result]:
@@ -87,6 +89,10 @@ def _runner(name: str) -> Callable[[bool], Result]:
         from tests.benchmarks.flood import run_flood
 
         return run_flood
+    if name == "ocmf":
+        from tests.benchmarks.ocmf import run_ocmf
+
+        return run_ocmf
     raise ValueError(name)
 
 
