@@ -83,7 +83,7 @@ def _with_delivery(ctl: Controller, view: dict[str, Any]) -> dict[str, Any]:
 def _session(ctl: Controller, args: WebSessionArgs) -> dict[str, Any]:
     row = ctl.store.get_session(args.session_id)
     if row is None:
-        raise ValueError(f"no session {args.session_id[:80]!r} in the store")
+        return {"session": None}
     live = views.live_energy(ctl.evses.values())
     cdr: dict[str, Any] | None = None
     acked_at = None

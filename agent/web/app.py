@@ -49,6 +49,7 @@ PER_PAGE = 25
 CSV_BATCH = 500
 MAX_CSV_ROWS = 20_000
 KEEPALIVE_S = 15.0
+SESSION_CHECK_S = 1.0  # an open event stream notices a logout within this time
 STATIC = {"style.css": "text/css; charset=utf-8", "live.js": "text/javascript; charset=utf-8"}
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -290,13 +291,14 @@ async def session_detail(request: Request) -> Response:
     session = _session(request)
     if session is None:
         return _to_login()
-    sid = request.path_params["session_id"]
+    sid = request.path_params["session_id"][:200]
     try:
         data = await _daemon(request, "web.session", session_id=sid)
     except ControlError as err:
-        if str(err).startswith("no session") or "web.session:" in str(err):
-            return _html(pages.error_page("Not found", str(err), csrf=session.csrf), 404)
         return _html(pages.unreachable_page("Session", str(err), session.csrf, "/log"), 503)
+    if data.get("session") is None:
+        message = "No such session in the station's store (purged after retention?)."
+        return _html(pages.error_page("Not found", message, csrf=session.csrf), 404)
     return _html(pages.session_page(data, session.csrf))
 
 
@@ -370,12 +372,17 @@ async def events(request: Request) -> Response:
         try:
             async with st.feed.listen() as queue:
                 yield "retry: 2000\n\n"
-                while st.sessions.get(token) is not None:
+                idle = 0.0
+                while st.sessions.get(token) is not None:  # logged out or expired: end
                     try:
-                        payload = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                        payload = await asyncio.wait_for(queue.get(), SESSION_CHECK_S)
                     except TimeoutError:
-                        yield ": keepalive\n\n"
+                        idle += SESSION_CHECK_S
+                        if idle >= KEEPALIVE_S:
+                            idle = 0.0
+                            yield ": keepalive\n\n"
                         continue
+                    idle = 0.0
                     yield f"event: station\ndata: {payload}\n\n"
                 yield "event: logout\ndata: {}\n\n"
         except TooManyListeners:
