@@ -117,7 +117,7 @@ def test_login_cookie_and_security_headers(station: dict[str, Any]) -> None:
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp, path
         assert "frame-ancestors 'none'" in csp
         assert h.header("x-frame-options") == "DENY"
-        assert h.header("referrer-policy") == "no-referrer"
+        assert h.header("referrer-policy") == "same-origin"
         assert h.header("x-content-type-options") == "nosniff"
         assert h.header("strict-transport-security")
         assert h.header("server") == ""

@@ -61,7 +61,7 @@ class LiveFeed:
             try:
                 data = await self._fetch()
                 fragments = pages.live_fragments(data)
-                ts = str(data.get("ts", ""))
+                ts = fragments.pop("asof")
             except ControlError as err:
                 fragments = {"summary": pages.error_fragment(str(err)), "cards": ""}
                 ts = ""

@@ -14,6 +14,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from agent.clock import parse_rfc3339
 from agent.web import plot
 
 NAV = (("/", "Station"), ("/log", "Charge log"), ("/diagnostics", "Diagnostics"))
@@ -29,6 +30,19 @@ CSV_COLUMNS = (
     "stop_reason",
     "delivery",
 )
+
+
+def when(value: object) -> str | None:
+    """An RFC 3339 time stamp as ``2026-12-03 11:42:46 UTC`` (short enough for a phone)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        ts = parse_rfc3339(value)
+    except ValueError:
+        return value
+    offset = ts.utcoffset()
+    zone = "UTC" if offset is not None and not offset else ts.strftime("%z")
+    return f"{ts:%Y-%m-%d %H:%M:%S} {zone}"
 
 
 def h(value: object) -> str:
@@ -128,7 +142,9 @@ def summary(data: Mapping[str, Any]) -> str:
             f"{'connected' if link.get('connected') else 'down'} ({h(link.get('url'))})",
             "" if link.get("connected") else "bad",
         ),
-        _row("Outbox", f"{h(outbox.get('pending'))} pending, oldest {h(outbox.get('oldest'))}"),
+        _row(
+            "Outbox", f"{h(outbox.get('pending'))} pending, oldest {h(when(outbox.get('oldest')))}"
+        ),
         _row("Firmware", h(data.get("version"))),
         _row("Uptime", h(_duration(data.get("uptime_s")))),
         _row("Faults", h(", ".join(faults)) if faults else "none", "bad" if faults else ""),
@@ -139,6 +155,7 @@ def summary(data: Mapping[str, Any]) -> str:
 def live_fragments(data: Mapping[str, Any]) -> dict[str, str]:
     """What the live script swaps in: the summary and the cards."""
     return {
+        "asof": when(data.get("ts")) or "",
         "summary": summary(data),
         "cards": "".join(card(e) for e in data.get("evses") or []),
     }
@@ -148,7 +165,7 @@ def station_page(data: Mapping[str, Any], csrf: str) -> str:
     parts = live_fragments(data)
     body = (
         f'<p class="muted">Station {h(data.get("station_id"))} · as of '
-        f'<span id="asof">{h(data.get("ts"))}</span></p>'
+        f'<span id="asof">{h(when(data.get("ts")))}</span></p>'
         f'<div id="summary">{parts["summary"]}</div>'
         f'<div id="cards" class="cards" data-events="/events">{parts["cards"]}</div>'
     )
@@ -183,7 +200,7 @@ def log_page(data: Mapping[str, Any], page: int, per_page: int, csrf: str) -> st
             "<tr>"
             f'<td><a href="/session/{quote(sid, safe="")}">{h(sid[:8])}…</a></td>'
             f"<td>{h(s.get('evse_id'))}</td>"
-            f"<td>{h(s.get('session_start'))}</td><td>{h(s.get('session_end'))}</td>"
+            f"<td>{h(when(s.get('session_start')))}</td><td>{h(when(s.get('session_end')))}</td>"
             f'<td class="num">{h(kwh)}</td>'
             f"<td>{h(s.get('stop_reason'))}</td><td>{h(s.get('delivery'))}</td>"
             f"<td>{h(_token(s.get('token')))}</td></tr>"
@@ -229,8 +246,11 @@ def session_page(data: Mapping[str, Any], csrf: str) -> str:
     s = data.get("session") or {}
     readings: Sequence[Mapping[str, Any]] = data.get("readings") or []
     sid = str(s.get("session_id"))
+    shown = dict(s, token=_token(s.get("token")))
+    for key in ("session_start", "charging_start", "session_end"):
+        shown[key] = when(s.get(key))
     rows = "".join(
-        _row(name, h(s.get(key) if key != "token" else _token(s.get(key))))
+        _row(name, h(shown.get(key)))
         for name, key in (
             ("EVSE", "evse_id"),
             ("State", "state"),
@@ -253,13 +273,13 @@ def session_page(data: Mapping[str, Any], csrf: str) -> str:
         "</figcaption></figure>"
         "<h2>CDR as queued for the backend</h2>"
         + (
-            f"<pre>{h(json.dumps(cdr, indent=2, sort_keys=True))}</pre>"
+            f"<pre>{h(json.dumps(cdr, indent=2, sort_keys=True, ensure_ascii=False))}</pre>"
             if cdr is not None
             else '<p class="muted">No CDR yet (session open) or purged after retention.</p>'
         )
         + "<h2>Signed meter values</h2>"
         + (
-            f"<pre>{h(json.dumps(signed, indent=2, sort_keys=True))}</pre>"
+            f"<pre>{h(json.dumps(signed, indent=2, sort_keys=True, ensure_ascii=False))}</pre>"
             if signed
             else '<p class="muted">None: this session\'s meter reports no signed values.</p>'
         )
@@ -272,7 +292,7 @@ def _readings_table(readings: Sequence[Mapping[str, Any]]) -> str:
     if not readings:
         return ""
     rows = "".join(
-        f"<tr><td>{h(r.get('ts'))}</td><td class=num>{h(r.get('energy_kwh'))}</td></tr>"
+        f"<tr><td>{h(when(r.get('ts')))}</td><td class=num>{h(r.get('energy_kwh'))}</td></tr>"
         for r in readings
     )
     return (

@@ -17,7 +17,7 @@ from html import escape
 from agent.clock import parse_rfc3339
 
 WIDTH, HEIGHT = 640, 280
-LEFT, RIGHT, TOP, BOTTOM = 52, 52, 16, 36
+LEFT, RIGHT, TOP, BOTTOM = 70, 64, 30, 36
 TICKS = 5
 
 
@@ -59,7 +59,17 @@ def nice_max(value: float) -> float:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.3g}"
+    """A tick label: no exponents, at most three significant digits below 100."""
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def time_unit(t_max: float) -> tuple[str, float]:
+    """The time axis's unit and its length in seconds, for a session of ``t_max`` seconds."""
+    if t_max < 120:
+        return "seconds", 1.0
+    if t_max < 3 * 3600:
+        return "minutes", 60.0
+    return "hours", 3600.0
 
 
 def svg(s: Series, title: str) -> str:
@@ -97,7 +107,8 @@ def svg(s: Series, title: str) -> str:
 
 
 def _axes(t_max: float, e_max: float, p_max: float, w: int, h: int) -> list[str]:
-    minutes = t_max / 60
+    unit, unit_s = time_unit(t_max)
+    span = t_max / unit_s
     out = []
     for i in range(TICKS + 1):
         f = i / TICKS
@@ -114,12 +125,12 @@ def _axes(t_max: float, e_max: float, p_max: float, w: int, h: int) -> list[str]
         )
         out.append(
             f'<text class="axis" x="{xx:.1f}" y="{TOP + h + 16}" text-anchor="middle">'
-            f"{_fmt(minutes * f)}</text>"
+            f"{_fmt(span * f)}</text>"
         )
     out.append(
-        f'<text class="axis energy-label" x="4" y="{TOP + 4}">kWh</text>'
-        f'<text class="axis power-label" x="{WIDTH - 4}" y="{TOP + 4}" text-anchor="end">kW</text>'
+        f'<text class="axis energy-label" x="{LEFT - 6}" y="{TOP - 14}" text-anchor="end">kWh'
+        f'</text><text class="axis power-label" x="{LEFT + w + 6}" y="{TOP - 14}">kW</text>'
         f'<text class="axis" x="{LEFT + w / 2:.1f}" y="{HEIGHT - 4}" text-anchor="middle">'
-        "minutes</text>"
+        f"{unit}</text>"
     )
     return out
