@@ -79,6 +79,7 @@ class WebProc:
         self.log_path = self.tmp / "web.log"
 
     def start(self, timeout: float = 30.0) -> WebProc:
+        seen = len(self.log())  # a restart appends: only its own lines count
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent.cli", "web", "--config", str(self.config_path)],
@@ -89,7 +90,8 @@ class WebProc:
         proc = self.proc
         m = wait_until(
             lambda: (
-                re.search(r"listening on (https?://\S+)", self.log()) or proc.poll() is not None
+                re.search(r"listening on (https?://\S+)", self.log()[seen:])
+                or proc.poll() is not None
             ),
             timeout,
             "the web process to listen",

@@ -51,7 +51,7 @@ from tests.benchmarks.common import (
 )
 
 BUSY_NOTE = 25.0  # % of one core used by other processes: noted in the table
-BENCHES = ("tap", "pn532", "remote", "startup", "footprint", "drain", "fleet", "qr", "flood")
+BENCHES = ("tap", "pn532", "remote", "startup", "footprint", "drain", "fleet", "qr", "flood", "web")
 
 
 def _runner(name: str) -> Callable[[bool], Result]:
@@ -87,6 +87,10 @@ def _runner(name: str) -> Callable[[bool], Result]:
         from tests.benchmarks.flood import run_flood
 
         return run_flood
+    if name == "web":  # the status page (tests/benchmarks/web.py)
+        from tests.benchmarks.web import run_web
+
+        return run_web
     raise ValueError(name)
 
 
