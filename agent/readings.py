@@ -52,17 +52,6 @@ def thin(db: sqlite3.Connection, session_id: str) -> None:
     db.executemany("DELETE FROM meter_readings WHERE rowid=?", [(r,) for r in drop])
 
 
-def of_session(db: sqlite3.Connection, session_id: str) -> list[tuple[str, float]]:
-    """``(ts, energy_kwh)`` of a session, oldest first."""
-    return [
-        (str(r[0]), float(r[1]))
-        for r in db.execute(
-            "SELECT ts, energy_kwh FROM meter_readings WHERE session_id=? ORDER BY rowid",
-            (session_id,),
-        )
-    ]
-
-
 def purge_orphans(db: sqlite3.Connection) -> int:
     """Delete the readings of sessions that are gone (call inside the purge's transaction)."""
     return db.execute(

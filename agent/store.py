@@ -535,7 +535,11 @@ class Store(_AuthTables):
 
     def session_readings(self, session_id: str) -> list[tuple[str, float]]:
         """The session's committed meter readings ``(ts, energy_kwh)``, oldest first."""
-        return readings.of_session(self.db, session_id)
+        rows = self._rows(
+            "SELECT ts, energy_kwh FROM meter_readings WHERE session_id=? ORDER BY rowid",
+            (session_id,),
+        )
+        return [(str(ts), float(kwh)) for ts, kwh in rows]
 
     def cdr_payload(self, session_id: str) -> tuple[str, str | None] | None:
         """The session's CDR as queued ``(payload, acked_at)``, while the outbox keeps it."""

@@ -270,3 +270,22 @@ def test_an_internal_error_is_a_500_without_traceback(tmp_path: Path) -> None:
     assert start["status"] == 500
     assert b"secret" not in body and b"Traceback" not in body and b"Internal error" in body
     assert (b"x-frame-options", b"DENY") in start["headers"]
+
+
+def test_the_web_control_commands_are_strict_and_read_only() -> None:
+    from agent.control_args import ArgumentError, parse_args
+    from agent.control_commands import LOOP_COMMANDS
+    from agent.control_web import WEB_COMMANDS
+
+    assert set(WEB_COMMANDS) <= set(LOOP_COMMANDS) and all(
+        n.startswith("web.") for n in WEB_COMMANDS
+    )
+    sessions = LOOP_COMMANDS["web.sessions"].args
+    assert parse_args("web.sessions", sessions, {"offset": 25, "limit": 25}).offset == 25
+    for bad in ({"limit": 0}, {"limit": 501}, {"offset": -1}, {"offset": "1"}, {"page": 1}):
+        with pytest.raises(ArgumentError, match="^web.sessions: "):
+            parse_args("web.sessions", sessions, bad)
+    session = LOOP_COMMANDS["web.session"].args
+    for bad in ({}, {"session_id": ""}, {"session_id": "x" * 201}, {"session_id": 7}):
+        with pytest.raises(ArgumentError, match="^web.session: "):
+            parse_args("web.session", session, bad)
