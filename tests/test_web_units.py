@@ -283,9 +283,9 @@ def test_the_web_control_commands_are_strict_and_read_only() -> None:
     sessions = LOOP_COMMANDS["web.sessions"].args
     assert parse_args("web.sessions", sessions, {"offset": 25, "limit": 25}).offset == 25
     for bad in ({"limit": 0}, {"limit": 501}, {"offset": -1}, {"offset": "1"}, {"page": 1}):
-        with pytest.raises(ArgumentError, match="^web.sessions: "):
+        with pytest.raises(ArgumentError, match=r"^web\.sessions: "):
             parse_args("web.sessions", sessions, bad)
     session = LOOP_COMMANDS["web.session"].args
     for bad in ({}, {"session_id": ""}, {"session_id": "x" * 201}, {"session_id": 7}):
-        with pytest.raises(ArgumentError, match="^web.session: "):
+        with pytest.raises(ArgumentError, match=r"^web\.session: "):
             parse_args("web.session", session, bad)
