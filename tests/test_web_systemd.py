@@ -92,7 +92,10 @@ def test_web_unit_has_the_daemons_hardening_and_no_devices_or_state() -> None:
     assert one("SupplementaryGroups") == "station-agent"  # not dialout, gpio, video
     # the daemon's state: not its user, hidden, never writable
     assert one("DynamicUser") == "yes" and ("Service", "User") not in web
-    assert one("InaccessiblePaths").lstrip("-") == "/var/lib/station-agent"
+    hidden = {p.lstrip("-") for v in web[("Service", "InaccessiblePaths")] for p in v.split()}
+    # the store, and the daemon's broker key and password
+    assert {"/var/lib/station-agent", "/etc/station-agent/tls"} <= hidden
+    assert "/etc/station-agent/mqtt-password" in hidden
     assert one("StateDirectory") == "station-agent-web"
     assert ("Service", "ReadWritePaths") not in web
 
