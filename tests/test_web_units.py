@@ -135,6 +135,12 @@ def test_login_back_off_doubles_per_client_and_resets() -> None:
     assert limiter.wait_s("a") == MAX_BACKOFF_S
     limiter.succeeded("a")
     assert limiter.wait_s("a") == 0 and limiter.failed("a") == 1.0
+    clock.now += 1.0
+    assert limiter.begin("a") == 0  # an attempt of "a" is being checked ...
+    assert limiter.begin("a") > 0  # ... so a parallel one waits
+    assert limiter.begin("b") == 0
+    limiter.succeeded("a")
+    assert limiter.begin("a") == 0
 
 
 # ------------------------------------------------------------------------------ plot, pages

@@ -183,7 +183,9 @@ async def login_form(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     st, client = _state(request), _client(request)
-    wait = st.limiter.wait_s(client)
+    if not _same_origin(request):
+        return _html(pages.login_page("Cross-origin login refused."), 403)
+    wait = st.limiter.begin(client)
     if wait > 0:
         secs = math.ceil(wait)
         return _html(
@@ -191,13 +193,15 @@ async def login(request: Request) -> Response:
             429,
             headers={"Retry-After": str(secs)},
         )
-    if not _same_origin(request):
-        return _html(pages.login_page("Cross-origin login refused."), 403)
-    form = await _form(request)
-    password = form.get("password", "")
-    ok = bool(password) and len(password) <= 1024
-    if ok:
-        ok = await anyio.to_thread.run_sync(st.verify, password)
+    try:
+        form = await _form(request)
+        password = form.get("password", "")
+        ok = bool(password) and len(password) <= 1024
+        if ok:
+            ok = await anyio.to_thread.run_sync(st.verify, password)
+    except BaseException:  # a bad form or a client gone mid-check: counted as a failure
+        st.limiter.failed(client)
+        raise
     if not ok:
         backoff = st.limiter.failed(client)
         log.warning("web: failed login from %s (next attempt in %.0f s)", client, backoff)

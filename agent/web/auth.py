@@ -5,8 +5,9 @@
   :data:`MAX_SESSIONS` at once (the oldest goes first).
 - :class:`LoginLimiter`: per client address, every failed login doubles the time before the
   next attempt is even looked at (1 s, 2 s, 4 s, ... up to :data:`MAX_BACKOFF_S`); a success
-  clears it. Attempts inside the back-off are refused without running scrypt, so a guesser
-  costs the station nothing but a 429.
+  clears it. Attempts inside the back-off, and attempts while another one of the same client
+  is still being checked, are refused without running scrypt: a guesser with many parallel
+  connections gets no more tries than one with one, and costs the station nothing but a 429.
 """
 
 from __future__ import annotations
@@ -81,6 +82,17 @@ class LoginLimiter:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._clients: OrderedDict[str, _Client] = OrderedDict()
+        self._checking: set[str] = set()
+
+    def begin(self, client: str) -> float:
+        """0 and the client's attempt begins (end it with :meth:`failed` or :meth:`succeeded`),
+        or the seconds it must wait first."""
+        if client in self._checking:
+            return FIRST_BACKOFF_S
+        wait = self.wait_s(client)
+        if wait == 0:
+            self._checking.add(client)
+        return wait
 
     def wait_s(self, client: str) -> float:
         """Seconds until ``client`` may try again (0: now)."""
@@ -89,6 +101,7 @@ class LoginLimiter:
 
     def failed(self, client: str) -> float:
         """Count a failure; returns the back-off it starts."""
+        self._checking.discard(client)
         c = self._clients.pop(client, None) or _Client()
         c.failures += 1
         backoff = min(FIRST_BACKOFF_S * 2.0 ** min(c.failures - 1, 30), MAX_BACKOFF_S)
@@ -99,4 +112,5 @@ class LoginLimiter:
         return backoff
 
     def succeeded(self, client: str) -> None:
+        self._checking.discard(client)
         self._clients.pop(client, None)
