@@ -69,6 +69,13 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    from agent.web.server import main as web_main
+
+    setup_logging(args.log_level)
+    return web_main(args.config)
+
+
 def cmd_pn532_sim(args: argparse.Namespace) -> int:
     from drivers.rfid.pn532_sim import main as sim_main
 
@@ -124,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ps.add_argument("rest", nargs=argparse.REMAINDER)
     ps.set_defaults(func=cmd_pn532_sim)
+
+    w = sub.add_parser("web", help="serve the status page (config section [web])")
+    w.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    w.add_argument("--log-level", default="info")
+    w.set_defaults(func=cmd_web)
 
     s = sub.add_parser("schemas", help="export the MQTT contract's JSON Schemas")
     s.add_argument("directory", type=Path)

@@ -382,6 +382,46 @@ class EvseConfig(_Strict):
         return v
 
 
+class WebConfig(_Strict):
+    """``[web]``: the status page (``station-agent web``); absent = off."""
+
+    listen: str = "0.0.0.0:8443"  # host:port; IPv6 as [::]:8443
+    password_file: CfgPath = Path("/etc/station-agent/web.pass")
+    tls: bool = True  # false only on a loopback address, behind a TLS reverse proxy
+    tls_cert_file: CfgPath | None = None  # both or neither; neither: a self-signed pair
+    tls_key_file: CfgPath | None = None
+    cert_dir: CfgPath = Path("/var/lib/station-agent-web")  # where the self-signed pair lives
+    session_minutes: int = Field(default=480, ge=1, le=7 * 24 * 60)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, port = split_listen(v)
+        if not host or not 0 <= port <= 65535:  # 0: any free port (tests)
+            raise ValueError(f"{v!r}: expected host:port (e.g. '0.0.0.0:8443', '[::1]:8080')")
+        return v
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> WebConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        host = split_listen(self.listen)[0]
+        if not self.tls and host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError(
+                f"tls = false is only allowed on a loopback address (not {host!r}): "
+                "the password and the session cookie must not cross a network in clear"
+            )
+        return self
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``'0.0.0.0:8443'`` -> ``('0.0.0.0', 8443)``, ``'[::1]:8080'`` -> ``('::1', 8080)``."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        return "", 0
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
 class AgentConfig(_Strict):
     station: StationConfig
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
@@ -392,6 +432,7 @@ class AgentConfig(_Strict):
     display: DisplayConfig = Field(default_factory=DisplayConfig)
     qr: QrConfig = Field(default_factory=QrConfig)
     evse: list[EvseConfig] = Field(min_length=1, max_length=64)
+    web: WebConfig | None = None  # the status page (agent/web/): off unless configured
 
     @field_validator("evse")
     @classmethod

@@ -18,10 +18,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from agent.errors import AgentError, StoreError
-from agent.inputs import ControlCall
+
+if TYPE_CHECKING:  # the server's side only: clients (stationctl, agent.web) never load the loop
+    from agent.inputs import ControlCall
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +242,8 @@ class ControlServer(Generic[C]):
             except StoreError as err:  # direct handlers must not touch the store
                 log.error("control %s: store failure: %s", name, err)
                 return {"ok": False, "error": f"store failure: {err}"}
+        from agent.inputs import ControlCall
+
         call = ControlCall(request)
         self._post(call)
         if not call.done.wait(REPLY_TIMEOUT_S):

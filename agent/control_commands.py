@@ -31,6 +31,7 @@ from agent.control_args import (
     parse_args,
     resolve_evse,
 )
+from agent.control_web import WEB_COMMANDS
 from agent.identifiers import normalize_uid
 from agent.inputs import QrSightings
 from drivers.plug.sim import SimPlug
@@ -180,6 +181,8 @@ LOOP_COMMANDS: dict[str, Command[Any]] = {
     "meter.read": Command(EvseArgs, diagnostics.meter_read),
     "selftest": Command(NoArgs, diagnostics.selftest),
 }
+# the status page's read-only views (agent/control_web.py)
+LOOP_COMMANDS.update({name: Command(a, h) for name, (a, h) in WEB_COMMANDS.items()})
 
 
 # ---------------------------------------------------------------------------- direct commands

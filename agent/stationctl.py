@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from agent.config import DEFAULT_CONFIG_PATH, EX_CONFIG, StationConfig, load_config
 from agent.control import ControlError, call
 from agent.errors import AgentError, ConfigError, DriverError, ProtocolError
+from agent.web.passwd import add_web_commands
 from drivers.display.qrcode import DEFAULT_URL_TEMPLATE
 
 DEFAULT_SOCKET = StationConfig.model_fields["control_socket"].default
@@ -489,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rfid_commands(sub, common)
     _add_power_commands(sub, common)
     _add_admin_commands(sub, common)
+    add_web_commands(sub)  # `web passwd` (agent/web/passwd.py)
     return p
 
 

@@ -18,13 +18,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from agent import readings
 from agent.clock import parse_rfc3339, rfc3339
 from agent.errors import StoreError
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "station-agent.sqlite3"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 MAX_ANSWERS = 10_000  # answered command ids kept for replay protection (the newest)
 
 _MIGRATIONS: dict[int, str] = {
@@ -126,6 +127,8 @@ _MIGRATIONS: dict[int, str] = {
         error        TEXT
     );
     """,
+    # v7: meter readings per session, bounded (agent/readings.py): the status page's plot
+    7: readings.MIGRATION,
 }
 
 
@@ -460,6 +463,8 @@ class Store(_AuthTables):
                     mono if charging else None,
                 ),
             )
+            if meter_kwh is not None:
+                readings.add(self.db, session_id, start, meter_kwh)
 
     def mark_charging(
         self,
@@ -488,14 +493,17 @@ class Store(_AuthTables):
                     session_id,
                 ),
             )
+            readings.add(self.db, session_id, ts, meter_kwh)
 
     def record_meter(self, session_id: str, ts: datetime, meter_kwh: float) -> None:
         with self._tx():
-            self.db.execute(
+            updated = self.db.execute(
                 "UPDATE sessions SET meter_last_kwh=?, meter_last_at=?, updated_at=?"
                 " WHERE session_id=? AND state='charging'",
                 (meter_kwh, rfc3339(ts), rfc3339(ts), session_id),
-            )
+            ).rowcount
+            if updated:
+                readings.add(self.db, session_id, ts, meter_kwh)
 
     def end_session(
         self,
@@ -523,6 +531,8 @@ class Store(_AuthTables):
                     session_id,
                 ),
             )
+            if meter_stop_kwh is not None:
+                readings.add(self.db, session_id, end, meter_stop_kwh)
             if cdr_payload is not None:
                 self._outbox_stats = None
                 self.db.execute(
@@ -533,6 +543,31 @@ class Store(_AuthTables):
     def get_session(self, session_id: str) -> SessionRow | None:
         row = self._row(f"SELECT {_SESSION_COLS} FROM sessions WHERE session_id=?", (session_id,))
         return None if row is None else _session(row)
+
+    def session_readings(self, session_id: str) -> list[tuple[str, float]]:
+        """The session's committed meter readings ``(ts, energy_kwh)``, oldest first."""
+        rows = self._rows(
+            "SELECT ts, energy_kwh FROM meter_readings WHERE session_id=? ORDER BY rowid",
+            (session_id,),
+        )
+        return [(str(ts), float(kwh)) for ts, kwh in rows]
+
+    def cdr_payload(self, session_id: str) -> tuple[str, str | None] | None:
+        """The session's CDR as queued ``(payload, acked_at)``, while the outbox keeps it."""
+        row = self._row("SELECT payload, acked_at FROM outbox WHERE session_id=?", (session_id,))
+        return None if row is None else (str(row[0]), row[1])
+
+    def count_sessions(self) -> int:
+        return self._count("sessions")
+
+    def sessions_page(self, offset: int, limit: int) -> list[SessionRow]:
+        """Sessions newest first, ``limit`` of them after skipping ``offset``."""
+        rows = self._rows(
+            f"SELECT {_SESSION_COLS} FROM sessions ORDER BY session_start DESC, rowid DESC"
+            " LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [_session(r) for r in rows]
 
     def open_sessions(self) -> list[SessionRow]:
         rows = self._rows(
@@ -672,6 +707,7 @@ class Store(_AuthTables):
             cache = self.db.execute(
                 "DELETE FROM auth_cache WHERE updated_at < ? OR updated_runtime < ?", (cutoff, ran)
             ).rowcount
+            readings.purge_orphans(self.db)
         return {"cdrs": cdrs, "sessions": sessions, "auth_cache": cache}
 
 

@@ -14,7 +14,7 @@ from agent.config import AgentConfig
 from agent.evse import EvseRuntime
 from agent.messages import EvseState
 from agent.privacy import mask, mask_token
-from agent.store import Store
+from agent.store import SessionRow, Store
 
 
 def _masked_key(token_key: str) -> str:
@@ -34,27 +34,27 @@ def live_energy(evses: Iterable[EvseRuntime]) -> dict[str, float | None]:
 def sessions_view(
     store: Store, live: Mapping[str, float | None], limit: int = 50
 ) -> list[dict[str, Any]]:
-    out = []
-    for row in store.recent_sessions(limit):
-        last_kwh = live.get(row.session_id) or row.meter_last_kwh
-        energy = None
-        if last_kwh is not None and row.meter_start_kwh is not None:
-            energy = round(last_kwh - row.meter_start_kwh, 3)
-        out.append(
-            {
-                "session_id": row.session_id,
-                "evse_id": row.evse_id,
-                "state": row.state,
-                "token": mask_token(row.token),
-                "contract_id": mask(row.contract_id) if row.contract_id else None,
-                "session_start": rfc3339(row.session_start),
-                "charging_start": rfc3339(row.charging_start) if row.charging_start else None,
-                "session_end": rfc3339(row.session_end) if row.session_end else None,
-                "energy_kwh": energy,
-                "stop_reason": row.stop_reason,
-            }
-        )
-    return out
+    return [session_row_view(row, live) for row in store.recent_sessions(limit)]
+
+
+def session_row_view(row: SessionRow, live: Mapping[str, float | None]) -> dict[str, Any]:
+    """One session as the views show it (token and contract id masked)."""
+    last_kwh = live.get(row.session_id) or row.meter_last_kwh
+    energy = None
+    if last_kwh is not None and row.meter_start_kwh is not None:
+        energy = round(last_kwh - row.meter_start_kwh, 3)
+    return {
+        "session_id": row.session_id,
+        "evse_id": row.evse_id,
+        "state": row.state,
+        "token": mask_token(row.token),
+        "contract_id": mask(row.contract_id) if row.contract_id else None,
+        "session_start": rfc3339(row.session_start),
+        "charging_start": rfc3339(row.charging_start) if row.charging_start else None,
+        "session_end": rfc3339(row.session_end) if row.session_end else None,
+        "energy_kwh": energy,
+        "stop_reason": row.stop_reason,
+    }
 
 
 def outbox_view(store: Store, limit: int = 200) -> dict[str, Any]:

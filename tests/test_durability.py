@@ -501,7 +501,7 @@ def test_newer_agent_upgrades_an_older_database(tmp_path):
     db.close()
     store = Store(tmp_path)
     store.open()
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     assert store.get_session(sid) is not None
     assert store.outbox_stats()[0] == 1
     assert store.local_list_version() == 0  # the v2 tables exist

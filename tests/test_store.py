@@ -402,6 +402,10 @@ STORE_READS: dict[str, Callable[[Store], object]] = {
     "cache_size": lambda s: s.cache_size(),
     "queued_events": lambda s: s.queued_events(),
     "queued_event_count": lambda s: s.queued_event_count(),
+    "session_readings": lambda s: s.session_readings(sid(1)),
+    "cdr_payload": lambda s: s.cdr_payload(sid(1)),
+    "count_sessions": lambda s: s.count_sessions(),
+    "sessions_page": lambda s: s.sessions_page(0, 10),
 }
 STORE_WRITES: dict[str, Callable[[Store], object]] = {
     "checkpoint_runtime": lambda s: s.checkpoint_runtime(),
@@ -566,7 +570,7 @@ def test_a_v3_database_upgrades_to_the_current_version_in_place(tmp_path: Path) 
     store = Store(tmp_path)
     store.open()
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
         row = store.get_session(sid(1))
         assert row is not None and row.state == "charging" and row.session_start == T0
         assert (row.mono_start, row.mono_charging_start) == (None, None)  # no marks: wall only

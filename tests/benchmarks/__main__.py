@@ -52,7 +52,7 @@ from tests.benchmarks.common import (
 
 BUSY_NOTE = 25.0  # % of one core used by other processes: noted in the table
 BENCHES = (
-    "tap", "pn532", "remote", "startup", "footprint", "drain", "fleet", "qr", "flood", "ocmf"
+    "tap", "pn532", "remote", "startup", "footprint", "drain", "fleet", "qr", "flood", "ocmf", "web"
 )  # fmt: skip
 
 
@@ -93,6 +93,10 @@ def _runner(name: str) -> Callable[[bool], Result]:
         from tests.benchmarks.ocmf import run_ocmf
 
         return run_ocmf
+    if name == "web":  # the status page (tests/benchmarks/web.py)
+        from tests.benchmarks.web import run_web
+
+        return run_web
     raise ValueError(name)
 
 
