@@ -38,11 +38,20 @@ from agent.clock import Clock, ClockCheck
 from agent.commands import Commands
 from agent.config import AgentConfig
 from agent.control import answer
+from agent.current import CurrentControl
 from agent.delivery import Delivery
 from agent.errors import ProtocolError, StoreError
 from agent.evse import EvseRuntime, MeterSample, Metrics, PowerPath, StationDrivers
 from agent.failpoints import Failpoints
-from agent.inputs import CardTapped, ControlCall, Inputs, PlugChanged, QrScanned, Shutdown
+from agent.inputs import (
+    CardTapped,
+    ControlCall,
+    Inputs,
+    PilotChanged,
+    PlugChanged,
+    QrScanned,
+    Shutdown,
+)
 from agent.loop import EventLoop, TimerFired
 from agent.messages import EvseState, StatusMessage
 from agent.presentation import Presenter
@@ -54,6 +63,7 @@ from agent.session import (
     Evse,
     FaultKind,
     FaultRaised,
+    PilotSignal,
     PlugIn,
     Policy,
     ReleaseSession,
@@ -72,6 +82,7 @@ Item = (
     CardTapped
     | QrScanned
     | PlugChanged
+    | PilotChanged
     | ControlCall
     | Shutdown
     | MeterSample
@@ -123,6 +134,7 @@ class Controller:
                 relay=drivers.relays[ec.id],
                 meter=drivers.meters[ec.id],
                 plug=drivers.plugs[ec.id],
+                pilot=drivers.pilots.get(ec.id),
                 state=Evse(evse_id=ec.id),
             )
             for ec in config.evse
@@ -138,6 +150,7 @@ class Controller:
             CardTapped: self._on_input,
             QrScanned: self._on_input,
             PlugChanged: self._on_input,
+            PilotChanged: self._on_input,
             ControlCall: self._on_control,
             Shutdown: lambda item: self.loop.stop(),
             MeterSample: self._on_meter_sample,
@@ -163,7 +176,11 @@ class Controller:
         self.delivery = Delivery(config, store, backend, clock, boot_id=self.boot_id)
         self.clock_check = ClockCheck.from_config(config.station, clock)
         self.authorizer = Authorizer(config=config.auth, store=store, backend=backend, clock=clock)
+        self.current = CurrentControl(
+            config=config, store=store, clock=clock, pool=pool, grid_meter=self.drivers.grid_meter
+        )
         self.commands = Commands(
+            current=self.current,
             config=config,
             store=store,
             backend=backend,
@@ -228,6 +245,11 @@ class Controller:
         for evse_id in self.evses:
             if not available.get(evse_id, True):
                 self.dispatch(evse_id, SetAvailable(False))
+        self.current.load()
+        for evse_id, rt in self.evses.items():  # the pilot is the plug sensor: known first
+            if rt.pilot is not None:
+                rt.pilot.start(self.inputs.on_pilot(evse_id))
+                self.dispatch(evse_id, PilotSignal(rt.pilot.state()))
         self._recover()
         for evse_id, rt in self.evses.items():
             rt.plug.start(self.inputs.on_plug(evse_id))
@@ -279,6 +301,9 @@ class Controller:
         self.open_relays("shutdown")
         for rt in self.evses.values():
             rt.plug.stop()
+            if rt.pilot is not None:
+                rt.pilot.set_current(0)  # no PWM: the car stops asking
+                rt.pilot.stop()
         self.power.pool.shutdown(wait=False, cancel_futures=True)
         try:
             self.delivery.forget_acked()  # else they are sent once more after the restart
@@ -288,6 +313,7 @@ class Controller:
     def handle(self, item: Item) -> None:
         try:
             self._handlers[type(item)](item)
+            self.current.update(list(self.evses.values()))
         except StoreError as err:
             self._store_failed(err)
         self.publish_status()
@@ -388,6 +414,8 @@ class Controller:
         try:
             self.store.check_file()  # a deleted state directory is a store failure now
             self._supervise()
+            self.current.tick()
+            self.current.update(list(self.evses.values()))
             self.delivery.forget_acked()
             if self.backend.connected and self.store.queued_event_count():
                 self.delivery.flush_events()  # whatever a reconnect could not send yet
@@ -413,6 +441,7 @@ class Controller:
         reading = sample.reading
         if reading is not None:
             rt.last_energy_kwh = reading.energy_kwh
+            rt.last_power_w, rt.last_power_mono = reading.power_w, self.clock.monotonic()
             session = rt.state.session
             mono = self.clock.monotonic()
             if (

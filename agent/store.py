@@ -609,6 +609,25 @@ class Store(_AuthTables):
                 (evse_id, int(available)),
             )
 
+    def settings(self, prefix: str) -> dict[str, str]:
+        """The ``meta`` entries whose key starts with ``prefix`` (e.g. current limits)."""
+        rows = self._rows(
+            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        """Write (or with None delete) one ``meta`` entry, in the caller's unit if one is open."""
+        with self._tx():
+            if value is None:
+                self.db.execute("DELETE FROM meta WHERE key=?", (key,))
+            else:
+                self.db.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (key, value),
+                )
+
     # ------------------------------------------------------------------ event queue
     def queue_event(self, topic: str, payload: str, ts: datetime) -> None:
         """A message that could not be published now; sent in order when the link returns."""

@@ -37,6 +37,7 @@ from agent.session import (
     AuthTimeout,
     BeginCharging,
     CancelTimer,
+    CloseRelay,
     CommandResult,
     ConnectionTimeout,
     Deauthorized,
@@ -50,6 +51,7 @@ from agent.session import (
     Ignored,
     Notify,
     OpenRelay,
+    PilotSignal,
     PlugIn,
     PlugOut,
     Policy,
@@ -66,6 +68,7 @@ from agent.session import (
     TokenPresented,
     step,
 )
+from drivers.pilot.base import PilotState
 
 S = EvseState
 ON = Policy(stop_with_same_token=True)
@@ -750,6 +753,54 @@ EXPECTED: list[Case] = [
     ig("faulted/deauthorized", FA, DEAUTH),
     ig("faulted/resume", FAP, RESUME),
 ]
+
+
+# ---------------------------------------------------------------- PilotSignal (issue 14)
+# The pilot state is tracked in every phase; only while charging does it move the contactor:
+# closed when the car asks for energy (C/D), opened at once when it stops (B) or on A/E/F.
+P = PilotState
+CH_B = replace(CH, pilot=P.B)  # charging session, car paused (offered < 6 A or full)
+CH_C = replace(CH, pilot=P.C)  # charging session, car drawing
+EXPECTED.extend(
+    [
+        c("available/pilot-b", AV, PilotSignal(P.B), replace(AV, pilot=P.B)),
+        c("preparing/pilot-a", PR, PilotSignal(P.A), replace(PR, pilot=P.A)),
+        c("authorizing/pilot-c", AZP, PilotSignal(P.C), replace(AZP, pilot=P.C)),
+        c("authorized/pilot-e", AD, PilotSignal(P.E), replace(AD, pilot=P.E)),
+        c("charging/pilot-c-closes", CH_B, PilotSignal(P.C), CH_C, CloseRelay(SID)),
+        c(
+            "charging/pilot-d-closes",
+            CH_B,
+            PilotSignal(P.D),
+            replace(CH, pilot=P.D),
+            CloseRelay(SID),
+        ),
+        c("charging/pilot-b-opens", CH_C, PilotSignal(P.B), CH_B, OpenRelay()),
+        c("charging/pilot-a-opens", CH_C, PilotSignal(P.A), replace(CH, pilot=P.A), OpenRelay()),
+        c("charging/pilot-e-opens", CH_C, PilotSignal(P.E), replace(CH, pilot=P.E), OpenRelay()),
+        c("charging/pilot-f-opens", CH_C, PilotSignal(P.F), replace(CH, pilot=P.F), OpenRelay()),
+        c("charging/pilot-f-while-paused", CH_B, PilotSignal(P.F), replace(CH, pilot=P.F)),
+        c("charging/pilot-c-to-d", CH_C, PilotSignal(P.D), replace(CH, pilot=P.D)),
+        c("finishing/pilot-b", FI, PilotSignal(P.B), replace(FI, pilot=P.B)),
+        c("unavailable/pilot-c", UNP, PilotSignal(P.C), replace(UNP, pilot=P.C)),
+        c("faulted/pilot-f", FAP, PilotSignal(P.F), replace(FAP, pilot=P.F)),
+    ]
+)
+
+
+def test_with_a_pilot_charging_starts_with_the_relay_open_until_the_car_asks() -> None:
+    """The session and its charging start are committed as before; the relay waits for C."""
+    waiting_b = replace(AD, pilot=P.B)
+    nxt, actions = step(ON, waiting_b, PLUG_IN)
+    assert nxt.phase is S.CHARGING
+    assert BeginCharging(SID, close_relay=False) in actions
+    asking = replace(AZP, pilot=P.C)
+    nxt, actions = step(ON, asking, AUTH_OK)
+    assert any(isinstance(a, AuthorizeAndCharge) and a.close_relay for a in actions)
+    nxt, actions = step(ON, replace(PR, pilot=P.B), RESUME)
+    assert actions == [ResumeCharging(SID, close_relay=False)]
+    # without a pilot nothing changed: the relay follows the session
+    assert BeginCharging(SID) in step(ON, AD, PLUG_IN)[1]
 
 
 # ------------------------------------------------------------------------------------ table

@@ -1,0 +1,258 @@
+"""Current control: the limits that apply, the grid meter, and the offers sent to the pilots.
+
+:class:`CurrentControl` sits beside the loop like the other components. Each round
+(:meth:`update`, after every item and on every tick) it expires limits whose ``valid_until``
+passed, works out the station's budget (configured or commanded limit, grid meter headroom,
+fallback while the grid meter is stale), runs the pure arbiter (:func:`agent.limits.arbitrate`)
+and the rate limit (:func:`agent.limits.rate_limit`) and sets the pilots' offers. It never
+changes an EVSE's table state: a car that stops or starts asking for energy answers through its
+pilot, whose change comes back through the loop as a table event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from agent.clock import Clock, rfc3339
+from agent.config import AgentConfig
+from agent.errors import DriverError
+from agent.evse import EvseRuntime
+from agent.limits import (
+    Applied,
+    Budget,
+    EvseDemand,
+    LimitSource,
+    Memory,
+    arbitrate,
+    rate_limit,
+)
+from agent.messages import EvseState, SetCurrentLimit
+from agent.store import Store
+from drivers.meter.base import Meter
+from drivers.pilot.base import MIN_CURRENT_A
+
+log = logging.getLogger(__name__)
+
+STALE_AFTER_S = 60.0  # a grid reading older than this: the fallback applies
+SETTLE_S = 6.0  # a car's draw counts only once its offer has been steady this long
+NOMINAL_V = 230.0
+SETTING_PREFIX = "current_limit:"
+STATION = "station"  # the scope of a station-wide limit
+
+
+@dataclass(frozen=True)
+class Override:
+    """A limit set by a command, until ``valid_until`` (None: until replaced)."""
+
+    limit_a: float
+    valid_until: datetime | None
+
+    def to_json(self) -> str:
+        until = rfc3339(self.valid_until) if self.valid_until else None
+        return json.dumps({"limit_a": self.limit_a, "valid_until": until})
+
+    @classmethod
+    def from_json(cls, text: str) -> Override:
+        data = json.loads(text)
+        until = data.get("valid_until")
+        return cls(float(data["limit_a"]), datetime.fromisoformat(until) if until else None)
+
+
+class CurrentControl:
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        store: Store,
+        clock: Clock,
+        pool: ThreadPoolExecutor,
+        grid_meter: Meter | None = None,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._clock = clock
+        self._pool = pool
+        self._grid_meter = grid_meter
+        self._overrides: dict[str, Override] = {}
+        self._memory = Memory()
+        self._applied: dict[str, Applied] = {}
+        self._grid_lock = threading.Lock()
+        self._grid: tuple[float, float] | None = None  # (amps per phase, monotonic when read)
+        self._grid_busy = False
+        self._grid_last_poll = -math.inf
+        self.budget = Budget(total_a=config.station.grid_limit_a)
+
+    # ------------------------------------------------------------------ limits
+    def load(self) -> None:
+        """The limits commanded before a restart (committed with their command's answer)."""
+        for key, text in self._store.settings(SETTING_PREFIX).items():
+            try:
+                self._overrides[key.removeprefix(SETTING_PREFIX)] = Override.from_json(text)
+            except (ValueError, KeyError, TypeError) as err:
+                log.error("stored current limit %s unreadable, ignored: %s", key, err)
+
+    def check(self, cmd: SetCurrentLimit, pilots: Sequence[str]) -> str | None:
+        """Why ``cmd`` cannot be taken on, or None."""
+        limit = cmd.limit_a
+        if limit < 0:
+            return f"limit_a {limit:g} A is negative"
+        if 0 < limit < MIN_CURRENT_A:
+            return f"limit_a {limit:g} A is below the {MIN_CURRENT_A:g} A minimum (0 pauses)"
+        if cmd.valid_until is not None and cmd.valid_until <= self._clock.now():
+            return "valid_until is in the past"
+        if cmd.evse_id is None:
+            grid = self._config.station.grid_limit_a
+            if grid is not None and limit > grid:
+                return f"limit_a {limit:g} A is above the connection's grid_limit_a {grid:g} A"
+            return None if limit <= 10000 else f"limit_a {limit:g} A is out of range"
+        evse = next((e for e in self._config.evse if e.id == cmd.evse_id), None)
+        if evse is None:
+            return f"unknown evse_id {cmd.evse_id}"
+        if cmd.evse_id not in pilots:
+            return f"EVSE {cmd.evse_id} has no control pilot: its current cannot be limited"
+        if limit > evse.max_current_a:
+            return f"limit_a {limit:g} A is above the EVSE's max_current_a {evse.max_current_a:g} A"
+        return None
+
+    def record(self, cmd: SetCurrentLimit) -> None:
+        """Store the limit (in the caller's unit: committed with the command's answer)."""
+        scope = cmd.evse_id or STATION
+        override = Override(cmd.limit_a, cmd.valid_until)
+        self._store.set_setting(SETTING_PREFIX + scope, override.to_json())
+        self._overrides[scope] = override
+        log.info(
+            "current limit %s: %g A%s",
+            scope,
+            cmd.limit_a,
+            f" until {rfc3339(cmd.valid_until)}" if cmd.valid_until else "",
+        )
+
+    def _expire(self, now: datetime) -> None:
+        for scope, override in list(self._overrides.items()):
+            if override.valid_until is not None and override.valid_until <= now:
+                log.info("current limit %s (%g A) expired", scope, override.limit_a)
+                self._store.set_setting(SETTING_PREFIX + scope, None)
+                del self._overrides[scope]
+
+    # ------------------------------------------------------------------ grid meter
+    def tick(self) -> None:
+        """Read the grid meter in the background when due."""
+        meter = self._grid_meter
+        grid_cfg = self._config.station.grid_meter
+        if meter is None or grid_cfg is None or self._grid_busy:
+            return
+        mono = self._clock.monotonic()
+        if mono - self._grid_last_poll < grid_cfg.poll_interval_s:
+            return
+        self._grid_busy = True
+        self._grid_last_poll = mono
+        self._pool.submit(self.read_grid)
+
+    def read_grid(self) -> None:
+        """One grid meter reading (thread-safe): the current per phase, from the total power."""
+        assert self._grid_meter is not None
+        try:
+            reading = self._grid_meter.read()
+            volts = reading.voltage_v or NOMINAL_V
+            amps = max(reading.power_w or 0.0, 0.0) / (volts * 3)
+            with self._grid_lock:
+                self._grid = (amps, self._clock.monotonic())
+        except DriverError as err:
+            log.error("grid meter read failed: %s", err)
+        finally:
+            self._grid_busy = False
+
+    def _grid_amps(self, mono: float) -> float | None:
+        with self._grid_lock:
+            grid = self._grid
+        if grid is None or mono - grid[1] > STALE_AFTER_S:
+            return None
+        return grid[0]
+
+    # ------------------------------------------------------------------ the round
+    def _measured(self, rt: EvseRuntime, mono: float) -> float | None:
+        applied = self._applied.get(rt.evse_id)
+        if rt.last_power_w is None or applied is None or rt.state.phase is not EvseState.CHARGING:
+            return None
+        if rt.last_power_mono < applied.changed_at + SETTLE_S or mono - rt.last_power_mono > 60:
+            return None
+        return rt.last_power_w / (NOMINAL_V * rt.config.phases)
+
+    def _budget(self, pilots: Sequence[EvseRuntime], mono: float) -> tuple[Budget, bool]:
+        """The station's budget and whether the grid meter is stale (fallback)."""
+        station = self._overrides.get(STATION)
+        total = station.limit_a if station is not None else self._config.station.grid_limit_a
+        budget = Budget(total_a=total, source=LimitSource.STATION)
+        if self._grid_meter is None:
+            return budget, False
+        grid = self._grid_amps(mono)
+        if grid is None:
+            return budget, True
+        own = sum(self._measured(rt, mono) or 0.0 for rt in pilots)
+        limit = self._config.station.grid_limit_a or 0.0
+        headroom = max(limit - max(grid - own, 0.0), 0.0)
+        if total is None or headroom < total:
+            return Budget(total_a=headroom, source=LimitSource.GRID), False
+        return budget, False
+
+    def _demand(self, rt: EvseRuntime, mono: float, stale: bool) -> EvseDemand:
+        override = self._overrides.get(rt.evse_id)
+        limit = rt.config.max_current_a if override is None else override.limit_a
+        source = LimitSource.EVSE
+        fallback = self._config.station.fallback_limit_a
+        if stale and fallback < limit:
+            limit, source = fallback, LimitSource.FALLBACK
+        st = rt.state
+        pilot = st.pilot
+        wants = st.phase is EvseState.CHARGING and pilot is not None and pilot.connected
+        applied = self._applied.get(rt.evse_id)
+        return EvseDemand(
+            evse_id=rt.evse_id,
+            wants=wants,
+            limit_a=limit,
+            limit_source=source,
+            offered_a=applied.offered_a if applied else 0.0,
+            measured_a=self._measured(rt, mono),
+        )
+
+    def update(self, evses: Sequence[EvseRuntime]) -> None:
+        """One round: limits, budget, arbiter, rate limit, offers to the pilots."""
+        pilots = [rt for rt in evses if rt.pilot is not None]
+        if not pilots:
+            return
+        self._expire(self._clock.now())
+        mono = self._clock.monotonic()
+        budget, stale = self._budget(pilots, mono)
+        self.budget = budget
+        demands = [self._demand(rt, mono, stale) for rt in pilots]
+        allocations, self._memory = arbitrate(
+            demands,
+            budget,
+            self._memory,
+            mono,
+            rotate_after_s=self._config.station.pause_rotation_s,
+        )
+        targets = {evse_id: a.offered_a for evse_id, a in allocations.items()}
+        applied = rate_limit(self._applied, targets, budget.total_a, mono)
+        for rt in pilots:
+            now_applied = applied[rt.evse_id]
+            if now_applied != self._applied.get(rt.evse_id):
+                self._offer(rt, now_applied.offered_a)
+            rt.allocation = replace(allocations[rt.evse_id], offered_a=now_applied.offered_a)
+        self._applied = applied
+
+    def _offer(self, rt: EvseRuntime, amps: float) -> None:
+        assert rt.pilot is not None
+        try:
+            rt.pilot.set_current(amps)
+        except (DriverError, ValueError) as err:
+            log.error("%s: pilot did not take %g A: %s", rt.evse_id, amps, err)
+            return
+        log.info("%s: offering %g A", rt.evse_id, amps)
