@@ -36,7 +36,7 @@ from agent.limits import (
 from agent.messages import EvseState, SetCurrentLimit
 from agent.store import Store
 from drivers.meter.base import Meter
-from drivers.pilot.base import MIN_CURRENT_A
+from drivers.pilot.base import MIN_CURRENT_A, duty_cycle_percent
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class CurrentControl:
         self._grid: tuple[float, float] | None = None  # (amps per phase, monotonic when read)
         self._grid_busy = False
         self._grid_last_poll = -math.inf
+        self._tests: dict[str, float] = {}  # technician's test offers on idle EVSEs
         self.budget = Budget(total_a=config.station.grid_limit_a)
 
     # ------------------------------------------------------------------ limits
@@ -140,6 +141,21 @@ class CurrentControl:
                 log.info("current limit %s (%g A) expired", scope, override.limit_a)
                 self._store.set_setting(SETTING_PREFIX + scope, None)
                 del self._overrides[scope]
+
+    def set_test_offer(self, rt: EvseRuntime, amps: float) -> float:
+        """``stationctl pilot set``: offer ``amps`` on an idle EVSE (0 ends the test); the
+        relay stays open. Returns the duty cycle (percent) the pilot signals."""
+        if rt.pilot is None:
+            raise ValueError(f"EVSE {rt.evse_id} has no control pilot")
+        if rt.state.session is not None:
+            raise ValueError(f"EVSE {rt.evse_id} is not idle ({rt.state.phase.value})")
+        duty = duty_cycle_percent(amps)  # ValueError for 0 < amps < 6 or > 80
+        if amps:
+            self._tests[rt.evse_id] = amps
+        else:
+            self._tests.pop(rt.evse_id, None)
+        log.warning("%s: technician's pilot test: %g A (duty %.1f %%)", rt.evse_id, amps, duty)
+        return duty
 
     # ------------------------------------------------------------------ grid meter
     def tick(self) -> None:
@@ -240,6 +256,12 @@ class CurrentControl:
             rotate_after_s=self._config.station.pause_rotation_s,
         )
         targets = {evse_id: a.offered_a for evse_id, a in allocations.items()}
+        for rt in pilots:  # a session ends a technician's test
+            test = self._tests.get(rt.evse_id)
+            if test is not None and rt.state.session is None:
+                targets[rt.evse_id] = test
+            else:
+                self._tests.pop(rt.evse_id, None)
         applied = rate_limit(self._applied, targets, budget.total_a, mono)
         for rt in pilots:
             now_applied = applied[rt.evse_id]
