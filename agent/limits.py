@@ -127,7 +127,8 @@ def _choose(
         if t.served_since is None:
             return (1, now if t.waiting_since is None else t.waiting_since, d.evse_id)
         if waiting and now - t.served_since >= rotate:
-            return (2, -(t.streak_since or t.served_since), d.evse_id)
+            streak = t.served_since if t.streak_since is None else t.streak_since
+            return (2, -streak, d.evse_id)
         return (0, t.served_since, d.evse_id)
 
     return sorted(candidates, key=key)[:fit]
