@@ -328,3 +328,31 @@ def test_a_pilot_error_opens_the_relay_at_once(station: Any, tmp_path: Path) -> 
     s.run(7)
     st = s.status(0)
     assert (st["pilot"], st["relay_closed"], st["offered_a"]) == ("C", True, 32)
+
+
+def test_a_technicians_pilot_test_on_an_idle_evse(station: Any, tmp_path: Path) -> None:
+    """``stationctl pilot set``: the offer reaches the pilot, the relay stays open, the budget
+    still holds, and a session takes over from the test."""
+    s = station([evse_table(i, tmp_path) for i in range(2)], grid_limit_a=16.0)
+    rt0 = s.ctl.evses[s.ids[0]]
+    s.charge(1)
+    s.run(1)
+    assert s.offered() == {s.ids[0]: 0, s.ids[1]: 16}
+    s.pilot(0).plug()
+    s.drain()
+    assert s.ctl.current.set_test_offer(rt0, 10) == pytest.approx(16.6667, abs=1e-4)
+    s.run(1)  # the budget holds: no room until the charging EVSE comes down (it does not)
+    assert s.offered() == {s.ids[0]: 0, s.ids[1]: 16}
+    with pytest.raises(ValueError, match="minimum"):
+        s.ctl.current.set_test_offer(rt0, 4)
+    s.pilot(1).unplug()
+    s.run(6)
+    st = s.status(0)
+    assert (st["offered_a"], st["pilot"], st["relay_closed"]) == (10, "C", False)
+    s.ctl.drivers.rfid.tap(CARDS[0])  # a session on the tested EVSE ends the test
+    s.drain()
+    s.run(6)
+    assert s.offered() == {s.ids[0]: 16, s.ids[1]: 0}
+    assert s.status(0)["relay_closed"]
+    with pytest.raises(ValueError, match="not idle"):
+        s.ctl.current.set_test_offer(rt0, 10)
