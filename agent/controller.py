@@ -63,7 +63,6 @@ from agent.session import (
     Evse,
     FaultKind,
     FaultRaised,
-    PilotSignal,
     PlugIn,
     Policy,
     ReleaseSession,
@@ -105,6 +104,21 @@ class _Deferred:
     items: deque[tuple[str, Event]] = field(default_factory=deque)
 
 
+def _runtimes(config: AgentConfig, drivers: StationDrivers) -> dict[str, EvseRuntime]:
+    """Every EVSE's devices and (initial) table state."""
+    return {
+        ec.id: EvseRuntime(
+            config=ec,
+            relay=drivers.relays[ec.id],
+            meter=drivers.meters[ec.id],
+            plug=drivers.plugs[ec.id],
+            pilot=drivers.pilots.get(ec.id),
+            state=Evse(evse_id=ec.id),
+        )
+        for ec in config.evse
+    }
+
+
 class Controller:
     def __init__(
         self,
@@ -128,17 +142,7 @@ class Controller:
         runtime_dir = config.station.control_socket.parent
         self.interrupted = recovery.InterruptedSessions(runtime_dir / "interrupted-sessions.json")
         self.policy = Policy(stop_with_same_token=config.auth.stop_with_same_token)
-        self.evses = {
-            ec.id: EvseRuntime(
-                config=ec,
-                relay=drivers.relays[ec.id],
-                meter=drivers.meters[ec.id],
-                plug=drivers.plugs[ec.id],
-                pilot=drivers.pilots.get(ec.id),
-                state=Evse(evse_id=ec.id),
-            )
-            for ec in config.evse
-        }
+        self.evses = _runtimes(config, drivers)
         self.loop: EventLoop[Item] = EventLoop(
             clock, tick_s=min(1.0, config.store.meter_interval_s)
         )
@@ -246,10 +250,8 @@ class Controller:
             if not available.get(evse_id, True):
                 self.dispatch(evse_id, SetAvailable(False))
         self.current.load()
-        for evse_id, rt in self.evses.items():  # the pilot is the plug sensor: known first
-            if rt.pilot is not None:
-                rt.pilot.start(self.inputs.on_pilot(evse_id))
-                self.dispatch(evse_id, PilotSignal(rt.pilot.state()))
+        for evse_id, event in self.current.start_pilots(self.evses, self.inputs.on_pilot):
+            self.dispatch(evse_id, event)  # the pilot is the plug sensor: known first
         self._recover()
         for evse_id, rt in self.evses.items():
             rt.plug.start(self.inputs.on_plug(evse_id))
@@ -301,9 +303,7 @@ class Controller:
         self.open_relays("shutdown")
         for rt in self.evses.values():
             rt.plug.stop()
-            if rt.pilot is not None:
-                rt.pilot.set_current(0)  # no PWM: the car stops asking
-                rt.pilot.stop()
+        self.current.stop_pilots(self.evses.values())
         self.power.pool.shutdown(wait=False, cancel_futures=True)
         try:
             self.delivery.forget_acked()  # else they are sent once more after the restart

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -34,9 +34,10 @@ from agent.limits import (
     rate_limit,
 )
 from agent.messages import EvseState, SetCurrentLimit
+from agent.session import PilotSignal
 from agent.store import Store
 from drivers.meter.base import Meter
-from drivers.pilot.base import MIN_CURRENT_A, duty_cycle_percent
+from drivers.pilot.base import MIN_CURRENT_A, PilotCallback, duty_cycle_percent
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,31 @@ class CurrentControl:
         self._grid_last_poll = -math.inf
         self._tests: dict[str, float] = {}  # technician's test offers on idle EVSEs
         self.budget = Budget(total_a=config.station.grid_limit_a)
+
+    # ------------------------------------------------------------------ pilots
+    @staticmethod
+    def start_pilots(
+        evses: Mapping[str, EvseRuntime], on_pilot: Callable[[str], PilotCallback]
+    ) -> list[tuple[str, PilotSignal]]:
+        """Start watching every pilot; their states now, as table events (before recovery:
+        the pilot is the plug sensor)."""
+        events = []
+        for evse_id, rt in evses.items():
+            if rt.pilot is not None:
+                rt.pilot.start(on_pilot(evse_id))
+                events.append((evse_id, PilotSignal(rt.pilot.state())))
+        return events
+
+    @staticmethod
+    def stop_pilots(evses: Iterable[EvseRuntime]) -> None:
+        """At shutdown (the relays are open): no PWM, then stop watching."""
+        for rt in evses:
+            if rt.pilot is not None:
+                try:
+                    rt.pilot.set_current(0)
+                except DriverError as err:
+                    log.error("%s: pilot not set to 0 A: %s", rt.evse_id, err)
+                rt.pilot.stop()
 
     # ------------------------------------------------------------------ limits
     def load(self) -> None:

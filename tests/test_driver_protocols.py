@@ -40,6 +40,10 @@ from drivers.health import Health
 from drivers.meter.base import Meter
 from drivers.meter.modbus import ModbusMeter
 from drivers.meter.sim import SimMeter
+from drivers.pilot.base import Pilot
+from drivers.pilot.evse_din import EvseDinPilot
+from drivers.pilot.plug import PilotPlug
+from drivers.pilot.sim import SimPilot
 from drivers.plug.base import PlugSensor
 from drivers.plug.gpio import GpioPlug
 from drivers.plug.sim import SimPlug
@@ -482,7 +486,11 @@ def make_meters() -> list[Meter]:
 
 
 def make_plugs() -> list[PlugSensor]:
-    return [SimPlug(), GpioPlug("/dev/gpiochip0", 22)]
+    return [SimPlug(), GpioPlug("/dev/gpiochip0", 22), PilotPlug(EvseDinPilot(port="/dev/none"))]
+
+
+def make_pilots() -> list[Pilot]:
+    return [SimPilot(), EvseDinPilot("rtu", port="/dev/ttyUSB-none")]
 
 
 def make_displays(tmp_path: Path) -> list[Display]:
@@ -500,9 +508,10 @@ PROTOCOLS: list[tuple[type, Callable[[Path], list[Any]]]] = [
     (Relay, lambda _p: make_relays()),
     (Meter, lambda _p: make_meters()),
     (PlugSensor, lambda _p: make_plugs()),
+    (Pilot, lambda _p: make_pilots()),
     (Display, make_displays),
 ]
-SIM_DRIVERS = {SimRfidReader, SimQrReader, SimRelay, SimMeter, SimPlug, SimDisplay}
+SIM_DRIVERS = {SimRfidReader, SimQrReader, SimRelay, SimMeter, SimPlug, SimDisplay, SimPilot}
 
 
 def all_devices(tmp_path: Path) -> list[Any]:
