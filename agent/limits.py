@@ -103,7 +103,8 @@ def _ceiling(d: EvseDemand, turn: Turn) -> float:
 
 def _fair_share(served: Sequence[tuple[str, float]], total: float | None) -> dict[str, float]:
     """Water filling: equal shares, an EVSE below its share keeps its ceiling and the rest is
-    shared by the others; whole amperes, rounded down."""
+    shared by the others; whole amperes, rounded down, then the amperes the rounding left over
+    one each to those still below their ceiling."""
     out: dict[str, float] = {}
     remaining = math.inf if total is None else total
     ordered = sorted(served, key=lambda item: (item[1], item[0]))
@@ -112,6 +113,12 @@ def _fair_share(served: Sequence[tuple[str, float]], total: float | None) -> dic
         give = min(ceiling, share)
         out[evse_id] = float(math.floor(give))
         remaining -= give
+    if total is not None:
+        spare = math.floor(total - sum(out.values()))
+        for evse_id, ceiling in sorted(served, key=lambda item: item[0]):
+            if spare >= 1 and out[evse_id] + 1 <= ceiling:
+                out[evse_id] += 1
+                spare -= 1
     return out
 
 
