@@ -356,3 +356,35 @@ def test_a_technicians_pilot_test_on_an_idle_evse(station: Any, tmp_path: Path) 
     assert s.status(0)["relay_closed"]
     with pytest.raises(ValueError, match="not idle"):
         s.ctl.current.set_test_offer(rt0, 10)
+
+
+def test_config_keys_are_checked(tmp_path: Path) -> None:
+    from agent.config import EvseConfig, StationConfig
+    from agent.errors import ConfigError
+    from agent.hardware import build_pilot
+    from drivers.pilot.evse_din import EvseDinPilot
+
+    base = {"id": "ST-1", "operator_id": "DE*ICE", "location": "x"}
+    assert StationConfig.model_validate(base).fallback_limit_a == 6
+    for bad, why in [
+        ({"fallback_limit_a": 3}, "at least 6 A"),
+        ({"grid_meter": {"driver": "sim"}}, "needs grid_limit_a"),
+        ({"grid_limit_a": -1}, "greater than or equal"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            StationConfig.model_validate({**base, **bad})
+    evse = {"id": "DE*ICE*E000001*1"}
+    with pytest.raises(ValueError, match="phases"):
+        EvseConfig.model_validate({**evse, "phases": 2})
+    with pytest.raises(ValueError, match="max_current_a"):
+        EvseConfig.model_validate({**evse, "max_current_a": 100})
+    cfg = EvseConfig.model_validate(
+        {**evse, "pilot": {"driver": "evse_din", "port": "/dev/ttyUSB9", "device_id": 3}}
+    )
+    assert cfg.pilot is not None
+    pilot = build_pilot(cfg.pilot)  # no I/O until started
+    assert isinstance(pilot, EvseDinPilot) and pilot.state() is PilotState.F
+    data = station_config(tmp_path, "mqtt://127.0.0.1:1", "t")
+    data["station"]["grid_meter"] = {"driver": "sim"}
+    with pytest.raises(ConfigError, match="station: grid_meter needs grid_limit_a"):
+        parse_config(data, tmp_path / "config.toml")
