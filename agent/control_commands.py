@@ -116,7 +116,8 @@ def _pilot_set(ctl: Controller, args: PilotSetArgs) -> dict[str, Any]:
     """A technician's test: offer a current on an idle EVSE's pilot (0 ends the test)."""
     evse_id = resolve_evse(ctl, args.evse_id)
     duty = ctl.current.set_test_offer(ctl.evses[evse_id], args.amps)
-    ctl.current.update(list(ctl.evses.values()))
+    for target, event in ctl.current.update(list(ctl.evses.values())):
+        ctl.dispatch(target, event)
     return {"evse_id": evse_id, "amps": args.amps, "duty_percent": duty}
 
 

@@ -313,7 +313,7 @@ class Controller:
     def handle(self, item: Item) -> None:
         try:
             self._handlers[type(item)](item)
-            self.current.update(list(self.evses.values()))
+            self._update_current()
         except StoreError as err:
             self._store_failed(err)
         self.publish_status()
@@ -415,7 +415,7 @@ class Controller:
             self.store.check_file()  # a deleted state directory is a store failure now
             self._supervise()
             self.current.tick()
-            self.current.update(list(self.evses.values()))
+            self._update_current()
             self.delivery.forget_acked()
             if self.backend.connected and self.store.queued_event_count():
                 self.delivery.flush_events()  # whatever a reconnect could not send yet
@@ -430,6 +430,10 @@ class Controller:
             self._store_failed(err)
         self.publish_status()
         self.refresh_display()
+
+    def _update_current(self) -> None:
+        for evse_id, event in self.current.update(list(self.evses.values())):
+            self.dispatch(evse_id, event)
 
     def _supervise(self) -> None:
         for evse_id, event in self.power.tick(self.evses.values(), self.config.store):

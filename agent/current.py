@@ -34,7 +34,7 @@ from agent.limits import (
     rate_limit,
 )
 from agent.messages import EvseState, SetCurrentLimit
-from agent.session import PilotSignal
+from agent.session import OfferChanged, PilotSignal
 from agent.store import Store
 from drivers.meter.base import Meter
 from drivers.pilot.base import MIN_CURRENT_A, PilotCallback, duty_cycle_percent
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 STALE_AFTER_S = 60.0  # a grid reading older than this: the fallback applies
 SETTLE_S = 6.0  # a car's draw counts only once its offer has been steady this long
+PAUSE_GRACE_S = 3.0  # a charging car offered 0 A must stop asking (B) within this
 NOMINAL_V = 230.0
 SETTING_PREFIX = "current_limit:"
 STATION = "station"  # the scope of a station-wide limit
@@ -264,11 +265,12 @@ class CurrentControl:
             measured_a=self._measured(rt, mono),
         )
 
-    def update(self, evses: Sequence[EvseRuntime]) -> None:
-        """One round: limits, budget, arbiter, rate limit, offers to the pilots."""
+    def update(self, evses: Sequence[EvseRuntime]) -> list[tuple[str, OfferChanged]]:
+        """One round: limits, budget, arbiter, rate limit, offers to the pilots. Returns the
+        table events for offers that started, or stopped (after the grace time while charging)."""
         pilots = [rt for rt in evses if rt.pilot is not None]
         if not pilots:
-            return
+            return []
         self._expire(self._clock.now())
         mono = self._clock.monotonic()
         budget, stale = self._budget(pilots, mono)
@@ -295,6 +297,17 @@ class CurrentControl:
                 self._offer(rt, now_applied.offered_a)
             rt.allocation = replace(allocations[rt.evse_id], offered_a=now_applied.offered_a)
         self._applied = applied
+        return [(rt.evse_id, event) for rt in pilots if (event := self._offer_event(rt, mono))]
+
+    def _offer_event(self, rt: EvseRuntime, mono: float) -> OfferChanged | None:
+        applied = self._applied[rt.evse_id]
+        on = applied.offered_a > 0
+        if on == rt.state.offer_on:
+            return None
+        charging = rt.state.phase is EvseState.CHARGING
+        if not on and charging and mono - applied.changed_at < PAUSE_GRACE_S:
+            return None  # the car has this long to stop asking by itself
+        return OfferChanged(on)
 
     def _offer(self, rt: EvseRuntime, amps: float) -> None:
         assert rt.pilot is not None

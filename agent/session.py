@@ -71,6 +71,7 @@ class Evse:
     fault: FaultKind | None = None
     session: SessionInfo | None = None
     pilot: PilotState | None = None  # None: no control pilot (the relay follows the session)
+    offer_on: bool = False  # with a pilot: it offers current (>= 6 A); see OfferChanged
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,15 @@ class PilotSignal:
 
 
 @dataclass(frozen=True)
+class OfferChanged:
+    """The pilot's offer went from 0 to a current (``on``) or back to 0: reported at once when
+    it starts, and a grace time after it stopped while charging (a car must go back to B by
+    itself; one that keeps asking is cut off then)."""
+
+    on: bool
+
+
+@dataclass(frozen=True)
 class AdoptSession:
     """A floating authorisation moves to this (plugged) EVSE."""
 
@@ -207,6 +217,7 @@ Event = (
     | Deauthorized
     | ResumeSession
     | PilotSignal
+    | OfferChanged
 )
 EVENT_TYPES: tuple[type, ...] = (
     TokenPresented,
@@ -225,6 +236,7 @@ EVENT_TYPES: tuple[type, ...] = (
     Deauthorized,
     ResumeSession,
     PilotSignal,
+    OfferChanged,
 )
 
 
@@ -385,9 +397,9 @@ def _cmd_ack(event: Event) -> list[Action]:
 
 
 def _may_close(evse: Evse) -> bool:
-    """Without a pilot the relay follows the session; with one, only while the car asks for
-    energy (C or D)."""
-    return evse.pilot is None or evse.pilot.requests_power
+    """Without a pilot the relay follows the session; with one, only while the pilot offers
+    current and the car asks for energy (C or D)."""
+    return evse.pilot is None or (evse.pilot.requests_power and evse.offer_on)
 
 
 def _session_matches(evse: Evse, session_id: str) -> bool:
@@ -685,10 +697,21 @@ def _pilot_signal(policy: Policy, evse: Evse, event: Event) -> Result:
     charging the contactor closes when the car asks for energy (C/D) and opens at once when it
     stops asking (B: paused or full) or the pilot shows A, E or F."""
     assert isinstance(event, PilotSignal)
-    nxt = replace(evse, pilot=event.state)
+    return _follow(evse, replace(evse, pilot=event.state))
+
+
+def _offer_changed(policy: Policy, evse: Evse, event: Event) -> Result:
+    """The pilot's offer started (the relay closes if the car already asks) or stopped (the
+    relay opens if the car still asks: it ignored the pause)."""
+    assert isinstance(event, OfferChanged)
+    return _follow(evse, replace(evse, offer_on=event.on))
+
+
+def _follow(evse: Evse, nxt: Evse) -> Result:
+    """While charging, the contactor follows :func:`_may_close` from ``evse`` to ``nxt``."""
     if evse.phase is not EvseState.CHARGING or evse.session is None:
         return nxt, []
-    was, now = _may_close(evse), event.state.requests_power
+    was, now = _may_close(evse), _may_close(nxt)
     if now and not was:
         return nxt, [CloseRelay(evse.session.session_id)]
     if was and not now:
@@ -778,6 +801,7 @@ TABLE: dict[tuple[EvseState, type], Handler] = {
 
 
 TABLE.update({(phase, PilotSignal): _pilot_signal for phase in EvseState})
+TABLE.update({(phase, OfferChanged): _offer_changed for phase in EvseState})
 
 
 def step(policy: Policy, evse: Evse, event: Event) -> Result:

@@ -388,3 +388,24 @@ def test_config_keys_are_checked(tmp_path: Path) -> None:
     data["station"]["grid_meter"] = {"driver": "sim"}
     with pytest.raises(ConfigError, match="station: grid_meter needs grid_limit_a"):
         parse_config(data, tmp_path / "config.toml")
+
+
+def test_a_car_that_ignores_the_pause_is_cut_off_after_the_grace_time(
+    station: Any, tmp_path: Path
+) -> None:
+    s = station([evse_table(0, tmp_path)], grid_limit_a=32.0)
+    s.charge(0)
+    s.run(1)
+    assert s.status(0)["relay_closed"]
+    s.pilot(0).force(PilotState.C)  # the car keeps asking whatever it is offered
+    assert s.command(command="set_current_limit", limit_a=0)["status"] == "accepted"
+    s.run(2)
+    st = s.status(0)
+    assert (st["offered_a"], st["pilot"], st["relay_closed"]) == (0, "C", True)  # grace
+    s.run(2)
+    assert not s.status(0)["relay_closed"]  # cut off: the contactor opens
+    assert s.status(0)["state"] == "charging"  # the session goes on
+    assert s.command(command="set_current_limit", limit_a=32)["status"] == "accepted"
+    s.run(6)
+    st = s.status(0)
+    assert (st["offered_a"], st["relay_closed"]) == (32, True)

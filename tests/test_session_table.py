@@ -50,6 +50,7 @@ from agent.session import (
     FaultRaised,
     Ignored,
     Notify,
+    OfferChanged,
     OpenRelay,
     PilotSignal,
     PlugIn,
@@ -759,8 +760,9 @@ EXPECTED: list[Case] = [
 # The pilot state is tracked in every phase; only while charging does it move the contactor:
 # closed when the car asks for energy (C/D), opened at once when it stops (B) or on A/E/F.
 P = PilotState
-CH_B = replace(CH, pilot=P.B)  # charging session, car paused (offered < 6 A or full)
-CH_C = replace(CH, pilot=P.C)  # charging session, car drawing
+CH_B = replace(CH, pilot=P.B, offer_on=True)  # charging session, the car does not ask (full)
+CH_C = replace(CH, pilot=P.C, offer_on=True)  # charging session, car drawing
+CH_OFF = replace(CH, pilot=P.B)  # paused: no current offered, the car went back to B
 EXPECTED.extend(
     [
         c("available/pilot-b", AV, PilotSignal(P.B), replace(AV, pilot=P.B)),
@@ -772,18 +774,43 @@ EXPECTED.extend(
             "charging/pilot-d-closes",
             CH_B,
             PilotSignal(P.D),
-            replace(CH, pilot=P.D),
+            replace(CH_C, pilot=P.D),
             CloseRelay(SID),
         ),
         c("charging/pilot-b-opens", CH_C, PilotSignal(P.B), CH_B, OpenRelay()),
-        c("charging/pilot-a-opens", CH_C, PilotSignal(P.A), replace(CH, pilot=P.A), OpenRelay()),
-        c("charging/pilot-e-opens", CH_C, PilotSignal(P.E), replace(CH, pilot=P.E), OpenRelay()),
-        c("charging/pilot-f-opens", CH_C, PilotSignal(P.F), replace(CH, pilot=P.F), OpenRelay()),
-        c("charging/pilot-f-while-paused", CH_B, PilotSignal(P.F), replace(CH, pilot=P.F)),
-        c("charging/pilot-c-to-d", CH_C, PilotSignal(P.D), replace(CH, pilot=P.D)),
+        c("charging/pilot-a-opens", CH_C, PilotSignal(P.A), replace(CH_C, pilot=P.A), OpenRelay()),
+        c("charging/pilot-e-opens", CH_C, PilotSignal(P.E), replace(CH_C, pilot=P.E), OpenRelay()),
+        c("charging/pilot-f-opens", CH_C, PilotSignal(P.F), replace(CH_C, pilot=P.F), OpenRelay()),
+        c("charging/pilot-f-while-paused", CH_B, PilotSignal(P.F), replace(CH_C, pilot=P.F)),
+        c("charging/pilot-c-to-d", CH_C, PilotSignal(P.D), replace(CH_C, pilot=P.D)),
         c("finishing/pilot-b", FI, PilotSignal(P.B), replace(FI, pilot=P.B)),
         c("unavailable/pilot-c", UNP, PilotSignal(P.C), replace(UNP, pilot=P.C)),
         c("faulted/pilot-f", FAP, PilotSignal(P.F), replace(FAP, pilot=P.F)),
+        # the offer: the relay closes only while current is offered and the car asks
+        c(
+            "charging/offer-on-car-asks",
+            replace(CH_OFF, pilot=P.C),
+            OfferChanged(True),
+            CH_C,
+            CloseRelay(SID),
+        ),
+        c("charging/offer-on-car-b", CH_OFF, OfferChanged(True), CH_B),
+        c(
+            "charging/offer-off-car-ignores",
+            CH_C,
+            OfferChanged(False),
+            replace(CH_C, offer_on=False),
+            OpenRelay(),
+        ),
+        c("charging/offer-off-car-paused", CH_B, OfferChanged(False), CH_OFF),
+        c("charging/pilot-c-without-offer", CH_OFF, PilotSignal(P.C), replace(CH_OFF, pilot=P.C)),
+        c("available/offer-on", AV, OfferChanged(True), replace(AV, offer_on=True)),
+        c("preparing/offer-on", PR, OfferChanged(True), replace(PR, offer_on=True)),
+        c("authorizing/offer-off", AZ, OfferChanged(False), AZ),
+        c("authorized/offer-on", AD, OfferChanged(True), replace(AD, offer_on=True)),
+        c("finishing/offer-off", replace(FI, offer_on=True), OfferChanged(False), FI),
+        c("unavailable/offer-off", UN, OfferChanged(False), UN),
+        c("faulted/offer-on", FA, OfferChanged(True), replace(FA, offer_on=True)),
     ]
 )
 
@@ -794,9 +821,11 @@ def test_with_a_pilot_charging_starts_with_the_relay_open_until_the_car_asks() -
     nxt, actions = step(ON, waiting_b, PLUG_IN)
     assert nxt.phase is S.CHARGING
     assert BeginCharging(SID, close_relay=False) in actions
-    asking = replace(AZP, pilot=P.C)
+    asking = replace(AZP, pilot=P.C, offer_on=True)  # a technician's test offer was on
     nxt, actions = step(ON, asking, AUTH_OK)
     assert any(isinstance(a, AuthorizeAndCharge) and a.close_relay for a in actions)
+    nxt, actions = step(ON, replace(asking, offer_on=False), AUTH_OK)  # C, but nothing offered
+    assert any(isinstance(a, AuthorizeAndCharge) and not a.close_relay for a in actions)
     nxt, actions = step(ON, replace(PR, pilot=P.B), RESUME)
     assert actions == [ResumeCharging(SID, close_relay=False)]
     # without a pilot nothing changed: the relay follows the session
