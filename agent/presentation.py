@@ -151,6 +151,7 @@ class Presenter:
         devices = [("rfid", drivers.rfid.health()), ("display", drivers.display.health())]
         if drivers.qr is not None:
             devices.append(("qr", drivers.qr.health()))
+        devices.extend(("pilot", rt.pilot.health()) for rt in self._evses if rt.pilot)
         return build_status(
             station_id=self._station_id,
             now=self._clock.now(),

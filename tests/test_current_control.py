@@ -409,3 +409,37 @@ def test_a_car_that_ignores_the_pause_is_cut_off_after_the_grace_time(
     s.run(6)
     st = s.status(0)
     assert (st["offered_a"], st["relay_closed"]) == (32, True)
+
+
+def test_a_commanded_limit_survives_a_restart_until_it_expires(tmp_path: Path) -> None:
+    evses = [evse_table(i, tmp_path) for i in range(2)]
+    first = Station(tmp_path, evses, grid_limit_a=32.0)
+    until = rfc3339(first.clock.now() + timedelta(minutes=10))
+    assert (
+        first.command(command="set_current_limit", limit_a=10, valid_until=until)["status"]
+        == "accepted"
+    )
+    first.close()
+    again = Station(tmp_path, evses, grid_limit_a=32.0)
+    try:
+        again.charge(0)
+        again.charge(1)
+        again.run(6)
+        assert sorted(again.offered().values()) == [0, 10]
+        assert again.status(0)["limit_source"] == "station"
+        again.clock.advance(600)  # past valid_until
+        again.run(6)
+        assert again.offered() == {again.ids[0]: 16, again.ids[1]: 16}
+    finally:
+        again.close()
+
+
+def test_a_board_that_does_not_answer_is_pilot_f_and_a_station_fault(
+    station: Any, tmp_path: Path
+) -> None:
+    board = evse_table(0, tmp_path)
+    board["pilot"] = {"driver": "evse_din", "port": str(tmp_path / "no-tty"), "timeout_s": 0.1}
+    s = station([board], grid_limit_a=32.0)
+    st = s.status(0)
+    assert (st["pilot"], st["plugged"], st["offered_a"]) == ("F", False, 0)
+    assert s.ctl.status().faults == ["pilot:pilot_failed"]
