@@ -69,3 +69,31 @@ def test_two_cars_then_a_station_limit_from_the_backend(
     d.wait_state("available", EVSE1)
     assert main(["--socket", str(d.socket), "pilot", "set", EVSE1, "10"]) == 0
     assert "offering 10 A (duty 16.7 %)" in capsys.readouterr().out  # (within the budget)
+
+
+def test_stationctl_pilot_requests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from tests.test_stationctl import FakeDaemon
+
+    d = FakeDaemon(tmp_path / "ctl.sock")
+    try:
+        d.result({"evse_id": EVSE1, "plugged": True})
+        assert main(["--socket", str(d.path), "sim", "plug", EVSE1, "--car-max", "10"]) == 0
+        d.result({"evse_id": EVSE1, "amps": 16.0, "duty_percent": 26.6667})
+        assert main(["--socket", str(d.path), "pilot", "set", EVSE1, "16"]) == 0
+        d.result({"evse_id": EVSE1, "amps": 0.0, "duty_percent": 0.0})
+        assert main(["--socket", str(d.path), "pilot", "set", EVSE1, "0"]) == 0
+        with pytest.raises(SystemExit) as usage:  # AMPS missing: argparse's usage error
+            main(["--socket", str(d.path), "pilot", "set", EVSE1])
+        assert usage.value.code == 2
+    finally:
+        d.close()
+    sent = [json.loads(r) for r in d.requests]
+    assert sent == [
+        {"cmd": "sim.plug", "evse_id": EVSE1, "car_max_a": 10.0},
+        {"cmd": "pilot.set", "evse_id": EVSE1, "amps": 16.0},
+        {"cmd": "pilot.set", "evse_id": EVSE1, "amps": 0.0},
+    ]
+    out = capsys.readouterr().out
+    assert "offering 16 A (duty 26.7 %)" in out and "pilot test ended (0 A)" in out
