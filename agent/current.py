@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 STALE_AFTER_S = 60.0  # a grid reading older than this: the fallback applies
 SETTLE_S = 6.0  # a car's draw counts only once its offer has been steady this long
+ALIGN_S = 3.0  # an EVSE reading and a grid reading this close belong together
 PAUSE_GRACE_S = 3.0  # a charging car offered 0 A must stop asking (B) within this
 NOMINAL_V = 230.0
 SETTING_PREFIX = "current_limit:"
@@ -89,6 +90,7 @@ class CurrentControl:
         self._grid: tuple[float, float] | None = None  # (amps per phase, monotonic when read)
         self._grid_busy = False
         self._grid_last_poll = -math.inf
+        self._rest: float | None = None  # the rest of the building's current, last estimate
         self._tests: dict[str, float] = {}  # technician's test offers on idle EVSEs
         self.budget = Budget(total_a=config.station.grid_limit_a)
 
@@ -212,12 +214,44 @@ class CurrentControl:
         finally:
             self._grid_busy = False
 
-    def _grid_amps(self, mono: float) -> float | None:
+    def _grid_amps(self, mono: float) -> tuple[float, float] | None:
+        """The grid meter's current per phase and when it was read, or None when stale."""
         with self._grid_lock:
             grid = self._grid
         if grid is None or mono - grid[1] > STALE_AFTER_S:
             return None
-        return grid[0]
+        return grid
+
+    def _rest_of_building(
+        self, pilots: Sequence[EvseRuntime], grid: tuple[float, float], mono: float
+    ) -> float:
+        """What the building draws besides the EVSEs with a pilot (per phase).
+
+        The grid reading minus what the EVSEs' meters measured, but only when the readings
+        belong together: every offer steady for ``SETTLE_S`` before them and the EVSE readings
+        within ``ALIGN_S`` of the grid reading. Otherwise the last such estimate stands, raised
+        at once when the grid reading minus the most the EVSEs can draw (their offer, or more
+        if measured) proves more. So the estimate never swings with readings taken mid-change
+        (which made the offers oscillate), and it errs on the safe side."""
+        amps, read_at = grid
+        last_change = max((a.changed_at for a in self._applied.values()), default=-math.inf)
+        consistent = read_at >= last_change + SETTLE_S
+        own = upper = 0.0
+        for rt in pilots:
+            applied = self._applied.get(rt.evse_id, Applied(0.0, -math.inf))
+            fresh = rt.last_power_w is not None and mono - rt.last_power_mono <= STALE_AFTER_S
+            measured = (rt.last_power_w or 0.0) / (NOMINAL_V * rt.config.phases) if fresh else 0.0
+            upper += max(applied.offered_a, measured)
+            if rt.state.phase is EvseState.CHARGING:
+                aligned = fresh and abs(rt.last_power_mono - read_at) <= ALIGN_S
+                consistent = consistent and aligned
+                own += measured
+        bound = max(amps - upper, 0.0)
+        if consistent:
+            self._rest = max(amps - own, 0.0)
+        else:
+            self._rest = bound if self._rest is None else max(self._rest, bound)
+        return self._rest
 
     # ------------------------------------------------------------------ the round
     def _measured(self, rt: EvseRuntime, mono: float) -> float | None:
@@ -238,9 +272,9 @@ class CurrentControl:
         grid = self._grid_amps(mono)
         if grid is None:
             return budget, True
-        own = sum(self._measured(rt, mono) or 0.0 for rt in pilots)
         limit = self._config.station.grid_limit_a or 0.0
-        headroom = max(limit - max(grid - own, 0.0), 0.0)
+        headroom = max(limit - self._rest_of_building(pilots, grid, mono), 0.0)
+        headroom = math.floor(headroom * 100 + 1e-6) / 100  # no float dust in limit_a
         if total is None or headroom < total:
             return Budget(total_a=headroom, source=LimitSource.GRID), False
         return budget, False

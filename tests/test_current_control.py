@@ -260,15 +260,29 @@ def test_limit_commands_out_of_range_are_rejected_with_a_reason(
     assert st["state"] == "charging"
 
 
+def building(s: Station, base: dict[str, float]) -> SimMeter:
+    """The grid meter measures the building: ``base["a"]`` per phase plus the cars' draw."""
+    grid = s.ctl.drivers.grid_meter
+    assert isinstance(grid, SimMeter)
+    cars = [s.pilot(n) for n in range(len(s.ids))]
+
+    def feed(_: float = 0.0) -> None:
+        grid.set_power_kw((base["a"] + sum(c.draw_a() for c in cars)) * 0.69)
+
+    for car in cars:
+        car.on_draw(feed)
+    feed()
+    grid.set_flowing(True)
+    return grid
+
+
 def test_a_stale_grid_meter_gives_the_fallback(station: Any, tmp_path: Path) -> None:
     s = station(
         [evse_table(i, tmp_path) for i in range(2)],
         grid_limit_a=40.0,
         grid_meter={"driver": "sim", "power_kw": 6.9, "poll_interval_s": 5.0},
     )
-    grid = s.ctl.drivers.grid_meter
-    assert isinstance(grid, SimMeter)
-    grid.set_flowing(True)  # the rest of the building: 6.9 kW = 10 A per phase
+    grid = building(s, {"a": 10.0})  # the rest of the building: 10 A per phase
     s.charge(0)
     s.charge(1)
     s.run(12)
@@ -443,3 +457,34 @@ def test_a_board_that_does_not_answer_is_pilot_f_and_a_station_fault(
     st = s.status(0)
     assert (st["pilot"], st["plugged"], st["offered_a"]) == ("F", False, 0)
     assert s.ctl.status().faults == ["pilot:pilot_failed"]
+
+
+@pytest.mark.parametrize("grid_poll_s", [5.0, 3.0, 7.0])
+def test_a_grid_meter_that_sees_the_cars_too_gives_steady_offers(
+    station: Any, tmp_path: Path, grid_poll_s: float
+) -> None:
+    """The grid meter measures the whole building, the cars included (read every 3, 5 or 7 s,
+    the EVSE meters every 5 s): the headroom subtracts what the EVSEs' meters measure, without
+    the offers swinging; when the rest of the building draws more, the cars come down within
+    one grid reading, and the offers settle again."""
+    s = station(
+        [evse_table(0, tmp_path, car_max_a=10.0), evse_table(1, tmp_path, car_max_a=32.0)],
+        grid_limit_a=40.0,
+        grid_meter={"driver": "sim", "power_kw": 0.0, "poll_interval_s": grid_poll_s},
+    )
+    base = {"a": 8.0}  # the rest of the building
+    grid = building(s, base)
+    s.charge(0)
+    s.charge(1)
+    s.run(300)
+    assert sorted(s.offers[-1].values()) == [11, 21]
+    base["a"] = 20.0  # an oven goes on
+    grid.set_power_kw((base["a"] + s.pilot(0).draw_a() + s.pilot(1).draw_a()) * 0.69)
+    s.run(300)
+    changes = [t for t in range(1, len(s.offers)) if s.offers[t] != s.offers[t - 1]]
+    print(f"\ngrid every {grid_poll_s:g} s: offers changed at t={changes} s, then {s.offers[-1]}")
+    assert all(sum(o.values()) <= 40 - 8 for o in s.offers[20:300])
+    assert all(sum(o.values()) <= 40 - 20 for o in s.offers[300 + int(grid_poll_s) + 1 :])
+    assert [t for t in changes if 60 < t < 300] == []  # still before the oven
+    assert [t for t in changes if t > 420] == []  # and still again after it
+    assert sum(s.offers[-1].values()) >= 18  # the headroom is used
