@@ -184,13 +184,13 @@ class Controller:
             config=config, store=store, clock=clock, pool=pool, grid_meter=self.drivers.grid_meter
         )
         self.commands = Commands(
-            current=self.current,
             config=config,
             store=store,
             backend=backend,
             clock=clock,
             new_id=new_id,
             failpoints=self.failpoints,
+            current=self.current,
         )
         self.actions = ActionRunner(
             config=config,

@@ -5,8 +5,9 @@
 passed, works out the station's budget (configured or commanded limit, grid meter headroom,
 fallback while the grid meter is stale), runs the pure arbiter (:func:`agent.limits.arbitrate`)
 and the rate limit (:func:`agent.limits.rate_limit`) and sets the pilots' offers. It never
-changes an EVSE's table state: a car that stops or starts asking for energy answers through its
-pilot, whose change comes back through the loop as a table event.
+changes an EVSE's table state itself: an offer that started or stopped is returned as an
+:class:`~agent.session.OfferChanged` event for the controller to dispatch, and a car that starts
+or stops asking for energy answers through its pilot, whose change comes back through the loop.
 """
 
 from __future__ import annotations
