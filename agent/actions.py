@@ -28,6 +28,7 @@ from agent.session import (
     AuthorizeAndCharge,
     BeginCharging,
     CancelTimer,
+    CloseRelay,
     CommandResult,
     DropSession,
     EndSession,
@@ -85,6 +86,7 @@ class ActionRunner:
             EndSession: self._end_session,
             DropSession: self._drop_session,
             OpenRelay: self._open_relay,
+            CloseRelay: self._close_relay,
             CommandResult: self._command_result,
             Notify: self._notify,
             Ignored: self._ignored,
@@ -181,7 +183,7 @@ class ActionRunner:
             self.delivery.flush_events()  # 'authorized'
             return [FaultRaised(FaultKind.METER_FAILED)]
         rt.last_meter_store = self.power.clock.monotonic()
-        fault = self._close(rt, session.session_id, ctx)
+        fault = self._close(rt, session.session_id, ctx) if action.close_relay else None
         if answer is not None:
             self.commands.announce(answer)
         self.delivery.flush_events()  # 'authorized'
@@ -225,7 +227,7 @@ class ActionRunner:
             if self.metering is not None:
                 self.metering.save_start(action.session_id, signed)
         rt.last_meter_store = clock.monotonic()
-        fault = self._close(rt, action.session_id, ctx)
+        fault = self._close(rt, action.session_id, ctx) if action.close_relay else None
         if fault is not None:
             return [fault]
         if rt.state.session is not None:
@@ -253,7 +255,7 @@ class ActionRunner:
     def _resume_charging(
         self, rt: EvseRuntime, action: ResumeCharging, ctx: Context
     ) -> list[Event]:
-        if self.power.close_relay(rt, action.session_id) is not None:
+        if action.close_relay and self.power.close_relay(rt, action.session_id) is not None:
             return [FaultRaised(FaultKind.RELAY_FAILED)]
         rt.last_meter_store = self.power.clock.monotonic()
         log.warning("%s: session %s resumed after restart", rt.evse_id, action.session_id)
@@ -309,6 +311,11 @@ class ActionRunner:
         self, rt: EvseRuntime, action: OpenRelay, ctx: Context, why: str = "state change"
     ) -> list[Event]:
         fault = self.power.open_relay(rt, why)
+        return [fault] if fault is not None else []
+
+    def _close_relay(self, rt: EvseRuntime, action: CloseRelay, ctx: Context) -> list[Event]:
+        """The car asks for energy again (pilot C/D): the session's start is committed already."""
+        fault = self.power.close_relay(rt, action.session_id)
         return [fault] if fault is not None else []
 
     # ---------------------------------------------------------------- answers and screens

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.backend import Backend, CommandIn
 from agent.clock import Clock, ClockCheck
@@ -27,11 +27,15 @@ from agent.messages import (
     RemoteStart,
     RemoteStop,
     SetAvailability,
+    SetCurrentLimit,
     UpdateLocalList,
     dump,
 )
 from agent.session import Event, RemoteStartCmd, RemoteStopCmd, SetAvailable
 from agent.store import AuthEntry, Store
+
+if TYPE_CHECKING:
+    from agent.current import CurrentControl
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ class Commands:
     clock: Clock
     new_id: Callable[[], str]
     failpoints: Failpoints = field(default_factory=Failpoints)
+    current: CurrentControl | None = None  # set_current_limit goes here
     _digests: dict[str, str] = field(default_factory=dict)  # command id -> digest, until answered
     _handlers: dict[type[Any], Callable[[Any, dict[str, str]], Routed]] = field(
         default_factory=dict
@@ -57,6 +62,7 @@ class Commands:
             RemoteStop: self._remote_stop,
             SetAvailability: self._set_availability,
             UpdateLocalList: self._update_local_list,
+            SetCurrentLimit: self._set_current_limit,
         }
 
     def receive(self, msg: CommandIn, sessions: dict[str, str]) -> Routed:
@@ -173,4 +179,19 @@ class Commands:
             len(entries),
         )
         self.result(cmd.command_id, True, None)
+        return []
+
+    def _set_current_limit(self, cmd: SetCurrentLimit, sessions: dict[str, str]) -> Routed:
+        """Checked, then the limit and the acceptance in one commit, then the answer; the
+        current control applies it in the same loop round."""
+        current = self.current
+        pilots = [e.id for e in self.config.evse if e.pilot is not None]
+        reason = "no current control" if current is None else current.check(cmd, pilots)
+        if current is None or reason is not None:
+            self.result(cmd.command_id, False, reason)
+            return []
+        with self.store.unit():
+            current.record(cmd)
+            answer = self.record(cmd.command_id, True, None)
+        self.announce(answer)
         return []

@@ -54,6 +54,12 @@ class StationConfig(_Strict):
     allow_unset_clock: bool = False
     # systemd-timesyncd's "synchronised" flag file; checked only where its directory exists
     clock_sync_file: CfgPath | None = Path("/run/systemd/timesync/synchronized")
+    # load management (agent/limits.py): the connection's limit per phase, what each EVSE gets
+    # while the grid meter is stale, the optional grid meter, how long a pause lasts at most
+    grid_limit_a: float | None = Field(default=None, ge=0, le=10000)
+    fallback_limit_a: float = Field(default=6.0, ge=0, le=80)
+    grid_meter: MeterConfig | None = None
+    pause_rotation_s: float = Field(default=300.0, ge=10, le=86400)
 
     @field_validator("id")
     @classmethod
@@ -71,6 +77,19 @@ class StationConfig(_Strict):
         if not is_operator_id(v):
             raise ValueError(f"{v!r} is not an OICP OperatorID (e.g. 'DE*ICE')")
         return v
+
+    @field_validator("fallback_limit_a")
+    @classmethod
+    def _fallback(cls, v: float) -> float:
+        if 0 < v < 6:
+            raise ValueError("must be 0 (pause) or at least 6 A (IEC 61851 minimum)")
+        return v
+
+    @model_validator(mode="after")
+    def _grid_meter_needs_limit(self) -> StationConfig:
+        if self.grid_meter is not None and self.grid_limit_a is None:
+            raise ValueError("grid_meter needs grid_limit_a (the connection's limit per phase)")
+        return self
 
 
 class MqttConfig(_Strict):
@@ -283,6 +302,26 @@ class SimPlugConfig(_Strict):
     state_file: CfgPath | None = None  # the car stays plugged across agent restarts
 
 
+class SimPilotConfig(_Strict):
+    driver: Literal["sim"] = "sim"
+    car_max_a: float = Field(default=32.0, ge=0, le=80)  # what the simulated car takes at most
+
+
+class EvseDinPilotConfig(_Strict):
+    """An EVSE DIN / SimpleEVSE controller board over Modbus RTU (hardware/EVSE-DIN.md)."""
+
+    driver: Literal["evse_din"]
+    transport: Literal["tcp", "rtu"] = "rtu"
+    host: str | None = None
+    port: int | str | None = None  # the serial device for RTU
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: int = 1
+    device_id: int = Field(default=1, ge=1, le=247)
+    timeout_s: float = Field(default=0.5, gt=0)
+    poll_interval_s: float = Field(default=0.5, gt=0, le=10)
+
+
 Bias = Literal["as_is", "disabled", "pull_up", "pull_down"]
 Parity = Literal["N", "E", "O"]
 
@@ -366,6 +405,7 @@ MeterConfig = Annotated[
     SimMeterConfig | ModbusMeterConfig | IskraMeterConfig, Field(discriminator="driver")
 ]
 PlugConfig = Annotated[SimPlugConfig | GpioPlugConfig, Field(discriminator="driver")]
+PilotConfig = Annotated[SimPilotConfig | EvseDinPilotConfig, Field(discriminator="driver")]
 
 
 class EvseConfig(_Strict):
@@ -373,6 +413,10 @@ class EvseConfig(_Strict):
     relay: RelayConfig = Field(default_factory=SimRelayConfig)
     meter: MeterConfig = Field(default_factory=SimMeterConfig)
     plug: PlugConfig = Field(default_factory=SimPlugConfig)
+    # a control pilot (then it is the plug sensor too), the rating and phases (load management)
+    pilot: PilotConfig | None = None
+    max_current_a: float = Field(default=16.0, ge=6, le=80)
+    phases: Literal[1, 3] = 3
 
     @field_validator("id")
     @classmethod
@@ -450,6 +494,9 @@ class AgentConfig(_Strict):
 
     def evse_ids(self) -> list[str]:
         return [e.id for e in self.evse]
+
+
+StationConfig.model_rebuild()  # grid_meter refers to MeterConfig, defined after it
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

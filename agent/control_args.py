@@ -86,6 +86,14 @@ class SimTapArgs(Args):
     card_type: Annotated[CardType, Field(strict=False)] = CardType.UNKNOWN
 
 
+class SimPlugArgs(EvseArgs):
+    car_max_a: Annotated[float, Field(ge=0, le=80, allow_inf_nan=False)] | None = None
+
+
+class PilotSetArgs(EvseArgs):
+    amps: Annotated[float, Field(ge=0, le=80, allow_inf_nan=False)]
+
+
 class SimRelayArgs(EvseArgs):
     mode: Literal["normal", "welded", "stuck_open"] = "normal"
 

@@ -21,10 +21,12 @@ from agent.control_args import (
     AuthListArgs,
     EvseArgs,
     NoArgs,
+    PilotSetArgs,
     QrVerifyArgs,
     RfidReadArgs,
     SessionArgs,
     SessionsArgs,
+    SimPlugArgs,
     SimQrArgs,
     SimRelayArgs,
     SimTapArgs,
@@ -34,6 +36,7 @@ from agent.control_args import (
 from agent.control_web import WEB_COMMANDS
 from agent.identifiers import normalize_uid
 from agent.inputs import QrSightings
+from drivers.pilot.sim import SimPilot
 from drivers.plug.sim import SimPlug
 from drivers.qr.sim import SimQrReader
 from drivers.relay.sim import SimRelay
@@ -89,13 +92,35 @@ def _sim_tap(ctl: Controller, args: SimTapArgs) -> dict[str, Any]:
     return {"tapped": uid}
 
 
-def _sim_plug(plugged: bool) -> Callable[[Controller, EvseArgs], dict[str, Any]]:
-    def handler(ctl: Controller, args: EvseArgs) -> dict[str, Any]:
+def _sim_plug(plugged: bool) -> Callable[[Controller, SimPlugArgs], dict[str, Any]]:
+    """Plug or unplug the sim car: through the sim pilot where the EVSE has one (its car may
+    be given its own maximum, ``car_max_a``), else through the sim plug sensor."""
+
+    def handler(ctl: Controller, args: SimPlugArgs) -> dict[str, Any]:
         evse_id = resolve_evse(ctl, args.evse_id)
-        _sim(ctl.evses[evse_id].plug, "plug sensor", SimPlug).set(plugged)
+        rt = ctl.evses[evse_id]
+        if rt.pilot is not None:
+            pilot = _sim(rt.pilot, "pilot", SimPilot)
+            if plugged:
+                pilot.plug(args.car_max_a)
+            else:
+                pilot.unplug()
+            return {"evse_id": evse_id, "plugged": plugged}
+        if args.car_max_a is not None:
+            raise ValueError(f"EVSE {evse_id} has no sim pilot: car_max_a needs one")
+        _sim(rt.plug, "plug sensor", SimPlug).set(plugged)
         return {"evse_id": evse_id, "plugged": plugged}
 
     return handler
+
+
+def _pilot_set(ctl: Controller, args: PilotSetArgs) -> dict[str, Any]:
+    """A technician's test: offer a current on an idle EVSE's pilot (0 ends the test)."""
+    evse_id = resolve_evse(ctl, args.evse_id)
+    duty = ctl.current.set_test_offer(ctl.evses[evse_id], args.amps)
+    for target, event in ctl.current.update(list(ctl.evses.values())):
+        ctl.dispatch(target, event)
+    return {"evse_id": evse_id, "amps": args.amps, "duty_percent": duty}
 
 
 def _sim_relay(ctl: Controller, args: SimRelayArgs) -> dict[str, Any]:
@@ -172,8 +197,9 @@ LOOP_COMMANDS: dict[str, Command[Any]] = {
     "metrics": Command(NoArgs, _metrics),
     "rfid.info": Command(NoArgs, _rfid_info),
     "sim.tap": Command(SimTapArgs, _sim_tap),
-    "sim.plug": Command(EvseArgs, _sim_plug(True)),
-    "sim.unplug": Command(EvseArgs, _sim_plug(False)),
+    "sim.plug": Command(SimPlugArgs, _sim_plug(True)),
+    "sim.unplug": Command(SimPlugArgs, _sim_plug(False)),
+    "pilot.set": Command(PilotSetArgs, _pilot_set),
     "sim.relay": Command(SimRelayArgs, _sim_relay),
     "sim.qr": Command(SimQrArgs, _sim_qr),
     "relay.cycle": Command(EvseArgs, diagnostics.relay_cycle),

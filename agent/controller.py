@@ -38,11 +38,20 @@ from agent.clock import Clock, ClockCheck
 from agent.commands import Commands
 from agent.config import AgentConfig
 from agent.control import answer
+from agent.current import CurrentControl
 from agent.delivery import Delivery
 from agent.errors import ProtocolError, StoreError
 from agent.evse import EvseRuntime, MeterSample, Metrics, PowerPath, StationDrivers
 from agent.failpoints import Failpoints
-from agent.inputs import CardTapped, ControlCall, Inputs, PlugChanged, QrScanned, Shutdown
+from agent.inputs import (
+    CardTapped,
+    ControlCall,
+    Inputs,
+    PilotChanged,
+    PlugChanged,
+    QrScanned,
+    Shutdown,
+)
 from agent.loop import EventLoop, TimerFired
 from agent.messages import EvseState, StatusMessage
 from agent.metering import SignedMetering
@@ -73,6 +82,7 @@ Item = (
     CardTapped
     | QrScanned
     | PlugChanged
+    | PilotChanged
     | ControlCall
     | Shutdown
     | MeterSample
@@ -93,6 +103,21 @@ class _Deferred:
     """Events reported by actions, run after the current transition's actions are done."""
 
     items: deque[tuple[str, Event]] = field(default_factory=deque)
+
+
+def _runtimes(config: AgentConfig, drivers: StationDrivers) -> dict[str, EvseRuntime]:
+    """Every EVSE's devices and (initial) table state."""
+    return {
+        ec.id: EvseRuntime(
+            config=ec,
+            relay=drivers.relays[ec.id],
+            meter=drivers.meters[ec.id],
+            plug=drivers.plugs[ec.id],
+            pilot=drivers.pilots.get(ec.id),
+            state=Evse(evse_id=ec.id),
+        )
+        for ec in config.evse
+    }
 
 
 class Controller:
@@ -118,16 +143,7 @@ class Controller:
         runtime_dir = config.station.control_socket.parent
         self.interrupted = recovery.InterruptedSessions(runtime_dir / "interrupted-sessions.json")
         self.policy = Policy(stop_with_same_token=config.auth.stop_with_same_token)
-        self.evses = {
-            ec.id: EvseRuntime(
-                config=ec,
-                relay=drivers.relays[ec.id],
-                meter=drivers.meters[ec.id],
-                plug=drivers.plugs[ec.id],
-                state=Evse(evse_id=ec.id),
-            )
-            for ec in config.evse
-        }
+        self.evses = _runtimes(config, drivers)
         self.loop: EventLoop[Item] = EventLoop(
             clock, tick_s=min(1.0, config.store.meter_interval_s)
         )
@@ -139,6 +155,7 @@ class Controller:
             CardTapped: self._on_input,
             QrScanned: self._on_input,
             PlugChanged: self._on_input,
+            PilotChanged: self._on_input,
             ControlCall: self._on_control,
             Shutdown: lambda item: self.loop.stop(),
             MeterSample: self._on_meter_sample,
@@ -169,6 +186,9 @@ class Controller:
             config, store, backend, clock, boot_id=self.boot_id, metering=self.metering
         )
         self.authorizer = Authorizer(config=config.auth, store=store, backend=backend, clock=clock)
+        self.current = CurrentControl(
+            config=config, store=store, clock=clock, pool=pool, grid_meter=self.drivers.grid_meter
+        )
         self.commands = Commands(
             config=config,
             store=store,
@@ -176,6 +196,7 @@ class Controller:
             clock=clock,
             new_id=new_id,
             failpoints=self.failpoints,
+            current=self.current,
         )
         self.actions = ActionRunner(
             config=config,
@@ -235,6 +256,9 @@ class Controller:
         for evse_id in self.evses:
             if not available.get(evse_id, True):
                 self.dispatch(evse_id, SetAvailable(False))
+        self.current.load()
+        for evse_id, event in self.current.start_pilots(self.evses, self.inputs.on_pilot):
+            self.dispatch(evse_id, event)  # the pilot is the plug sensor: known first
         self._recover()
         for evse_id, rt in self.evses.items():
             rt.plug.start(self.inputs.on_plug(evse_id))
@@ -286,6 +310,7 @@ class Controller:
         self.open_relays("shutdown")
         for rt in self.evses.values():
             rt.plug.stop()
+        self.current.stop_pilots(self.evses.values())
         self.power.pool.shutdown(wait=False, cancel_futures=True)
         try:
             self.delivery.forget_acked()  # else they are sent once more after the restart
@@ -295,6 +320,7 @@ class Controller:
     def handle(self, item: Item) -> None:
         try:
             self._handlers[type(item)](item)
+            self._update_current()
         except StoreError as err:
             self._store_failed(err)
         self.publish_status()
@@ -395,6 +421,8 @@ class Controller:
         try:
             self.store.check_file()  # a deleted state directory is a store failure now
             self._supervise()
+            self.current.tick()
+            self._update_current()
             self.delivery.forget_acked()
             if self.backend.connected and self.store.queued_event_count():
                 self.delivery.flush_events()  # whatever a reconnect could not send yet
@@ -410,6 +438,10 @@ class Controller:
         self.publish_status()
         self.refresh_display()
 
+    def _update_current(self) -> None:
+        for evse_id, event in self.current.update(list(self.evses.values())):
+            self.dispatch(evse_id, event)
+
     def _supervise(self) -> None:
         for evse_id, event in self.power.tick(self.evses.values(), self.config.store):
             self.dispatch(evse_id, event)
@@ -420,6 +452,7 @@ class Controller:
         reading = sample.reading
         if reading is not None:
             rt.last_energy_kwh = reading.energy_kwh
+            rt.last_power_w, rt.last_power_mono = reading.power_w, self.clock.monotonic()
             session = rt.state.session
             mono = self.clock.monotonic()
             if (

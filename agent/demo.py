@@ -56,8 +56,18 @@ class Timeline:
         elif rec.suffix == "cdr":
             self.say("station", f"cdr       {d.get('session_id')} {d.get('energy_kwh')} kWh")
         elif rec.suffix == "status":
-            states = ", ".join(f"{e['evse_id'][-1]}:{e['state']}" for e in d.get("evses", []))
+            states = ", ".join(_evse_summary(e) for e in d.get("evses", []))
             self.say("station", f"status    {'online' if d.get('online') else 'OFFLINE'} {states}")
+
+
+def _evse_summary(e: dict[str, Any]) -> str:
+    """``1:charging`` and, with a control pilot, the current offered and its limit:
+    ``1:charging 16A (pilot C, limit 20A station)``."""
+    text = f"{e['evse_id'][-1]}:{e['state']}"
+    if e.get("offered_a") is not None:
+        limit = "-" if e.get("limit_a") is None else f"{e['limit_a']:g}A {e['limit_source']}"
+        text += f" {e['offered_a']:g}A (pilot {e.get('pilot') or '-'}, limit {limit})"
+    return text
 
 
 def _wait(pred: Any, timeout: float, what: str) -> Any:

@@ -13,15 +13,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.clock import Clock
 from agent.config import EvseConfig, StoreConfig
 from agent.errors import DriverError
+from agent.limits import Allocation
 from agent.messages import EvseState
 from agent.session import Event, Evse, FaultCleared, FaultKind, FaultRaised
 from drivers.display.base import Display
 from drivers.meter.base import Meter, MeterReading
+from drivers.pilot.base import Pilot
 from drivers.plug.base import PlugSensor
 from drivers.qr.base import QrReader
 from drivers.relay.base import Relay
@@ -53,6 +55,10 @@ class EvseRuntime:
     last_meter_read: float = 0.0  # monotonic: last reading started
     last_energy_kwh: float | None = None
     meter_busy: bool = False  # a background reading is under way
+    pilot: Pilot | None = None  # a control pilot (then ``plug`` is the pilot too)
+    allocation: Allocation | None = None  # what the arbiter offers it (with a pilot)
+    last_power_w: float | None = None  # the last reading's power, for the arbiter
+    last_power_mono: float = float("-inf")  # when that reading was taken
 
     @property
     def evse_id(self) -> str:
@@ -200,3 +206,5 @@ class StationDrivers:
     meters: dict[str, Meter]
     plugs: dict[str, PlugSensor]
     qr: QrReader | None = None
+    pilots: dict[str, Pilot] = field(default_factory=dict)  # EVSEs with a control pilot
+    grid_meter: Meter | None = None  # [station.grid_meter]: the building's connection

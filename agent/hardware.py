@@ -16,12 +16,14 @@ from agent.config import (
     GpioRelayConfig,
     IskraMeterConfig,
     MeterConfig,
+    PilotConfig,
     PlugConfig,
     QrConfig,
     RelayConfig,
     RfidConfig,
     SerialRelayConfig,
     SimMeterConfig,
+    SimPilotConfig,
     SimPlugConfig,
     SimRelayConfig,
 )
@@ -29,6 +31,9 @@ from agent.controller import StationDrivers
 from drivers.display.base import Display
 from drivers.meter.base import Meter
 from drivers.meter.sim import SimMeter
+from drivers.pilot.base import Pilot
+from drivers.pilot.plug import PilotPlug
+from drivers.pilot.sim import SimPilot
 from drivers.plug.base import PlugSensor
 from drivers.plug.sim import SimPlug
 from drivers.qr.base import QrReader
@@ -157,10 +162,37 @@ def build_plug(cfg: PlugConfig, clock: Clock) -> PlugSensor:
     return GpioPlug(**_kwargs(cfg), clock=clock)
 
 
+def build_pilot(cfg: PilotConfig) -> Pilot:
+    if isinstance(cfg, SimPilotConfig):
+        return SimPilot(car_max_a=cfg.car_max_a)
+    from drivers.pilot.evse_din import EvseDinPilot
+
+    return EvseDinPilot(**_kwargs(cfg), poll_interval_s=cfg.poll_interval_s)
+
+
+def _wire_sim_car(pilot: SimPilot, meter: SimMeter, phases: int) -> None:
+    """The sim meter counts what the simulated car really draws."""
+
+    def draw(amps: float) -> None:
+        meter.set_power_kw(amps * 230.0 * phases / 1000.0)
+
+    draw(pilot.draw_a())
+    pilot.on_draw(draw)
+
+
 def build_evse(cfg: EvseConfig, clock: Clock) -> tuple[Relay, Meter, PlugSensor]:
+    """The EVSE's relay, meter and plug sensor; with a ``pilot`` the plug sensor is the pilot
+    (a :class:`PilotPlug`, whose ``pilot`` is the pilot driver)."""
     relay = build_relay(cfg.relay, clock)
     meter = build_meter(cfg.meter, clock)
-    plug = build_plug(cfg.plug, clock)
+    plug: PlugSensor
+    if cfg.pilot is not None:
+        pilot = build_pilot(cfg.pilot)
+        plug = PilotPlug(pilot)
+        if isinstance(pilot, SimPilot) and isinstance(meter, SimMeter):
+            _wire_sim_car(pilot, meter, cfg.phases)
+    else:
+        plug = build_plug(cfg.plug, clock)
     if isinstance(relay, SimRelay) and isinstance(meter, SimMeter):
         # simulated energy flows while the contactor is closed and a car is connected
         sim_meter = meter
@@ -191,8 +223,13 @@ def build_drivers(config: AgentConfig, clock: Clock) -> StationDrivers:
     relays: dict[str, Relay] = {}
     meters: dict[str, Meter] = {}
     plugs: dict[str, PlugSensor] = {}
+    pilots: dict[str, Pilot] = {}
     for ec in config.evse:
         relays[ec.id], meters[ec.id], plugs[ec.id] = build_evse(ec, clock)
+        plug = plugs[ec.id]
+        if isinstance(plug, PilotPlug):
+            pilots[ec.id] = plug.pilot
+    grid = config.station.grid_meter
     return StationDrivers(
         rfid=build_rfid(config.rfid, clock),
         display=build_display(config.display, config.qr.url_template),
@@ -200,4 +237,6 @@ def build_drivers(config: AgentConfig, clock: Clock) -> StationDrivers:
         relays=relays,
         meters=meters,
         plugs=plugs,
+        pilots=pilots,
+        grid_meter=None if grid is None else build_meter(grid, clock),
     )

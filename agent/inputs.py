@@ -21,8 +21,9 @@ from agent.errors import DriverError
 from agent.messages import QrToken, RfidToken, token_key
 from agent.privacy import mask
 from agent.routing import route_token
-from agent.session import AnyToken, Event, Evse, PlugIn, PlugOut, TokenPresented
+from agent.session import AnyToken, Event, Evse, PilotSignal, PlugIn, PlugOut, TokenPresented
 from drivers.display.base import Display
+from drivers.pilot.base import PilotState
 from drivers.qr.payload import classify
 from drivers.rfid.base import CardRead
 
@@ -44,6 +45,12 @@ class QrScanned:
 class PlugChanged:
     evse_id: str
     plugged: bool
+
+
+@dataclass(frozen=True)
+class PilotChanged:
+    evse_id: str
+    state: PilotState
 
 
 @dataclass
@@ -110,11 +117,13 @@ class Inputs:
         self._clock_check = clock_check  # no session starts on a clock known to be unset
         self.qr_sightings = QrSightings()
 
-    def handle(self, item: CardTapped | QrScanned | PlugChanged) -> Routed:
+    def handle(self, item: CardTapped | QrScanned | PlugChanged | PilotChanged) -> Routed:
         if isinstance(item, CardTapped):
             return self._on_card(item)
         if isinstance(item, QrScanned):
             return self._on_qr(item)
+        if isinstance(item, PilotChanged):
+            return self._on_pilot(item)
         return self._on_plug(item)
 
     # ---------------------------------------------------------------- driver callbacks
@@ -184,6 +193,26 @@ class Inputs:
             return []
         log.info("%s: car %s", item.evse_id, "plugged in" if item.plugged else "unplugged")
         return [(item.evse_id, PlugIn() if item.plugged else PlugOut(), Context())]
+
+    def on_pilot(self, evse_id: str) -> Callable[[PilotState], None]:
+        def cb(state: PilotState) -> None:
+            self._post(PilotChanged(evse_id, state))
+
+        return cb
+
+    def _on_pilot(self, item: PilotChanged) -> Routed:
+        """The pilot is the plug sensor too: B/C/D plugged, A unplugged (E/F change nothing
+        but the pilot state, whose handler opens the contactor)."""
+        state = next((st for st in self._states() if st.evse_id == item.evse_id), None)
+        if state is None:
+            return []
+        log.info("%s: pilot %s", item.evse_id, item.state.value)
+        routed: Routed = [(item.evse_id, PilotSignal(item.state), Context())]
+        if item.state.connected and not state.plugged:
+            routed.append((item.evse_id, PlugIn(), Context()))
+        elif item.state is PilotState.A and state.plugged:
+            routed.append((item.evse_id, PlugOut(), Context()))
+        return routed
 
     def _show(self, text: str) -> None:
         try:

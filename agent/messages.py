@@ -159,6 +159,12 @@ class EvseStatus(BaseModel):
     plugged: bool
     relay_closed: bool
     fault: str | None
+    # with a control pilot only (left out otherwise): its state A-F, the current offered now
+    # (0: paused), the limit that applies and what sets it (evse, station, grid, fallback)
+    pilot: Literal["A", "B", "C", "D", "E", "F"] | None = None
+    offered_a: float | None = None
+    limit_a: float | None = None
+    limit_source: Literal["evse", "station", "grid", "fallback"] | None = None
 
 
 class OutboxStatus(BaseModel):
@@ -316,10 +322,26 @@ class UpdateLocalList(_Command):
     entries: Annotated[list[LocalListEntry], Field(max_length=10000)]
 
 
-AnyCommand = RemoteStart | RemoteStop | SetAvailability | UpdateLocalList
+class SetCurrentLimit(_Command):
+    """A current limit per phase for one EVSE, or (without ``evse_id``) the whole station,
+    until ``valid_until`` (then the configured limit applies again)."""
+
+    command: Literal["set_current_limit"]
+    limit_a: Annotated[float, Field(allow_inf_nan=False)]
+    evse_id: Id64 | None = None
+    valid_until: AwareDatetime | None = None
+
+
+AnyCommand = RemoteStart | RemoteStop | SetAvailability | UpdateLocalList | SetCurrentLimit
 Command = Annotated[AnyCommand, Field(discriminator="command")]
 COMMAND_ADAPTER: TypeAdapter[AnyCommand] = TypeAdapter(Command)
-COMMAND_NAMES = ("remote_start", "remote_stop", "set_availability", "update_local_list")
+COMMAND_NAMES = (
+    "remote_start",
+    "remote_stop",
+    "set_availability",
+    "update_local_list",
+    "set_current_limit",
+)
 
 
 def normalize_contract_id(value: str) -> str:
@@ -411,7 +433,17 @@ def parse_command(data: dict[str, Any]) -> AnyCommand:
 
 
 OPTIONAL_FIELDS = frozenset(
-    {"reason", "card_type", "pin", "inbound_dropped", "clock_corrected"}
+    {
+        "reason",
+        "card_type",
+        "pin",
+        "inbound_dropped",
+        "clock_corrected",
+        "pilot",
+        "offered_a",
+        "limit_a",
+        "limit_source",
+    }
     | {"signed_meter_values", "start", "stop", "public_key", "error"}  # signed metering
 )
 

@@ -37,13 +37,24 @@ DEFAULT_MESSAGES = {
 
 def evse_status(rt: EvseRuntime) -> EvseStatus:
     st = rt.state
-    return EvseStatus(
+    status = EvseStatus(
         evse_id=rt.evse_id,
         state=st.phase,
         session_id=st.session.session_id if st.session else None,
         plugged=st.plugged,
         relay_closed=rt.relay.is_closed(),
         fault=st.fault,
+    )
+    if rt.pilot is None:
+        return status
+    alloc = rt.allocation
+    return status.model_copy(
+        update={
+            "pilot": st.pilot.value if st.pilot else None,
+            "offered_a": alloc.offered_a if alloc else 0.0,
+            "limit_a": alloc.limit_a if alloc else None,
+            "limit_source": alloc.source.value if alloc else None,
+        }
     )
 
 
@@ -140,6 +151,7 @@ class Presenter:
         devices = [("rfid", drivers.rfid.health()), ("display", drivers.display.health())]
         if drivers.qr is not None:
             devices.append(("qr", drivers.qr.health()))
+        devices.extend(("pilot", rt.pilot.health()) for rt in self._evses if rt.pilot)
         return build_status(
             station_id=self._station_id,
             now=self._clock.now(),

@@ -22,6 +22,7 @@ from agent.messages import (
     StopReason,
     token_key,
 )
+from drivers.pilot.base import PilotState
 
 AnyToken = RfidToken | QrToken | RemoteToken
 
@@ -69,6 +70,8 @@ class Evse:
     available: bool = True
     fault: FaultKind | None = None
     session: SessionInfo | None = None
+    pilot: PilotState | None = None  # None: no control pilot (the relay follows the session)
+    offer_on: bool = False  # with a pilot: it offers current (>= 6 A); see OfferChanged
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,22 @@ class FaultCleared:
 
 
 @dataclass(frozen=True)
+class PilotSignal:
+    """The control pilot changed state (only EVSEs with a pilot device get it)."""
+
+    state: PilotState
+
+
+@dataclass(frozen=True)
+class OfferChanged:
+    """The pilot's offer went from 0 to a current (``on``) or back to 0: reported at once when
+    it starts, and a grace time after it stopped while charging (a car must go back to B by
+    itself; one that keeps asking is cut off then)."""
+
+    on: bool
+
+
+@dataclass(frozen=True)
 class AdoptSession:
     """A floating authorisation moves to this (plugged) EVSE."""
 
@@ -197,6 +216,8 @@ Event = (
     | ReleaseSession
     | Deauthorized
     | ResumeSession
+    | PilotSignal
+    | OfferChanged
 )
 EVENT_TYPES: tuple[type, ...] = (
     TokenPresented,
@@ -214,6 +235,8 @@ EVENT_TYPES: tuple[type, ...] = (
     ReleaseSession,
     Deauthorized,
     ResumeSession,
+    PilotSignal,
+    OfferChanged,
 )
 
 
@@ -253,6 +276,7 @@ class AuthorizeAndCharge:
 
     session: SessionInfo
     command_id: str | None = None
+    close_relay: bool = True  # False: a pilot whose car does not ask for energy (yet)
 
 
 @dataclass(frozen=True)
@@ -260,11 +284,20 @@ class BeginCharging:
     """Read the meter, persist charging start, close the relay, publish 'started'."""
 
     session_id: str
+    close_relay: bool = True
 
 
 @dataclass(frozen=True)
 class ResumeCharging:
     """Close the relay again for a recovered session (no new 'started', no new meter start)."""
+
+    session_id: str
+    close_relay: bool = True
+
+
+@dataclass(frozen=True)
+class CloseRelay:
+    """The car asks for energy (pilot C/D) during a charging session: close the contactor."""
 
     session_id: str
 
@@ -319,6 +352,7 @@ Action = (
     | EndSession
     | DropSession
     | OpenRelay
+    | CloseRelay
     | CommandResult
     | Notify
     | Ignored
@@ -360,6 +394,12 @@ def _cmd_ack(event: Event) -> list[Action]:
     if isinstance(event, SetAvailable | RemoteStartCmd | RemoteStopCmd) and event.command_id:
         return [CommandResult(command_id=event.command_id, accepted=True)]
     return []
+
+
+def _may_close(evse: Evse) -> bool:
+    """Without a pilot the relay follows the session; with one, only while the pilot offers
+    current and the car asks for energy (C or D)."""
+    return evse.pilot is None or (evse.pilot.requests_power and evse.offer_on)
 
 
 def _session_matches(evse: Evse, session_id: str) -> bool:
@@ -409,7 +449,7 @@ def _remote_start(policy: Policy, evse: Evse, event: Event) -> Result:
     )
     if evse.plugged:  # the acceptance is committed with the session, never before it
         return replace(evse, phase=EvseState.CHARGING, session=session), [
-            AuthorizeAndCharge(session, command_id=event.command_id),
+            AuthorizeAndCharge(session, command_id=event.command_id, close_relay=_may_close(evse)),
         ]
     return replace(evse, phase=EvseState.AUTHORIZED, session=session), [
         Authorize(session, command_id=event.command_id),
@@ -435,7 +475,7 @@ def _auth_result(policy: Policy, evse: Evse, event: Event) -> Result:
     if evse.plugged:
         return replace(evse, phase=EvseState.CHARGING, session=session), [
             CancelTimer(Timer.AUTH),
-            AuthorizeAndCharge(session),
+            AuthorizeAndCharge(session, close_relay=_may_close(evse)),
             Notify("Card accepted"),
         ]
     return replace(evse, phase=EvseState.AUTHORIZED, session=session), [
@@ -524,7 +564,7 @@ def _authorized_plug_in(policy: Policy, evse: Evse, event: Event) -> Result:
     assert session is not None
     return replace(evse, phase=EvseState.CHARGING, plugged=True), [
         CancelTimer(Timer.CONNECTION),
-        BeginCharging(session.session_id),
+        BeginCharging(session.session_id, close_relay=_may_close(evse)),
     ]
 
 
@@ -539,7 +579,7 @@ def _adopt(policy: Policy, evse: Evse, event: Event) -> Result:
     assert isinstance(event, AdoptSession)
     session = replace(event.session, floating=False)
     return replace(evse, phase=EvseState.CHARGING, session=session), [
-        BeginCharging(session.session_id)
+        BeginCharging(session.session_id, close_relay=_may_close(evse))
     ]
 
 
@@ -589,7 +629,7 @@ def _deauthorized_charging(policy: Policy, evse: Evse, event: Event) -> Result:
 def _resume(policy: Policy, evse: Evse, event: Event) -> Result:
     assert isinstance(event, ResumeSession)
     return replace(evse, phase=EvseState.CHARGING, session=event.session), [
-        ResumeCharging(event.session.session_id)
+        ResumeCharging(event.session.session_id, close_relay=_may_close(evse))
     ]
 
 
@@ -650,6 +690,33 @@ def _remote_stop_unknown(policy: Policy, evse: Evse, event: Event) -> Result:
     return evse, [
         CommandResult(command_id=event.command_id, accepted=False, reason="unknown session_id")
     ]
+
+
+def _pilot_signal(policy: Policy, evse: Evse, event: Event) -> Result:
+    """The plug events come from the same pilot change (B/C/D plugged, A unplugged). While
+    charging the contactor closes when the car asks for energy (C/D) and opens at once when it
+    stops asking (B: paused or full) or the pilot shows A, E or F."""
+    assert isinstance(event, PilotSignal)
+    return _follow(evse, replace(evse, pilot=event.state))
+
+
+def _offer_changed(policy: Policy, evse: Evse, event: Event) -> Result:
+    """The pilot's offer started (the relay closes if the car already asks) or stopped (the
+    relay opens if the car still asks: it ignored the pause)."""
+    assert isinstance(event, OfferChanged)
+    return _follow(evse, replace(evse, offer_on=event.on))
+
+
+def _follow(evse: Evse, nxt: Evse) -> Result:
+    """While charging, the contactor follows :func:`_may_close` from ``evse`` to ``nxt``."""
+    if evse.phase is not EvseState.CHARGING or evse.session is None:
+        return nxt, []
+    was, now = _may_close(evse), _may_close(nxt)
+    if now and not was:
+        return nxt, [CloseRelay(evse.session.session_id)]
+    if was and not now:
+        return nxt, [OpenRelay()]
+    return nxt, []
 
 
 # ---------------------------------------------------------------------------- the table
@@ -731,6 +798,10 @@ TABLE: dict[tuple[EvseState, type], Handler] = {
     (S.FAULTED, RemoteStopCmd): _remote_stop_unknown,
     (S.FAULTED, TokenPresented): _ignore("EVSE is faulted"),
 }
+
+
+TABLE.update({(phase, PilotSignal): _pilot_signal for phase in EvseState})
+TABLE.update({(phase, OfferChanged): _offer_changed for phase in EvseState})
 
 
 def step(policy: Policy, evse: Evse, event: Event) -> Result:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from agent.config import DEFAULT_CONFIG_PATH, EX_CONFIG, StationConfig, load_config
 from agent.control import ControlError, call
 from agent.errors import AgentError, ConfigError, DriverError, ProtocolError
+from agent.stationctl_pilot import add_pilot_commands, pilot_columns
 from agent.web.passwd import add_web_commands
 from drivers.display.qrcode import DEFAULT_URL_TEMPLATE
 
@@ -90,7 +91,9 @@ def _status_text(st: dict[str, Any]) -> str:
         lines.append(
             f"  {e['evse_id']:<24} {e['state']:<12} plugged={'yes' if e['plugged'] else 'no':<3} "
             f"relay={'closed' if e['relay_closed'] else 'open':<6} "
-            f"session={e['session_id'] or '-'}" + (f"  FAULT {e['fault']}" if e["fault"] else "")
+            f"session={e['session_id'] or '-'}"
+            + pilot_columns(e)
+            + (f"  FAULT {e['fault']}" if e["fault"] else "")
         )
     return "\n".join(lines)
 
@@ -193,7 +196,10 @@ def cmd_sim_tap(args: argparse.Namespace) -> int:
 
 def cmd_sim_plug(args: argparse.Namespace) -> int:
     """``sim plug`` and ``sim unplug``."""
-    res = call(args.socket, {"cmd": f"sim.{args.sim_command}", "evse_id": args.evse_id})
+    request = {"cmd": f"sim.{args.sim_command}", "evse_id": args.evse_id}
+    if getattr(args, "car_max", None) is not None:
+        request["car_max_a"] = args.car_max
+    res = call(args.socket, request)
     print(f"{res['evse_id']}: {'plugged' if res['plugged'] else 'unplugged'}")
     return 0
 
@@ -385,6 +391,8 @@ def _add_sim_commands(sub: SubParsers, common: argparse.ArgumentParser) -> None:
     for name in ("plug", "unplug"):
         sp = _command(simsub, name, cmd_sim_plug, common, help=f"{name} the car (sim plug sensor)")
         sp.add_argument("evse_id", nargs="?")
+        if name == "plug":
+            sp.add_argument("--car-max", type=float, help="the sim car's own maximum (A)")
     simqr = _command(simsub, "qr", cmd_sim_qr, common, help="hold a code to the sim camera")
     simqr.add_argument("payload")
 
@@ -491,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_power_commands(sub, common)
     _add_admin_commands(sub, common)
     add_web_commands(sub)  # `web passwd` (agent/web/passwd.py)
+    add_pilot_commands(sub, common, _command)
     return p
 
 

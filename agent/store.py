@@ -316,7 +316,64 @@ class _AuthTables(_Db):
         return self._count("auth_cache")
 
 
-class Store(_AuthTables):
+class _StationTables(_AuthTables):
+    """Command answers (for idempotence) and the station's settings (availability, limits)."""
+
+    # ------------------------------------------------------------------ commands
+    def command_response(self, command_id: str) -> tuple[str, str | None] | None:
+        """The stored answer to a command id and the digest of the command it answered."""
+        row = self._row("SELECT response, digest FROM commands WHERE command_id=?", (command_id,))
+        return None if row is None else (str(row[0]), row[1])
+
+    def save_command(
+        self, command_id: str, response: str, ts: datetime, digest: str | None = None
+    ) -> None:
+        with self._tx():
+            self.db.execute(
+                "INSERT OR IGNORE INTO commands (command_id, response, received_at, digest)"
+                " VALUES (?, ?, ?, ?)",
+                (command_id, response, rfc3339(ts), digest),
+            )
+            # bounded by count, never by wall time (a clock step must not forget an answer)
+            self.db.execute(
+                "DELETE FROM commands WHERE rowid <= (SELECT MAX(rowid) FROM commands) - ?",
+                (MAX_ANSWERS,),
+            )
+
+    # ------------------------------------------------------------------ settings
+    def availability(self) -> dict[str, bool]:
+        rows = self._rows("SELECT evse_id, available FROM evse_settings")
+        return {r[0]: bool(r[1]) for r in rows}
+
+    def set_availability(self, evse_id: str, available: bool) -> None:
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO evse_settings (evse_id, available) VALUES (?, ?)"
+                " ON CONFLICT(evse_id) DO UPDATE SET available=excluded.available",
+                (evse_id, int(available)),
+            )
+
+    def settings(self, prefix: str) -> dict[str, str]:
+        """The ``meta`` entries whose key starts with ``prefix`` (e.g. current limits)."""
+        rows = self._rows(
+            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        """Write (or with None delete) one ``meta`` entry, in the caller's unit if one is open."""
+        with self._tx():
+            if value is None:
+                self.db.execute("DELETE FROM meta WHERE key=?", (key,))
+            else:
+                self.db.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (key, value),
+                )
+
+
+class Store(_StationTables):
     def __init__(
         self,
         state_dir: Path,
@@ -620,40 +677,6 @@ class Store(_AuthTables):
             row = self._rows(sql)[0]  # an aggregate always has one row
             self._outbox_stats = (int(row[0]), _ts(row[1]))
         return self._outbox_stats
-
-    # ------------------------------------------------------------------ commands
-    def command_response(self, command_id: str) -> tuple[str, str | None] | None:
-        """The stored answer to a command id and the digest of the command it answered."""
-        row = self._row("SELECT response, digest FROM commands WHERE command_id=?", (command_id,))
-        return None if row is None else (str(row[0]), row[1])
-
-    def save_command(
-        self, command_id: str, response: str, ts: datetime, digest: str | None = None
-    ) -> None:
-        with self._tx():
-            self.db.execute(
-                "INSERT OR IGNORE INTO commands (command_id, response, received_at, digest)"
-                " VALUES (?, ?, ?, ?)",
-                (command_id, response, rfc3339(ts), digest),
-            )
-            # bounded by count, never by wall time (a clock step must not forget an answer)
-            self.db.execute(
-                "DELETE FROM commands WHERE rowid <= (SELECT MAX(rowid) FROM commands) - ?",
-                (MAX_ANSWERS,),
-            )
-
-    # ------------------------------------------------------------------ settings
-    def availability(self) -> dict[str, bool]:
-        rows = self._rows("SELECT evse_id, available FROM evse_settings")
-        return {r[0]: bool(r[1]) for r in rows}
-
-    def set_availability(self, evse_id: str, available: bool) -> None:
-        with self._tx():
-            self.db.execute(
-                "INSERT INTO evse_settings (evse_id, available) VALUES (?, ?)"
-                " ON CONFLICT(evse_id) DO UPDATE SET available=excluded.available",
-                (evse_id, int(available)),
-            )
 
     # ------------------------------------------------------------------ event queue
     def queue_event(self, topic: str, payload: str, ts: datetime) -> None:

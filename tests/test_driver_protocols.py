@@ -42,6 +42,10 @@ from drivers.meter.iskra import IskraMeter
 from drivers.meter.modbus import ModbusMeter
 from drivers.meter.sim import SimMeter
 from drivers.meter.sim_signing import SigningSimMeter
+from drivers.pilot.base import Pilot
+from drivers.pilot.evse_din import EvseDinPilot
+from drivers.pilot.plug import PilotPlug
+from drivers.pilot.sim import SimPilot
 from drivers.plug.base import PlugSensor
 from drivers.plug.gpio import GpioPlug
 from drivers.plug.sim import SimPlug
@@ -489,7 +493,11 @@ def make_meters(tmp_path: Path) -> list[Meter]:
 
 
 def make_plugs() -> list[PlugSensor]:
-    return [SimPlug(), GpioPlug("/dev/gpiochip0", 22)]
+    return [SimPlug(), GpioPlug("/dev/gpiochip0", 22), PilotPlug(EvseDinPilot(port="/dev/none"))]
+
+
+def make_pilots() -> list[Pilot]:
+    return [SimPilot(), EvseDinPilot("rtu", port="/dev/ttyUSB-none")]
 
 
 def make_displays(tmp_path: Path) -> list[Display]:
@@ -507,10 +515,11 @@ PROTOCOLS: list[tuple[type, Callable[[Path], list[Any]]]] = [
     (Relay, lambda _p: make_relays()),
     (Meter, make_meters),
     (PlugSensor, lambda _p: make_plugs()),
+    (Pilot, lambda _p: make_pilots()),
     (Display, make_displays),
 ]
 SIM_DRIVERS = {
-    SimRfidReader, SimQrReader, SimRelay, SimMeter, SigningSimMeter, SimPlug, SimDisplay
+    SimRfidReader, SimQrReader, SimRelay, SimMeter, SigningSimMeter, SimPlug, SimDisplay, SimPilot
 }  # fmt: skip
 
 

@@ -37,6 +37,7 @@ from agent.session import (
     AuthTimeout,
     BeginCharging,
     CancelTimer,
+    CloseRelay,
     CommandResult,
     ConnectionTimeout,
     Deauthorized,
@@ -49,7 +50,9 @@ from agent.session import (
     FaultRaised,
     Ignored,
     Notify,
+    OfferChanged,
     OpenRelay,
+    PilotSignal,
     PlugIn,
     PlugOut,
     Policy,
@@ -66,6 +69,7 @@ from agent.session import (
     TokenPresented,
     step,
 )
+from drivers.pilot.base import PilotState
 
 S = EvseState
 ON = Policy(stop_with_same_token=True)
@@ -750,6 +754,82 @@ EXPECTED: list[Case] = [
     ig("faulted/deauthorized", FA, DEAUTH),
     ig("faulted/resume", FAP, RESUME),
 ]
+
+
+# ---------------------------------------------------------------- PilotSignal (issue 14)
+# The pilot state is tracked in every phase; only while charging does it move the contactor:
+# closed when the car asks for energy (C/D), opened at once when it stops (B) or on A/E/F.
+P = PilotState
+CH_B = replace(CH, pilot=P.B, offer_on=True)  # charging session, the car does not ask (full)
+CH_C = replace(CH, pilot=P.C, offer_on=True)  # charging session, car drawing
+CH_OFF = replace(CH, pilot=P.B)  # paused: no current offered, the car went back to B
+EXPECTED.extend(
+    [
+        c("available/pilot-b", AV, PilotSignal(P.B), replace(AV, pilot=P.B)),
+        c("preparing/pilot-a", PR, PilotSignal(P.A), replace(PR, pilot=P.A)),
+        c("authorizing/pilot-c", AZP, PilotSignal(P.C), replace(AZP, pilot=P.C)),
+        c("authorized/pilot-e", AD, PilotSignal(P.E), replace(AD, pilot=P.E)),
+        c("charging/pilot-c-closes", CH_B, PilotSignal(P.C), CH_C, CloseRelay(SID)),
+        c(
+            "charging/pilot-d-closes",
+            CH_B,
+            PilotSignal(P.D),
+            replace(CH_C, pilot=P.D),
+            CloseRelay(SID),
+        ),
+        c("charging/pilot-b-opens", CH_C, PilotSignal(P.B), CH_B, OpenRelay()),
+        c("charging/pilot-a-opens", CH_C, PilotSignal(P.A), replace(CH_C, pilot=P.A), OpenRelay()),
+        c("charging/pilot-e-opens", CH_C, PilotSignal(P.E), replace(CH_C, pilot=P.E), OpenRelay()),
+        c("charging/pilot-f-opens", CH_C, PilotSignal(P.F), replace(CH_C, pilot=P.F), OpenRelay()),
+        c("charging/pilot-f-while-paused", CH_B, PilotSignal(P.F), replace(CH_C, pilot=P.F)),
+        c("charging/pilot-c-to-d", CH_C, PilotSignal(P.D), replace(CH_C, pilot=P.D)),
+        c("finishing/pilot-b", FI, PilotSignal(P.B), replace(FI, pilot=P.B)),
+        c("unavailable/pilot-c", UNP, PilotSignal(P.C), replace(UNP, pilot=P.C)),
+        c("faulted/pilot-f", FAP, PilotSignal(P.F), replace(FAP, pilot=P.F)),
+        # the offer: the relay closes only while current is offered and the car asks
+        c(
+            "charging/offer-on-car-asks",
+            replace(CH_OFF, pilot=P.C),
+            OfferChanged(True),
+            CH_C,
+            CloseRelay(SID),
+        ),
+        c("charging/offer-on-car-b", CH_OFF, OfferChanged(True), CH_B),
+        c(
+            "charging/offer-off-car-ignores",
+            CH_C,
+            OfferChanged(False),
+            replace(CH_C, offer_on=False),
+            OpenRelay(),
+        ),
+        c("charging/offer-off-car-paused", CH_B, OfferChanged(False), CH_OFF),
+        c("charging/pilot-c-without-offer", CH_OFF, PilotSignal(P.C), replace(CH_OFF, pilot=P.C)),
+        c("available/offer-on", AV, OfferChanged(True), replace(AV, offer_on=True)),
+        c("preparing/offer-on", PR, OfferChanged(True), replace(PR, offer_on=True)),
+        c("authorizing/offer-off", AZ, OfferChanged(False), AZ),
+        c("authorized/offer-on", AD, OfferChanged(True), replace(AD, offer_on=True)),
+        c("finishing/offer-off", replace(FI, offer_on=True), OfferChanged(False), FI),
+        c("unavailable/offer-off", UN, OfferChanged(False), UN),
+        c("faulted/offer-on", FA, OfferChanged(True), replace(FA, offer_on=True)),
+    ]
+)
+
+
+def test_with_a_pilot_charging_starts_with_the_relay_open_until_the_car_asks() -> None:
+    """The session and its charging start are committed as before; the relay waits for C."""
+    waiting_b = replace(AD, pilot=P.B)
+    nxt, actions = step(ON, waiting_b, PLUG_IN)
+    assert nxt.phase is S.CHARGING
+    assert BeginCharging(SID, close_relay=False) in actions
+    asking = replace(AZP, pilot=P.C, offer_on=True)  # a technician's test offer was on
+    nxt, actions = step(ON, asking, AUTH_OK)
+    assert any(isinstance(a, AuthorizeAndCharge) and a.close_relay for a in actions)
+    nxt, actions = step(ON, replace(asking, offer_on=False), AUTH_OK)  # C, but nothing offered
+    assert any(isinstance(a, AuthorizeAndCharge) and not a.close_relay for a in actions)
+    nxt, actions = step(ON, replace(PR, pilot=P.B), RESUME)
+    assert actions == [ResumeCharging(SID, close_relay=False)]
+    # without a pilot nothing changed: the relay follows the session
+    assert BeginCharging(SID) in step(ON, AD, PLUG_IN)[1]
 
 
 # ------------------------------------------------------------------------------------ table

@@ -406,6 +406,7 @@ STORE_READS: dict[str, Callable[[Store], object]] = {
     "cdr_payload": lambda s: s.cdr_payload(sid(1)),
     "count_sessions": lambda s: s.count_sessions(),
     "sessions_page": lambda s: s.sessions_page(0, 10),
+    "settings": lambda s: s.settings("current_limit:"),
 }
 STORE_WRITES: dict[str, Callable[[Store], object]] = {
     "checkpoint_runtime": lambda s: s.checkpoint_runtime(),
@@ -426,6 +427,7 @@ STORE_WRITES: dict[str, Callable[[Store], object]] = {
     "queue_event": lambda s: s.queue_event("topic", "{}", T0),
     "drop_events": lambda s: s.drop_events([1]),
     "purge": lambda s: s.purge(T0, retention_days=90),
+    "set_setting": lambda s: s.set_setting("current_limit:station", '{"limit_a": 10}'),
 }
 # not data calls: open/close/integrity_ok/unit/check_file have their own tests; db is the
 # raw connection
@@ -623,3 +625,17 @@ def test_a_clock_stepped_back_cannot_keep_data_beyond_the_retention(tmp_path: Pa
     assert counts == {"cdrs": 1, "sessions": 1, "auth_cache": 1}
     assert store.get_session(sid(1)) is None and store.cache_size() == 0
     store.close()
+
+
+def test_settings_by_prefix(store: Store) -> None:
+    store.set_setting("current_limit:station", "a")
+    store.set_setting("current_limit:DE*ICE*E000001*1", "b")
+    store.set_setting("current_limit:station", "c")  # replaced
+    store.replace_local_list(1, [], full=True)  # another meta entry: not in the prefix
+    assert store.settings("current_limit:") == {
+        "current_limit:station": "c",
+        "current_limit:DE*ICE*E000001*1": "b",
+    }
+    store.set_setting("current_limit:station", None)
+    assert store.settings("current_limit:") == {"current_limit:DE*ICE*E000001*1": "b"}
+    assert store.settings("current_limit_") == {}  # '_' is no wildcard here

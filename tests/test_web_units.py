@@ -168,6 +168,14 @@ def test_pages_escape_what_the_daemon_says() -> None:
     assert "&lt;img" in pages.login_page("<img src=x onerror=alert(1)>")
 
 
+def test_a_card_shows_the_offered_current_where_a_pilot_exists() -> None:
+    plain = pages.card({"evse_id": "E1", "state": "idle"})
+    assert "Offered current" not in plain and "Pilot" not in plain
+    evse = {"evse_id": "E1", "state": "charging", "pilot": "C", "offered_a": 8}
+    html = pages.card(evse | {"limit_a": 16, "limit_source": "station"})
+    assert "<b>8 A of 16 A (station)</b>" in html and "<b>C</b>" in html
+
+
 def test_csv_masks_tokens_and_defuses_formulas() -> None:
     rows = [
         {

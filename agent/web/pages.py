@@ -118,8 +118,10 @@ def card(evse: Mapping[str, Any]) -> str:
         _row("Session", session),
         _row("Energy", f"{energy:.3f} kWh" if isinstance(energy, int | float) else "–"),
     ]
-    if evse.get("offered_current_a") is not None:
-        rows.append(_row("Offered current", f"{h(evse['offered_current_a'])} A"))
+    if evse.get("offered_a") is not None:  # EVSEs with a pilot (current control)
+        limit = f" of {h(evse.get('limit_a'))} A ({h(evse.get('limit_source'))})"
+        rows.append(_row("Offered current", f"{h(evse['offered_a'])} A{limit}"))
+        rows.append(_row("Pilot", h(evse.get("pilot"))))
     rows += [
         _row("Relay", "closed" if evse.get("relay_closed") else "open"),
         _row("Plug", "plugged in" if evse.get("plugged") else "free"),

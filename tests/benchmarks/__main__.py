@@ -52,8 +52,19 @@ from tests.benchmarks.common import (
 
 BUSY_NOTE = 25.0  # % of one core used by other processes: noted in the table
 BENCHES = (
-    "tap", "pn532", "remote", "startup", "footprint", "drain", "fleet", "qr", "flood", "ocmf", "web"
-)  # fmt: skip
+    "tap",
+    "pn532",
+    "remote",
+    "startup",
+    "footprint",
+    "drain",
+    "fleet",
+    "qr",
+    "flood",
+    "limits",
+    "ocmf",
+    "web",
+)
 
 
 def _runner(name: str) -> Callable[[bool], Result]:
@@ -97,6 +108,10 @@ def _runner(name: str) -> Callable[[bool], Result]:
         from tests.benchmarks.web import run_web
 
         return run_web
+    if name == "limits":
+        from tests.benchmarks.limits import run_limits
+
+        return run_limits
     raise ValueError(name)
 
 

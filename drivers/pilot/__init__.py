@@ -1,0 +1,1 @@
+"""Control pilot (IEC 61851-1): the offered current and the vehicle's state A-F."""
