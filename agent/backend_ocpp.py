@@ -1,0 +1,430 @@
+"""OCPP 1.6J as an adapter on the backend port (:mod:`agent.backend`).
+
+The station's core does not know it talks OCPP: it authorises, queues session events and CDRs
+and answers commands as it does for MQTT; this adapter translates.
+
+- ``authorize`` -> ``Authorize``; the answer comes back as an :class:`AuthAnswer`.
+- Session events arrive from the core's durable event queue, oldest first, only while the link
+  is up (after an accepted BootNotification). They are worked off one at a time, each waiting
+  for the CSMS's answer: ``started`` -> ``StartTransaction`` (meterStart in Wh from the
+  session's stored meter reading), ``stopped`` -> ``StopTransaction`` (meterStop, reason, and
+  the transactionId the CSMS assigned); the others have no OCPP message. An event leaves the
+  core's queue (:meth:`delivered`) only once answered, so an outage or a restart sends it again,
+  in order: a session started offline gets its StartTransaction first, then its stop carries
+  the id the CSMS assigned. The id is committed (:class:`agent.ocpp_state.OcppState`) the
+  moment it arrives; an event whose answer is already on disk is not sent twice.
+- A CDR is acknowledged once the session's StopTransaction is answered (OCPP has no CDR; ours
+  stays in the local log, with the OCPP transaction id beside our session id in the log line
+  and in ``ocpp.sqlite3``).
+- Status messages -> ``StatusNotification`` for every connector whose OCPP status changed.
+- CSMS calls -> :mod:`agent.ocpp16_cp`, which posts commands and awaits the core's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from ocpp.exceptions import OCPPError
+from ocpp.v16 import call
+from websockets.asyncio.client import ClientConnection
+
+from agent.backend import (
+    AuthAnswer,
+    BackendSink,
+    CdrAcked,
+    CommandIn,
+    Delivered,
+    LinkDown,
+    LinkUp,
+)
+from agent.clock import Clock, rfc3339
+from agent.config import AgentConfig, OcppConfig
+from agent.errors import StoreError
+from agent.messages import (
+    AnyCommand,
+    AuthRequest,
+    AuthResponse,
+    Cdr,
+    CommandResponse,
+    SessionEvent,
+    StatusMessage,
+    token_for_record,
+)
+from agent.ocpp16_cp import StationCp16
+from agent.ocpp_config import OcppSettings
+from agent.ocpp_link import OcppLink
+from agent.ocpp_map import auth_status, connector_status_16, id_tag
+from agent.ocpp_meter import MeterValuesTask
+from agent.ocpp_state import OcppState, StationView
+from agent.ocpp_tx import Transactions16, masked
+from agent.store import DB_NAME
+
+log = logging.getLogger(__name__)
+
+COMMAND_WAIT_S = 10.0  # the core answers a command within one loop turn; this is a backstop
+
+
+@dataclass(frozen=True)
+class _EventJob:
+    event: SessionEvent
+    ref: int
+
+
+@dataclass(frozen=True)
+class _CdrJob:
+    cdr: Cdr
+
+
+class OcppBackend:
+    def __init__(self, config: AgentConfig, clock: Clock) -> None:
+        if config.ocpp is None:
+            raise ValueError("OcppBackend needs an [ocpp] section")
+        self._config = config
+        self._ocpp: OcppConfig = config.ocpp
+        self._clock = clock
+        self._station_id = config.station.id
+        self._link = OcppLink(config.ocpp, config.station.id, "ocpp1.6")
+        self._state = OcppState(config.station.state_dir)
+        self._view = StationView(config.station.state_dir / DB_NAME)
+        self.settings = OcppSettings(config, self._state)
+        self._evses = config.evse_ids()
+        self._sink: BackendSink = lambda item: None
+        self._up = threading.Event()
+        self._ack_lock = threading.Lock()
+        self._delivered: list[int] = []
+        self._cdr_acks: list[str] = []
+        self._boot_rejected = False
+        # asyncio thread only
+        self._cp: StationCp16 | None = None
+        self._jobs: asyncio.Queue[_EventJob | _CdrJob] | None = None
+        self._waiting: dict[str, asyncio.Future[CommandResponse]] = {}
+        self._latest: StatusMessage | None = None
+        self._status_dirty: asyncio.Event | None = None
+        self._sent_status: dict[int, tuple[str, str, str | None]] = {}
+        self._meter = MeterValuesTask(self)
+        self._tx = Transactions16(self._state, self._view, clock, self.connector_of)
+        self._triggered: set[asyncio.Future[Any]] = set()
+
+    # ---------------------------------------------------------------- port (loop thread)
+    @property
+    def connected(self) -> bool:
+        return self._up.is_set()
+
+    @property
+    def endpoint(self) -> str:
+        return self._link.url
+
+    def start(self, sink: BackendSink) -> None:
+        self._sink = sink
+        self._state.open()
+        self._link.start(self._serve)
+
+    def stop(self) -> None:
+        self._link.stop()
+        self._state.close()
+        self._view.close()
+
+    def authorize(self, request: AuthRequest) -> bool:
+        if not self.connected:
+            return False
+        return self._link.submit(self._authorize(request)) is not None
+
+    def session_event(self, event: SessionEvent, ref: int) -> bool:
+        return self.connected and self._link.call_soon(self._enqueue, _EventJob(event, ref))
+
+    def cdr(self, cdr: Cdr) -> bool:
+        return self.connected and self._link.call_soon(self._enqueue, _CdrJob(cdr))
+
+    def delivered(self) -> list[int]:
+        with self._ack_lock:
+            refs, self._delivered = self._delivered, []
+        return refs
+
+    def acknowledged_cdrs(self) -> list[str]:
+        with self._ack_lock:
+            ids, self._cdr_acks = self._cdr_acks, []
+        return ids
+
+    def command_result(self, result: CommandResponse) -> bool:
+        return self._link.call_soon(self._resolve, result)
+
+    def status(self, status: StatusMessage) -> bool:
+        self._link.call_soon(self._status_changed, status)
+        return self.connected
+
+    def faults(self) -> dict[str, str]:
+        if self._link.auth_refused:
+            return {"ocpp_auth": "the CSMS refused the basic-auth key"}
+        if self._boot_rejected:
+            return {"ocpp_boot": "the CSMS rejected the BootNotification"}
+        return {}
+
+    def inbound_dropped(self) -> dict[str, int]:
+        return {}
+
+    # ---------------------------------------------------------------- acks (asyncio thread)
+    def _ack_event(self, ref: int) -> None:
+        with self._ack_lock:
+            self._delivered.append(ref)
+            first = len(self._delivered) == 1
+        if first:
+            self._sink(Delivered())
+
+    def _ack_cdr(self, session_id: str) -> None:
+        with self._ack_lock:
+            self._cdr_acks.append(session_id)
+            first = len(self._cdr_acks) == 1
+        if first:
+            self._sink(CdrAcked())
+
+    # ---------------------------------------------------------------- for the CSMS calls
+    def evse_of(self, connector: int) -> str | None:
+        return self._evses[connector - 1] if 1 <= connector <= len(self._evses) else None
+
+    def connector_of(self, evse_id: str) -> int:
+        return self._evses.index(evse_id) + 1
+
+    def evse_ids(self) -> list[str]:
+        return list(self._evses)
+
+    async def run_command(self, command: AnyCommand, action: str) -> CommandResponse | None:
+        """Hand a command to the core and wait for its answer (committed first, as for MQTT)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[CommandResponse] = loop.create_future()
+        self._waiting[command.command_id] = fut
+        body = json.dumps([action, command.model_dump(mode="json")], sort_keys=True)
+        self._sink(CommandIn(command, hashlib.sha256(body.encode()).hexdigest()))
+        try:
+            return await asyncio.wait_for(fut, COMMAND_WAIT_S)
+        except TimeoutError:
+            log.error("%s %s: the station did not answer in time", action, command.command_id)
+            return None
+        finally:
+            self._waiting.pop(command.command_id, None)
+
+    def _resolve(self, result: CommandResponse) -> None:
+        fut = self._waiting.pop(result.command_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(result)
+
+    def session_of_transaction(self, transaction_id: int) -> str | None:
+        row = self._state.by_transaction(str(transaction_id))
+        return None if row is None or row.stopped else row.session_id
+
+    def local_list_version(self) -> int:
+        return self._view.local_list_version()
+
+    def configuration(self, keys: list[str] | None) -> tuple[list[dict[str, Any]], list[str]]:
+        return self.settings.get(keys)
+
+    def change_configuration(self, key: str, value: str) -> str:
+        return self.settings.change(key, value)
+
+    def trigger(self, message: str, connector: int | None) -> None:
+        cp = self._cp
+        if cp is None:
+            return
+        if message == "BootNotification":
+            self._spawn(self._boot_once(cp))
+        elif message == "Heartbeat":
+            self._spawn(cp.call(call.Heartbeat()))
+        elif message == "StatusNotification":
+            self._sent_status.clear() if connector is None else self._sent_status.pop(
+                connector, None
+            )
+            self._mark_status()
+        else:
+            self._spawn(self._meter.send_now(cp, connector))
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """A triggered message, sent after the answer to the trigger (kept until done)."""
+        task = asyncio.ensure_future(coro)
+        self._triggered.add(task)
+        task.add_done_callback(self._triggered.discard)
+
+    # ---------------------------------------------------------------- session (asyncio thread)
+    async def _serve(self, ws: ClientConnection) -> None:
+        cp = StationCp16(self._station_id, ws, self, self._ocpp.call_timeout_s)
+        receiver = asyncio.ensure_future(cp.start())
+        session = asyncio.ensure_future(self._session(cp))
+        try:
+            done, _ = await asyncio.wait({receiver, session}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a closed socket or a failed call surfaces here
+        finally:
+            for task in (receiver, session):
+                task.cancel()
+            await asyncio.gather(receiver, session, return_exceptions=True)
+            was_up = self._up.is_set()
+            self._up.clear()
+            self._cp, self._jobs = None, None
+            for fut in self._waiting.values():
+                fut.cancel()
+            if was_up:
+                self._sink(LinkDown("CSMS connection closed"))
+
+    async def _session(self, cp: StationCp16) -> None:
+        await self._boot(cp)
+        self._cp = cp
+        self._jobs = asyncio.Queue()
+        self._status_dirty = asyncio.Event()
+        self._sent_status = {}
+        self._up.set()
+        self._sink(LinkUp())
+        self._mark_status()
+        await asyncio.gather(
+            self._work(cp, self._jobs),
+            self._heartbeat(cp),
+            self._send_status(cp, self._status_dirty),
+            self._meter.run(cp),
+        )
+
+    async def _boot_once(self, cp: StationCp16) -> tuple[str, int]:
+        res = await cp.call(
+            call.BootNotification(
+                charge_point_model=self._ocpp.model,
+                charge_point_vendor=self._ocpp.vendor,
+                charge_point_serial_number=self._station_id[:25],
+                firmware_version=_version(),
+            ),
+            suppress=False,
+        )
+        return str(res.status), int(res.interval)
+
+    async def _boot(self, cp: StationCp16) -> None:
+        """BootNotification until Accepted; Pending and Rejected wait the interval the CSMS
+        gives (at least one second) before the next."""
+        while True:
+            status, interval = await self._boot_once(cp)
+            self._boot_rejected = status == "Rejected"
+            if status == "Accepted":
+                if interval > 0:
+                    self.settings.heartbeat_from_csms(interval)
+                log.info("BootNotification accepted (heartbeat every %d s)", interval)
+                return
+            wait = max(1, interval)
+            log.warning("BootNotification %s: next one in %d s", status, wait)
+            await asyncio.sleep(wait)
+
+    async def _heartbeat(self, cp: StationCp16) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval())
+            await cp.call(call.Heartbeat(), suppress=False)
+
+    # ---------------------------------------------------------------- transaction messages
+    def _enqueue(self, job: _EventJob | _CdrJob) -> None:
+        if self._jobs is not None:
+            self._jobs.put_nowait(job)
+
+    async def _work(self, cp: StationCp16, jobs: asyncio.Queue[_EventJob | _CdrJob]) -> None:
+        """One transaction message at a time, in the core's order. A CALLERROR is an answer
+        (logged; the message is not sent again); no answer in time closes the socket, and
+        everything unanswered is sent again, in order, on the next connection."""
+        while True:
+            job = await jobs.get()
+            try:
+                if isinstance(job, _CdrJob):
+                    if self._tx.cdr_settled(job.cdr):
+                        self._ack_cdr(job.cdr.session_id)
+                    continue
+                await self._tx.message(cp, job.event)
+            except OCPPError as err:
+                log.error("CSMS answered %s with CALLERROR %s", job, err)
+            except TimeoutError:
+                log.warning("no answer from the CSMS in time: reconnecting")
+                await cp._connection.close()
+                return
+            except StoreError as err:
+                log.error("OCPP state: %s", err)
+                continue
+            if isinstance(job, _EventJob):
+                self._ack_event(job.ref)
+
+    # ---------------------------------------------------------------- authorisation
+    async def _authorize(self, request: AuthRequest) -> None:
+        cp = self._cp
+        if cp is None:
+            return  # the core's own time-out decides (offline policy)
+        token = token_for_record(request.token).model_dump(mode="json")
+        try:
+            res = await cp.call(call.Authorize(id_tag=id_tag(token)), suppress=False)
+        except (OCPPError, TimeoutError) as err:
+            log.warning("Authorize for %s got no answer: %s", masked(token), err)
+            return
+        info = res.id_tag_info or {}
+        expiry = info.get("expiry_date")
+        answer = AuthResponse.model_validate(
+            {
+                "v": 1,
+                "request_id": request.request_id,
+                "status": auth_status(str(info.get("status"))),
+                "expires_at": expiry,
+            },
+            strict=False,
+        )
+        self._sink(AuthAnswer(answer))
+
+    # ---------------------------------------------------------------- status
+    def _status_changed(self, status: StatusMessage) -> None:
+        self._latest = status
+        self._mark_status()
+
+    def _mark_status(self) -> None:
+        if self._status_dirty is not None:
+            self._status_dirty.set()
+
+    async def _send_status(self, cp: StationCp16, dirty: asyncio.Event) -> None:
+        while True:
+            await dirty.wait()
+            dirty.clear()
+            status = self._latest
+            if status is None:
+                continue
+            wanted: dict[int, tuple[str, str, str | None]] = {
+                0: ("Faulted", "InternalError", status.faults[0][:50])
+                if status.faults
+                else ("Available", "NoError", None)
+            }
+            for evse in status.evses:
+                if evse.evse_id in self._evses:
+                    wanted[self.connector_of(evse.evse_id)] = connector_status_16(evse)
+            for connector, (state, code, info) in sorted(wanted.items()):
+                if self._sent_status.get(connector) == (state, code, info):
+                    continue
+                await cp.call(
+                    call.StatusNotification(
+                        connector_id=connector,
+                        error_code=code,
+                        status=state,
+                        info=info,
+                        timestamp=rfc3339(self._clock.now()),
+                    ),
+                    suppress=False,
+                )
+                self._sent_status[connector] = (state, code, info)
+
+    # ---------------------------------------------------------------- for MeterValuesTask
+    @property
+    def view(self) -> StationView:
+        return self._view
+
+    @property
+    def state(self) -> OcppState:
+        return self._state
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+
+def _version() -> str:
+    from agent import __version__
+
+    return str(__version__)[:50]

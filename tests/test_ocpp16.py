@@ -1,0 +1,150 @@
+"""The station as an OCPP 1.6J charge point against a real central system (ocpp-csms) on
+loopback: the daemon runs as a child process, the CSMS in this process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import UID_A, UID_B, Daemon, station_config, wait_until
+from tests.ocpp_helpers import KEY, Csms, boot_retry_interval, check_frames, ocpp_config
+
+ST = "ST-TEST"
+
+
+@pytest.fixture
+def csms() -> Iterator[Csms]:
+    server = Csms().start()
+    yield server
+    try:
+        assert check_frames(server.frames) > 0  # every frame the station sent fits the schemas
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.stop()
+
+
+def ocpp_daemon(
+    tmp: Path, csms: Csms, daemons: list[Daemon], *, key: str | None = KEY, **over: Any
+) -> Daemon:
+    cfg = station_config(tmp, "mqtt://127.0.0.1:9", "unused", **ocpp_config(csms, tmp, key))
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v}
+    d = Daemon(tmp, cfg)
+    daemons.append(d)
+    return d
+
+
+def test_charge_by_card_with_meter_values_status_and_remote_start_stop(tmp_path, csms, daemons):
+    d = ocpp_daemon(tmp_path, csms, daemons).start()
+    boot = csms.calls("BootNotification")[0]
+    assert boot["chargePointVendor"] == "station-agent"
+    wait_until(lambda: csms.cp(ST).connectors.get(1), 10, "StatusNotification of connector 1")
+    assert csms.cp(ST).connectors[1].status == "Available"
+
+    d.ctl("sim.tap", uid=UID_A)
+    d.ctl("sim.plug")
+    d.wait_state("charging")
+    start = wait_until(lambda: csms.calls("StartTransaction"), 10, "StartTransaction")[0]
+    assert start["idTag"] == UID_A and start["connectorId"] == 1
+    session = d.ctl("sessions")[0]
+    assert csms.calls("Authorize")[0] == {"idTag": UID_A}
+    wait_until(lambda: csms.cp(ST).connectors[1].status == "Charging", 10, "Charging")
+    wait_until(lambda: csms.calls("MeterValues"), 10, "MeterValues")
+    sample = csms.calls("MeterValues")[0]["meterValue"][0]["sampledValue"][0]
+    assert sample["measurand"] == "Energy.Active.Import.Register" and sample["unit"] == "Wh"
+
+    d.ctl("sim.tap", uid=UID_A)  # the same card stops
+    stop = wait_until(lambda: csms.calls("StopTransaction"), 10, "StopTransaction")[0]
+    (txid,) = csms.tx_ids()
+    assert stop["transactionId"] == txid and stop["reason"] == "Local"
+    ended = d.ctl("sessions")[0]
+    assert abs(stop["meterStop"] - start["meterStart"] - ended["energy_kwh"] * 1000) <= 1
+    assert ended["energy_kwh"] > 0
+    wait_until(lambda: d.ctl("outbox")["pending"] == 0, 10, "CDR settled")
+    assert f"is OCPP transaction {txid}" in d.log()
+    assert f"CDR {session['session_id']} settled (OCPP transaction {txid})" in d.log()
+    assert UID_A not in d.log()  # masked
+
+    # remote start on the plugged connector, remote stop by the CSMS's transaction id
+    d.ctl("sim.unplug")
+    d.wait_state("available")
+    d.ctl("sim.plug")
+    assert csms.run(csms.cp(ST).async_remote_start_transaction(UID_B, 1)) == "Accepted"
+    d.wait_state("charging")
+    wait_until(lambda: len(csms.tx_ids()) == 2, 10, "second StartTransaction")
+    remote_tx = csms.tx_ids()[1]
+    assert csms.run(csms.cp(ST).async_remote_stop_transaction(remote_tx)) == "Accepted"
+    wait_until(lambda: len(csms.calls("StopTransaction")) == 2, 10, "second StopTransaction")
+    assert csms.calls("StopTransaction")[1]["reason"] == "Remote"
+    assert csms.run(csms.cp(ST).async_remote_stop_transaction(remote_tx)) == "Rejected"
+
+
+def test_offline_start_and_stop_are_delivered_in_order(tmp_path, csms, daemons):
+    d = ocpp_daemon(tmp_path, csms, daemons).start()
+    # the CSMS's local list decides offline (auth.offline_policy = local_list)
+    cp = csms.cp(ST)
+    from ocpp.v16 import call
+
+    entry = {"idTag": UID_A, "idTagInfo": {"status": "Accepted"}}
+    res = csms.run(cp.async_call(call.SendLocalList(7, "Full", [entry])))
+    assert res.status == "Accepted"
+    assert csms.run(cp.async_call(call.GetLocalListVersion())).list_version == 7
+
+    csms.stop()
+    wait_until(lambda: not d.ctl("status")["link"]["connected"], 10, "link down")
+    d.ctl("sim.plug")
+    d.ctl("sim.tap", uid=UID_A)
+    d.wait_state("charging")
+    d.ctl("sim.tap", uid=UID_A)
+    d.wait_state("finishing")
+    session = d.ctl("sessions")[0]
+    before = len(csms.calls())
+
+    csms.start()  # the same port: the station reconnects by itself
+    wait_until(lambda: csms.calls("StopTransaction"), 15, "StopTransaction after the outage")
+    after = [a for a in csms.actions()[before:] if a in ("StartTransaction", "StopTransaction")]
+    assert after == ["StartTransaction", "StopTransaction"]
+    start = csms.calls("StartTransaction")[0]
+    stop = csms.calls("StopTransaction")[0]
+    (txid,) = csms.tx_ids()
+    assert stop["transactionId"] == txid != -1
+    assert abs(stop["meterStop"] - start["meterStart"] - session["energy_kwh"] * 1000) <= 1
+    assert stop["reason"] == "Local"
+    wait_until(lambda: d.ctl("outbox")["pending"] == 0, 10, "CDR settled")
+
+
+def test_wrong_basic_auth_key_is_refused_and_boot_pending_waits(tmp_path, csms, daemons):
+    boot_retry_interval(1)
+    wrong = ocpp_daemon(tmp_path / "a", csms, daemons, key="not-the-station-key-at-all")
+    pending = {"n": 0}
+
+    async def registration(cp: Any, info: Any) -> Any:
+        from ocpp_csms import RegistrationStatus
+
+        pending["n"] += 1
+        return RegistrationStatus.PENDING if pending["n"] == 1 else RegistrationStatus.ACCEPTED
+
+    csms.registration = registration
+    csms.stop()
+    csms.start()
+    right = ocpp_daemon(tmp_path / "b", csms, daemons)
+    wrong.spawn()
+    right.spawn()
+    wrong.wait_ready(connected=False)
+    wait_until(lambda: "ocpp_auth" in str(wrong.ctl("status").get("faults")), 10, "ocpp_auth fault")
+    assert "refused this station's credentials (HTTP 401)" in wrong.log()
+    assert not wrong.ctl("status")["link"]["connected"]
+    right.wait_ready()
+    assert [c for c in csms.actions() if c == "BootNotification"] == ["BootNotification"] * 2
+    assert "BootNotification Pending: next one in 1 s" in right.log()
+    assert KEY not in right.log()
