@@ -34,9 +34,16 @@ def daemons() -> Iterator[list[Daemon]]:
 
 
 def ocpp_daemon(
-    tmp: Path, csms: Csms, daemons: list[Daemon], *, key: str | None = KEY, **over: Any
+    tmp: Path,
+    csms: Csms,
+    daemons: list[Daemon],
+    *,
+    key: str | None = KEY,
+    evses: int = 1,
+    **over: Any,
 ) -> Daemon:
-    cfg = station_config(tmp, "mqtt://127.0.0.1:9", "unused", **ocpp_config(csms, tmp, key))
+    overrides = ocpp_config(csms, tmp, key)
+    cfg = station_config(tmp, "mqtt://127.0.0.1:9", "unused", evses=evses, **overrides)
     for k, v in over.items():
         cfg[k] = {**cfg.get(k, {}), **v}
     d = Daemon(tmp, cfg)
@@ -148,3 +155,104 @@ def test_wrong_basic_auth_key_is_refused_and_boot_pending_waits(tmp_path, csms, 
     assert [c for c in csms.actions() if c == "BootNotification"] == ["BootNotification"] * 2
     assert "BootNotification Pending: next one in 1 s" in right.log()
     assert KEY not in right.log()
+
+
+def test_csms_calls_answered_or_refused_with_the_right_callerror(tmp_path, csms, daemons):
+    d = ocpp_daemon(tmp_path, csms, daemons, evses=2).start()
+
+    def ask(action: str, payload: dict[str, Any]) -> list[Any]:
+        return csms.raw_call(ST, [2, f"t-{action}-{len(csms.frames)}", action, payload])
+
+    assert ask("FooBar", {})[2] == "NotSupported"  # not an OCPP 1.6 action
+    assert (
+        ask(
+            "ReserveNow",
+            {
+                "connectorId": 1,
+                "expiryDate": "2030-01-01T00:00:00Z",
+                "idTag": UID_A,
+                "reservationId": 1,
+            },
+        )[2]
+        == "NotImplemented"
+    )
+    assert ask("RemoteStartTransaction", {"connectorId": 1})[0] == 4  # idTag missing
+    assert ask("RemoteStartTransaction", {"idTag": UID_A, "bogus": 1})[2] in (
+        "FormationViolation",
+        "FormatViolation",
+    )
+    assert ask("UnlockConnector", {"connectorId": 9})[2] == "PropertyConstraintViolation"
+    assert ask("UnlockConnector", {"connectorId": 2})[2] == {"status": "NotSupported"}
+    assert ask("DataTransfer", {"vendorId": "x"})[2] == {"status": "Rejected"}
+    assert ask("Reset", {"type": "Soft"})[2] == {"status": "Rejected"}
+    # without a connector and with two EVSEs the station cannot choose
+    assert ask("RemoteStartTransaction", {"idTag": UID_A})[2] == {"status": "Rejected"}
+
+    conf = ask("GetConfiguration", {"key": ["HeartbeatInterval", "Nope"]})[2]
+    assert conf["configurationKey"] == [
+        {"key": "HeartbeatInterval", "readonly": False, "value": "60"}
+    ]
+    assert conf["unknownKey"] == ["Nope"]
+    assert ask("ChangeConfiguration", {"key": "HeartbeatInterval", "value": "5"})[2] == {
+        "status": "Accepted"
+    }
+    assert ask("ChangeConfiguration", {"key": "NumberOfConnectors", "value": "3"})[2] == {
+        "status": "Rejected"
+    }
+    assert ask("ChangeConfiguration", {"key": "Nope", "value": "1"})[2] == {
+        "status": "NotSupported"
+    }
+    assert ask("ChangeConfiguration", {"key": "MeterValueSampleInterval", "value": "-1"})[2] == {
+        "status": "Rejected"
+    }
+    every = ask("GetConfiguration", {})[2]["configurationKey"]
+    assert {"key": "NumberOfConnectors", "readonly": True, "value": "2"} in every
+    assert {"key": "HeartbeatInterval", "readonly": False, "value": "5"} in every
+
+    assert ask("ChangeAvailability", {"connectorId": 2, "type": "Inoperative"})[2] == {
+        "status": "Accepted"
+    }
+    wait_until(lambda: csms.cp(ST).connectors[2].status == "Unavailable", 10, "Unavailable")
+    assert ask("ChangeAvailability", {"connectorId": 0, "type": "Operative"})[2] == {
+        "status": "Accepted"
+    }
+    wait_until(lambda: csms.cp(ST).connectors[2].status == "Available", 10, "Available")
+    n = len(csms.calls("StatusNotification"))
+    trig = ask("TriggerMessage", {"requestedMessage": "StatusNotification", "connectorId": 1})
+    assert trig[2] == {"status": "Accepted"}
+    wait_until(lambda: len(csms.calls("StatusNotification")) > n, 10, "triggered status")
+    assert csms.calls("StatusNotification")[n]["connectorId"] == 1
+    assert ask("TriggerMessage", {"requestedMessage": "FirmwareStatusNotification"})[2] == {
+        "status": "NotImplemented"
+    }
+    h = len(csms.calls("Heartbeat"))
+    ask("TriggerMessage", {"requestedMessage": "Heartbeat"})
+    wait_until(lambda: len(csms.calls("Heartbeat")) > h, 10, "triggered heartbeat")
+    assert d.ctl("status")["link"]["connected"]  # nothing above dropped the socket
+
+
+def test_kill_9_and_power_loss_during_an_outage_lose_nothing(tmp_path, csms, daemons):
+    """A charging session's StartTransaction is answered; the CSMS goes away; the station dies
+    (kill -9) and comes back after a reboot with the CSMS still away: recovery ends the
+    session (power loss). When the CSMS returns it gets exactly one StopTransaction, with the
+    transaction id it gave before the crash, and no second StartTransaction."""
+    (tmp_path / "boot_id").write_text("boot-1\n")
+    d = ocpp_daemon(tmp_path, csms, daemons).start()
+    d.ctl("sim.plug")
+    d.ctl("sim.tap", uid=UID_A)
+    d.wait_state("charging")
+    wait_until(csms.tx_ids, 10, "StartTransaction answered")
+    (txid,) = csms.tx_ids()
+    wait_until(lambda: f"is OCPP transaction {txid}" in d.log(), 10, "transaction id stored")
+    csms.stop()
+    wait_until(lambda: not d.ctl("status")["link"]["connected"], 10, "link down")
+    d.kill()
+    (tmp_path / "boot_id").write_text("boot-2\n")  # the station rebooted
+    d.start(wait_connected=False)
+    wait_until(lambda: d.ctl("sessions")[0]["stop_reason"] == "power_loss", 10, "recovery")
+    csms.start()
+    stop = wait_until(lambda: csms.calls("StopTransaction"), 15, "StopTransaction")[0]
+    assert stop["transactionId"] == txid and stop["reason"] == "PowerLoss"
+    wait_until(lambda: d.ctl("outbox")["pending"] == 0, 10, "CDR settled")
+    assert len(csms.calls("StartTransaction")) == 1
+    assert len(csms.calls("StopTransaction")) == 1
