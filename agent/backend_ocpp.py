@@ -29,10 +29,10 @@ import logging
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from ocpp.exceptions import OCPPError
-from ocpp.v16 import call
 from websockets.asyncio.client import ClientConnection
 
 from agent.backend import (
@@ -44,7 +44,7 @@ from agent.backend import (
     LinkDown,
     LinkUp,
 )
-from agent.clock import Clock, rfc3339
+from agent.clock import Clock
 from agent.config import AgentConfig, OcppConfig
 from agent.errors import StoreError
 from agent.messages import (
@@ -57,18 +57,51 @@ from agent.messages import (
     StatusMessage,
     token_for_record,
 )
-from agent.ocpp16_cp import StationCp16
+from agent.ocpp16 import Dialect16
 from agent.ocpp_config import OcppSettings
 from agent.ocpp_link import OcppLink
-from agent.ocpp_map import auth_status, connector_status_16, id_tag
 from agent.ocpp_meter import MeterValuesTask
-from agent.ocpp_state import OcppState, StationView
-from agent.ocpp_tx import Transactions16, masked
+from agent.ocpp_state import OcppState, StationView, TxRow
+from agent.ocpp_tx import masked
 from agent.store import DB_NAME
 
 log = logging.getLogger(__name__)
 
 COMMAND_WAIT_S = 10.0  # the core answers a command within one loop turn; this is a backstop
+
+
+class Dialect(Protocol):
+    """What differs between OCPP versions: the messages the station sends."""
+
+    subprotocol: str
+
+    def make_cp(self, ws: ClientConnection) -> Any: ...
+
+    async def boot(self, cp: Any) -> tuple[str, int]: ...
+
+    async def heartbeat(self, cp: Any) -> None: ...
+
+    def statuses(self, status: StatusMessage) -> dict[int, tuple[str, ...]]: ...
+
+    async def send_status(self, cp: Any, connector: int, value: tuple[str, ...]) -> None: ...
+
+    async def authorize(self, cp: Any, token: dict[str, Any]) -> tuple[str, str | None]: ...
+
+    async def message(self, cp: Any, event: SessionEvent) -> None: ...
+
+    def cdr_settled(self, cdr: Cdr) -> bool: ...
+
+    async def meter_values(
+        self, cp: Any, tx: TxRow, kwh: float, at: datetime, context: str
+    ) -> None: ...
+
+
+def _dialect(subprotocol: str, backend: OcppBackend) -> Dialect:
+    if subprotocol == "ocpp2.0.1":
+        from agent.ocpp201 import Dialect201
+
+        return Dialect201(backend)
+    return Dialect16(backend)
 
 
 @dataclass(frozen=True)
@@ -83,33 +116,34 @@ class _CdrJob:
 
 
 class OcppBackend:
-    def __init__(self, config: AgentConfig, clock: Clock) -> None:
+    def __init__(self, config: AgentConfig, clock: Clock, subprotocol: str = "ocpp1.6") -> None:
         if config.ocpp is None:
             raise ValueError("OcppBackend needs an [ocpp] section")
         self._config = config
         self._ocpp: OcppConfig = config.ocpp
         self._clock = clock
         self._station_id = config.station.id
-        self._link = OcppLink(config.ocpp, config.station.id, "ocpp1.6")
+        self._link = OcppLink(config.ocpp, config.station.id, subprotocol)
         self._state = OcppState(config.station.state_dir)
         self._view = StationView(config.station.state_dir / DB_NAME)
         self.settings = OcppSettings(config, self._state)
         self._evses = config.evse_ids()
         self._sink: BackendSink = lambda item: None
         self._up = threading.Event()
+        self.up_since: datetime | None = None  # wall clock of the current connection's boot
         self._ack_lock = threading.Lock()
         self._delivered: list[int] = []
         self._cdr_acks: list[str] = []
         self._boot_rejected = False
         # asyncio thread only
-        self._cp: StationCp16 | None = None
+        self._cp: Any = None
         self._jobs: asyncio.Queue[_EventJob | _CdrJob] | None = None
         self._waiting: dict[str, asyncio.Future[CommandResponse]] = {}
         self._latest: StatusMessage | None = None
         self._status_dirty: asyncio.Event | None = None
-        self._sent_status: dict[int, tuple[str, str, str | None]] = {}
+        self._sent_status: dict[int, tuple[str, ...]] = {}
         self._meter = MeterValuesTask(self)
-        self._tx = Transactions16(self._state, self._view, clock, self.connector_of)
+        self.dialect: Dialect = _dialect(subprotocol, self)
         self._triggered: set[asyncio.Future[Any]] = set()
 
     # ---------------------------------------------------------------- port (loop thread)
@@ -191,6 +225,9 @@ class OcppBackend:
     def connector_of(self, evse_id: str) -> int:
         return self._evses.index(evse_id) + 1
 
+    def connector_or_none(self, evse_id: str) -> int | None:
+        return self._evses.index(evse_id) + 1 if evse_id in self._evses else None
+
     def evse_ids(self) -> list[str]:
         return list(self._evses)
 
@@ -232,9 +269,9 @@ class OcppBackend:
         if cp is None:
             return
         if message == "BootNotification":
-            self._spawn(self._boot_once(cp))
+            self._spawn(self.dialect.boot(cp))
         elif message == "Heartbeat":
-            self._spawn(cp.call(call.Heartbeat()))
+            self._spawn(self.dialect.heartbeat(cp))
         elif message == "StatusNotification":
             self._sent_status.clear() if connector is None else self._sent_status.pop(
                 connector, None
@@ -251,7 +288,7 @@ class OcppBackend:
 
     # ---------------------------------------------------------------- session (asyncio thread)
     async def _serve(self, ws: ClientConnection) -> None:
-        cp = StationCp16(self._station_id, ws, self, self._ocpp.call_timeout_s)
+        cp = self.dialect.make_cp(ws)
         receiver = asyncio.ensure_future(cp.start())
         session = asyncio.ensure_future(self._session(cp))
         try:
@@ -270,12 +307,13 @@ class OcppBackend:
             if was_up:
                 self._sink(LinkDown("CSMS connection closed"))
 
-    async def _session(self, cp: StationCp16) -> None:
+    async def _session(self, cp: Any) -> None:
         await self._boot(cp)
         self._cp = cp
         self._jobs = asyncio.Queue()
         self._status_dirty = asyncio.Event()
         self._sent_status = {}
+        self.up_since = self._clock.now()
         self._up.set()
         self._sink(LinkUp())
         self._mark_status()
@@ -286,23 +324,11 @@ class OcppBackend:
             self._meter.run(cp),
         )
 
-    async def _boot_once(self, cp: StationCp16) -> tuple[str, int]:
-        res = await cp.call(
-            call.BootNotification(
-                charge_point_model=self._ocpp.model,
-                charge_point_vendor=self._ocpp.vendor,
-                charge_point_serial_number=self._station_id[:25],
-                firmware_version=_version(),
-            ),
-            suppress=False,
-        )
-        return str(res.status), int(res.interval)
-
-    async def _boot(self, cp: StationCp16) -> None:
+    async def _boot(self, cp: Any) -> None:
         """BootNotification until Accepted; Pending and Rejected wait the interval the CSMS
         gives (at least one second) before the next."""
         while True:
-            status, interval = await self._boot_once(cp)
+            status, interval = await self.dialect.boot(cp)
             self._boot_rejected = status == "Rejected"
             if status == "Accepted":
                 if interval > 0:
@@ -313,17 +339,17 @@ class OcppBackend:
             log.warning("BootNotification %s: next one in %d s", status, wait)
             await asyncio.sleep(wait)
 
-    async def _heartbeat(self, cp: StationCp16) -> None:
+    async def _heartbeat(self, cp: Any) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval())
-            await cp.call(call.Heartbeat(), suppress=False)
+            await self.dialect.heartbeat(cp)
 
     # ---------------------------------------------------------------- transaction messages
     def _enqueue(self, job: _EventJob | _CdrJob) -> None:
         if self._jobs is not None:
             self._jobs.put_nowait(job)
 
-    async def _work(self, cp: StationCp16, jobs: asyncio.Queue[_EventJob | _CdrJob]) -> None:
+    async def _work(self, cp: Any, jobs: asyncio.Queue[_EventJob | _CdrJob]) -> None:
         """One transaction message at a time, in the core's order. A CALLERROR is an answer
         (logged; the message is not sent again); no answer in time closes the socket, and
         everything unanswered is sent again, in order, on the next connection."""
@@ -331,10 +357,10 @@ class OcppBackend:
             job = await jobs.get()
             try:
                 if isinstance(job, _CdrJob):
-                    if self._tx.cdr_settled(job.cdr):
+                    if self.dialect.cdr_settled(job.cdr):
                         self._ack_cdr(job.cdr.session_id)
                     continue
-                await self._tx.message(cp, job.event)
+                await self.dialect.message(cp, job.event)
             except OCPPError as err:
                 log.error("CSMS answered %s with CALLERROR %s", job, err)
             except TimeoutError:
@@ -354,17 +380,15 @@ class OcppBackend:
             return  # the core's own time-out decides (offline policy)
         token = token_for_record(request.token).model_dump(mode="json")
         try:
-            res = await cp.call(call.Authorize(id_tag=id_tag(token)), suppress=False)
+            status, expiry = await self.dialect.authorize(cp, token)
         except (OCPPError, TimeoutError) as err:
             log.warning("Authorize for %s got no answer: %s", masked(token), err)
             return
-        info = res.id_tag_info or {}
-        expiry = info.get("expiry_date")
         answer = AuthResponse.model_validate(
             {
                 "v": 1,
                 "request_id": request.request_id,
-                "status": auth_status(str(info.get("status"))),
+                "status": status,
                 "expires_at": expiry,
             },
             strict=False,
@@ -380,35 +404,18 @@ class OcppBackend:
         if self._status_dirty is not None:
             self._status_dirty.set()
 
-    async def _send_status(self, cp: StationCp16, dirty: asyncio.Event) -> None:
+    async def _send_status(self, cp: Any, dirty: asyncio.Event) -> None:
         while True:
             await dirty.wait()
             dirty.clear()
             status = self._latest
             if status is None:
                 continue
-            wanted: dict[int, tuple[str, str, str | None]] = {
-                0: ("Faulted", "InternalError", status.faults[0][:50])
-                if status.faults
-                else ("Available", "NoError", None)
-            }
-            for evse in status.evses:
-                if evse.evse_id in self._evses:
-                    wanted[self.connector_of(evse.evse_id)] = connector_status_16(evse)
-            for connector, (state, code, info) in sorted(wanted.items()):
-                if self._sent_status.get(connector) == (state, code, info):
+            for connector, value in sorted(self.dialect.statuses(status).items()):
+                if self._sent_status.get(connector) == value:
                     continue
-                await cp.call(
-                    call.StatusNotification(
-                        connector_id=connector,
-                        error_code=code,
-                        status=state,
-                        info=info,
-                        timestamp=rfc3339(self._clock.now()),
-                    ),
-                    suppress=False,
-                )
-                self._sent_status[connector] = (state, code, info)
+                await self.dialect.send_status(cp, connector, value)
+                self._sent_status[connector] = value
 
     # ---------------------------------------------------------------- for MeterValuesTask
     @property
@@ -422,6 +429,18 @@ class OcppBackend:
     @property
     def clock(self) -> Clock:
         return self._clock
+
+    @property
+    def ocpp(self) -> OcppConfig:
+        return self._ocpp
+
+    @property
+    def station_id(self) -> str:
+        return self._station_id
+
+    @property
+    def version(self) -> str:
+        return _version()
 
 
 def _version() -> str:

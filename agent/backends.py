@@ -14,7 +14,7 @@ def make_backend(config: AgentConfig, clock: Clock) -> Backend:
         from agent.backend_mqtt import MqttBackend
 
         return MqttBackend(config, clock)
-    if protocol == "ocpp1.6":
+    if protocol in ("ocpp1.6", "ocpp2.0.1"):
         try:
             from agent.backend_ocpp import OcppBackend
         except ImportError as err:
@@ -22,5 +22,5 @@ def make_backend(config: AgentConfig, clock: Clock) -> Backend:
                 f"backend.protocol {protocol!r} needs the OCPP extra"
                 f" (pip install 'station-agent[ocpp]'): {err}"
             ) from err
-        return OcppBackend(config, clock)
+        return OcppBackend(config, clock, subprotocol=protocol)
     raise ConfigError(f"backend.protocol {protocol!r} is not available in this build")

@@ -13,10 +13,6 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ocpp.v16 import call
-
-from agent.ocpp_map import sampled_energy
-
 if TYPE_CHECKING:
     from agent.backend_ocpp import OcppBackend
 
@@ -64,13 +60,6 @@ class MeterValuesTask:
             if facts.meter_last_kwh is None and facts.meter_start_kwh is not None:
                 kwh = facts.meter_start_kwh
             at = facts.meter_last_at or backend.clock.now()
-            await cp.call(
-                call.MeterValues(
-                    connector_id=tx.connector,
-                    transaction_id=int(tx.transaction_id),
-                    meter_value=[sampled_energy(kwh, at, context)],
-                ),
-                suppress=False,
-            )
+            await backend.dialect.meter_values(cp, tx, kwh, at, context)
             sent += 1
         return sent

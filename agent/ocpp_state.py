@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS tx (
     transaction_id TEXT NOT NULL,
     connector      INTEGER NOT NULL,
     stopped        INTEGER NOT NULL DEFAULT 0,
-    started_at     TEXT NOT NULL
+    started_at     TEXT NOT NULL,
+    seq            INTEGER NOT NULL DEFAULT 1  -- 2.0.1: the next TransactionEvent seqNo
 );
 CREATE INDEX IF NOT EXISTS tx_by_id ON tx(transaction_id);
 CREATE TABLE IF NOT EXISTS settings (
@@ -107,6 +108,14 @@ class OcppState:
 
     def stopped(self, session_id: str) -> None:
         self._write("UPDATE tx SET stopped=1 WHERE session_id=?", (session_id,))
+
+    def take_seq(self, session_id: str) -> int:
+        """The next seqNo of a 2.0.1 transaction (0 was its Started), committed before the
+        message goes out: a crash leaves a gap, never a number used twice for two messages."""
+        row = self.db.execute("SELECT seq FROM tx WHERE session_id=?", (session_id,)).fetchone()
+        seq = int(row[0]) if row else 1
+        self._write("UPDATE tx SET seq=? WHERE session_id=?", (seq + 1, session_id))
+        return seq
 
     def open_transactions(self) -> list[TxRow]:
         rows = self.db.execute(

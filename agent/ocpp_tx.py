@@ -95,14 +95,18 @@ class Transactions16:
         log.info("OCPP transaction %s (session %s) stopped", tx.transaction_id, event.session_id)
 
     def cdr_settled(self, cdr: Cdr) -> bool:
-        """True once OCPP has all of the session (its StopTransaction answered, or it never
-        was an OCPP transaction): the CDR is then acknowledged on our side."""
-        tx = self._store.tx(cdr.session_id)
-        if tx is not None and not tx.stopped:
-            return False  # its StopTransaction is not answered yet: offered again later
-        log.info(
-            "CDR %s settled (OCPP transaction %s)",
-            cdr.session_id,
-            "none" if tx is None else tx.transaction_id,
-        )
-        return True
+        return settled(self._store, cdr)
+
+
+def settled(store: OcppState, cdr: Cdr) -> bool:
+    """True once OCPP has all of the session (its stop answered, or it never was an OCPP
+    transaction): the CDR is then acknowledged on our side."""
+    tx = store.tx(cdr.session_id)
+    if tx is not None and not tx.stopped:
+        return False  # its stop is not answered yet: the CDR is offered again later
+    log.info(
+        "CDR %s settled (OCPP transaction %s)",
+        cdr.session_id,
+        "none" if tx is None else tx.transaction_id,
+    )
+    return True

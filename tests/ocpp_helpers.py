@@ -46,7 +46,7 @@ ERROR_CODES = {
 KEY = "0123456789abcdef-station-key"
 
 
-class _Wire(logging.Handler):
+class Wire(logging.Handler):
     """Frames as the CSMS saw them: ('in' | 'out', charge point id, parsed JSON)."""
 
     def __init__(self, frames: list[tuple[str, str, Any]]) -> None:
@@ -87,7 +87,7 @@ class Csms:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._server: CentralSystem | None = None
-        self._wire = _Wire(self.frames)
+        self._wire = Wire(self.frames)
         wire = logging.getLogger("ocpp_csms.wire")
         wire.setLevel(logging.DEBUG)
         wire.addHandler(self._wire)
@@ -194,12 +194,20 @@ def wait_for(pred: Callable[[], T | None], timeout: float, what: str) -> T:
         time.sleep(0.01)  # polling interval of this wait
 
 
-def _schema(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((SCHEMAS_16 / f"{name}.json").read_text())
+SCHEMAS_201 = Path(ocpp.__file__).parent / "v201" / "schemas"
+
+
+def _schema(name: str, version: str = "1.6") -> dict[str, Any]:
+    if version == "1.6":
+        path = SCHEMAS_16 / f"{name}.json"
+    else:  # 2.0.1 names its request schemas FooRequest.json
+        path = SCHEMAS_201 / (name if name.endswith("Response") else f"{name}Request")
+        path = path.with_suffix(".json")
+    data: dict[str, Any] = json.loads(path.read_text())
     return data
 
 
-def check_frames(frames: list[tuple[str, str, Any]]) -> int:
+def check_frames(frames: list[tuple[str, str, Any]], version: str = "1.6") -> int:
     """Validate every frame the station sent against the OCPP 1.6 JSON schemas; returns how
     many were checked. CALLs by their action; CALLRESULTs by the action of the CSMS call they
     answer; CALLERRORs by the OCPP-J error codes."""
@@ -213,9 +221,9 @@ def check_frames(frames: list[tuple[str, str, Any]]) -> int:
         assert isinstance(frame, list), f"not an OCPP-J frame: {frame!r}"
         kind = frame[0]
         if kind == CALL:
-            jsonschema.validate(frame[3], _schema(frame[2]))
+            jsonschema.validate(frame[3], _schema(frame[2], version))
         elif kind == RESULT and frame[1] in csms_calls:
-            jsonschema.validate(frame[2], _schema(csms_calls[frame[1]] + "Response"))
+            jsonschema.validate(frame[2], _schema(csms_calls[frame[1]] + "Response", version))
         elif kind == ERROR:
             assert frame[2] in ERROR_CODES, frame
             assert isinstance(frame[3], str) and isinstance(frame[4], dict), frame
@@ -230,8 +238,10 @@ def boot_retry_interval(seconds: int) -> None:
     ocpp_csms.charge_point.DEFAULT_BOOT_RETRY_INTERVAL = seconds  # type: ignore[attr-defined]
 
 
-def ocpp_config(csms: Csms, tmp: Path, key: str | None = KEY, **ocpp: Any) -> dict[str, Any]:
-    """Overrides for tests.helpers.station_config: the station speaks OCPP 1.6 to ``csms``."""
+def ocpp_config(
+    csms: Any, tmp: Path, key: str | None = KEY, protocol: str = "ocpp1.6", **ocpp: Any
+) -> dict[str, Any]:
+    """Overrides for tests.helpers.station_config: the station speaks OCPP to ``csms``."""
     section: dict[str, Any] = {
         "url": csms.url,
         "security_profile": 0,
@@ -246,9 +256,11 @@ def ocpp_config(csms: Csms, tmp: Path, key: str | None = KEY, **ocpp: Any) -> di
         secret.write_text(key + "\n")
         secret.chmod(0o600)
         section.update(security_profile=1, password_file=str(secret))
+    if csms.url.startswith("wss"):
+        section["security_profile"] = 2 if key is not None else 3
     section.update(ocpp)
     return {
-        "backend": {"protocol": "ocpp1.6"},
+        "backend": {"protocol": protocol},
         "ocpp": section,
         "store": {"meter_interval_s": 0.5},
     }
