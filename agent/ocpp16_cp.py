@@ -39,7 +39,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 TRIGGERS = ("BootNotification", "Heartbeat", "StatusNotification", "MeterValues")
 
 
-def _on(action: str) -> Callable[[F], F]:
+def handles(action: str) -> Callable[[F], F]:
     decorator: Callable[[F], F] = on(action)
     return decorator
 
@@ -86,7 +86,7 @@ class StationCp16(ChargePoint):  # type: ignore[misc]
             )
         return evse
 
-    @_on("RemoteStartTransaction")
+    @handles("RemoteStartTransaction")
     async def on_remote_start(
         self, id_tag: str, call_unique_id: str, connector_id: int | None = None, **_: Any
     ) -> call_result.RemoteStartTransaction:
@@ -112,7 +112,7 @@ class StationCp16(ChargePoint):  # type: ignore[misc]
             status="Accepted" if _accepted(answer) else "Rejected"
         )
 
-    @_on("RemoteStopTransaction")
+    @handles("RemoteStopTransaction")
     async def on_remote_stop(
         self, transaction_id: int, call_unique_id: str
     ) -> call_result.RemoteStopTransaction:
@@ -128,7 +128,7 @@ class StationCp16(ChargePoint):  # type: ignore[misc]
             status="Accepted" if _accepted(answer) else "Rejected"
         )
 
-    @_on("ChangeAvailability")
+    @handles("ChangeAvailability")
     async def on_change_availability(
         self, connector_id: int, type: str, call_unique_id: str
     ) -> call_result.ChangeAvailability:
@@ -145,7 +145,7 @@ class StationCp16(ChargePoint):  # type: ignore[misc]
             ok = _accepted(await self._station.run_command(cmd, "ChangeAvailability")) and ok
         return call_result.ChangeAvailability(status="Accepted" if ok else "Rejected")
 
-    @_on("SendLocalList")
+    @handles("SendLocalList")
     async def on_send_local_list(
         self,
         list_version: int,
@@ -171,22 +171,22 @@ class StationCp16(ChargePoint):  # type: ignore[misc]
             return call_result.SendLocalList(status="VersionMismatch")
         return call_result.SendLocalList(status="Failed")
 
-    @_on("GetLocalListVersion")
+    @handles("GetLocalListVersion")
     def on_get_local_list_version(self) -> call_result.GetLocalListVersion:
         return call_result.GetLocalListVersion(list_version=self._station.local_list_version())
 
-    @_on("GetConfiguration")
+    @handles("GetConfiguration")
     def on_get_configuration(self, key: list[str] | None = None) -> call_result.GetConfiguration:
         known, unknown = self._station.configuration(key)
         return call_result.GetConfiguration(configuration_key=known, unknown_key=unknown or None)
 
-    @_on("ChangeConfiguration")
+    @handles("ChangeConfiguration")
     def on_change_configuration(self, key: str, value: str) -> call_result.ChangeConfiguration:
         return call_result.ChangeConfiguration(
             status=self._station.change_configuration(key, value)
         )
 
-    @_on("TriggerMessage")
+    @handles("TriggerMessage")
     def on_trigger_message(
         self, requested_message: str, connector_id: int | None = None
     ) -> call_result.TriggerMessage:
@@ -197,17 +197,17 @@ class StationCp16(ChargePoint):  # type: ignore[misc]
         self._station.trigger(requested_message, connector_id)
         return call_result.TriggerMessage(status="Accepted")
 
-    @_on("Reset")
+    @handles("Reset")
     def on_reset(self, type: str) -> call_result.Reset:
         log.warning("Reset (%s) refused: the agent is restarted by its service manager", type)
         return call_result.Reset(status="Rejected")
 
-    @_on("UnlockConnector")
+    @handles("UnlockConnector")
     def on_unlock_connector(self, connector_id: int) -> call_result.UnlockConnector:
         self._evse(connector_id)
         return call_result.UnlockConnector(status="NotSupported")  # no lock on our sockets
 
-    @_on("DataTransfer")
+    @handles("DataTransfer")
     def on_data_transfer(self, vendor_id: str, **_: Any) -> call_result.DataTransfer:
         log.info("DataTransfer from the CSMS (vendor %r) rejected", vendor_id)
         return call_result.DataTransfer(status="Rejected")

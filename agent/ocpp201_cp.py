@@ -22,7 +22,7 @@ from agent.messages import (
     SetAvailability,
     UpdateLocalList,
 )
-from agent.ocpp16_cp import TRIGGERS, Station, _on
+from agent.ocpp16_cp import TRIGGERS, Station, handles
 from agent.ocpp_link import FrameLog
 from agent.ocpp_map import list_entry
 
@@ -71,7 +71,7 @@ class StationCp201(ChargePoint):  # type: ignore[misc]
             )
         return evse
 
-    @_on("RequestStartTransaction")
+    @handles("RequestStartTransaction")
     async def on_request_start(
         self, id_token: dict[str, Any], remote_start_id: int, call_unique_id: str, **kw: Any
     ) -> call_result.RequestStartTransaction:
@@ -92,7 +92,7 @@ class StationCp201(ChargePoint):  # type: ignore[misc]
         ok = _accepted(await self._station.run_command(cmd, "RequestStartTransaction"))
         return call_result.RequestStartTransaction(status="Accepted" if ok else "Rejected")
 
-    @_on("RequestStopTransaction")
+    @handles("RequestStopTransaction")
     async def on_request_stop(
         self, transaction_id: str, call_unique_id: str, **_: Any
     ) -> call_result.RequestStopTransaction:
@@ -105,7 +105,7 @@ class StationCp201(ChargePoint):  # type: ignore[misc]
         ok = _accepted(await self._station.run_command(cmd, "RequestStopTransaction"))
         return call_result.RequestStopTransaction(status="Accepted" if ok else "Rejected")
 
-    @_on("ChangeAvailability")
+    @handles("ChangeAvailability")
     async def on_change_availability(
         self, operational_status: str, call_unique_id: str, evse: dict[str, Any] | None = None
     ) -> call_result.ChangeAvailability:
@@ -122,7 +122,7 @@ class StationCp201(ChargePoint):  # type: ignore[misc]
             ok = _accepted(await self._station.run_command(cmd, "ChangeAvailability")) and ok
         return call_result.ChangeAvailability(status="Accepted" if ok else "Rejected")
 
-    @_on("SendLocalList")
+    @handles("SendLocalList")
     async def on_send_local_list(
         self,
         version_number: int,
@@ -147,11 +147,11 @@ class StationCp201(ChargePoint):  # type: ignore[misc]
             return call_result.SendLocalList(status="VersionMismatch")
         return call_result.SendLocalList(status="Failed")
 
-    @_on("GetLocalListVersion")
+    @handles("GetLocalListVersion")
     def on_get_local_list_version(self) -> call_result.GetLocalListVersion:
         return call_result.GetLocalListVersion(version_number=self._station.local_list_version())
 
-    @_on("GetVariables")
+    @handles("GetVariables")
     def on_get_variables(self, get_variable_data: list[dict[str, Any]]) -> Any:
         out = []
         for item in get_variable_data:
@@ -165,7 +165,7 @@ class StationCp201(ChargePoint):  # type: ignore[misc]
             out.append(result)
         return call_result.GetVariables(get_variable_result=out)
 
-    @_on("SetVariables")
+    @handles("SetVariables")
     def on_set_variables(self, set_variable_data: list[dict[str, Any]]) -> Any:
         out = []
         for item in set_variable_data:
@@ -182,7 +182,7 @@ class StationCp201(ChargePoint):  # type: ignore[misc]
             )
         return call_result.SetVariables(set_variable_result=out)
 
-    @_on("TriggerMessage")
+    @handles("TriggerMessage")
     def on_trigger_message(
         self, requested_message: str, evse: dict[str, Any] | None = None
     ) -> call_result.TriggerMessage:
@@ -194,12 +194,12 @@ class StationCp201(ChargePoint):  # type: ignore[misc]
         self._station.trigger(requested_message, n)
         return call_result.TriggerMessage(status="Accepted")
 
-    @_on("Reset")
+    @handles("Reset")
     def on_reset(self, type: str, **_: Any) -> call_result.Reset:
         log.warning("Reset (%s) refused: the agent is restarted by its service manager", type)
         return call_result.Reset(status="Rejected")
 
-    @_on("DataTransfer")
+    @handles("DataTransfer")
     def on_data_transfer(self, vendor_id: str, **_: Any) -> call_result.DataTransfer:
         log.info("DataTransfer from the CSMS (vendor %r) rejected", vendor_id)
         return call_result.DataTransfer(status="Rejected")

@@ -3,6 +3,8 @@ loopback: the daemon runs as a child process, the CSMS in this process."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -256,3 +258,16 @@ def test_kill_9_and_power_loss_during_an_outage_lose_nothing(tmp_path, csms, dae
     wait_until(lambda: d.ctl("outbox")["pending"] == 0, 10, "CDR settled")
     assert len(csms.calls("StartTransaction")) == 1
     assert len(csms.calls("StopTransaction")) == 1
+
+
+def test_demo_plays_its_sessions_over_ocpp():
+    out = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "demo", "--backend", "ocpp1.6", "--seconds", "0.2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "2 transaction(s) started, 2 stopped with their id" in out.stdout
+    assert "StopTransaction    transactionId 2" in out.stdout
