@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from ocpp.exceptions import OCPPError
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from agent.backend import (
     AuthAnswer,
@@ -59,7 +60,7 @@ from agent.messages import (
 )
 from agent.ocpp16 import Dialect16
 from agent.ocpp_config import OcppSettings
-from agent.ocpp_link import OcppLink
+from agent.ocpp_link import OcppLink, summarise
 from agent.ocpp_meter import MeterValuesTask
 from agent.ocpp_state import OcppState, StationView, TxRow
 from agent.ocpp_tx import masked
@@ -293,8 +294,10 @@ class OcppBackend:
         session = asyncio.ensure_future(self._session(cp))
         try:
             done, _ = await asyncio.wait({receiver, session}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # a closed socket or a failed call surfaces here
+            for task in done:  # a closed socket, a CALLERROR to a boot, a call without answer
+                err = task.exception()
+                if err is not None and not isinstance(err, ConnectionClosed):
+                    log.warning("OCPP session ended (%s): reconnecting", summarise(err))
         finally:
             for task in (receiver, session):
                 task.cancel()

@@ -59,7 +59,7 @@ class StationCp201(ChargePoint):  # type: ignore[misc]
             cp_id,
             connection,
             response_timeout=timeout,
-            logger=FrameLog(logging.getLogger("agent.ocpp.frames"), {}),
+            logger=FrameLog(logging.getLogger("agent.ocpp.frames"), cp_id),
         )
         self._station = station
 

@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import ssl
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -37,16 +38,31 @@ BASIC_AUTH_MIN_KEY = 16  # OCPP security whitepaper: the basic-auth key is 16-40
 
 
 class FrameLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """The ``ocpp`` package's logger, without payloads: it logs every frame in full at INFO,
-    and frames carry id tags (personal data). Here a frame is logged at DEBUG as its type,
-    message id and action only; warnings keep their text, frames in them are summarised."""
+    """The ``ocpp`` package's logger, without payloads: it logs every frame in full at INFO and
+    the calls it refuses with their payload and a traceback, and frames carry id tags (personal
+    data). Here a frame is logged at DEBUG as its type, message id and action only; a refused
+    call is one WARNING line naming the error; any other value is left out."""
+
+    def __init__(self, logger: logging.Logger, station_id: str) -> None:
+        super().__init__(logger, {})
+        self._keep = station_id
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
-        if level < logging.WARNING:
+        exc = sys.exc_info()[1] if kwargs.pop("exc_info", None) else None
+        if exc is not None:
+            level = logging.WARNING  # answered with a CALLERROR (or dropped): not our fault
+        elif level < logging.WARNING:
             level = logging.DEBUG
         if not self.isEnabledFor(level):
             return
-        self.logger.log(level, msg, *(summarise(a) for a in args), **kwargs)
+        safe = tuple(summarise(a, self._keep) for a in args)
+        try:
+            text = str(msg) % safe if safe else str(msg)
+        except (TypeError, ValueError):
+            text = f"{msg} {safe}"
+        if exc is not None:
+            text += f" ({type(exc).__name__})"
+        self.logger.log(level, "%s", text, **kwargs)
 
 
 class QuietWebSocketLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -56,11 +72,21 @@ class QuietWebSocketLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         return level > logging.DEBUG and self.logger.isEnabledFor(level)
 
 
-def summarise(value: object) -> object:
-    """An OCPP-J frame as ``[type, id, action]`` (no payload); anything else unchanged."""
+def summarise(value: object, keep: str = "") -> object:
+    """A value the ``ocpp`` package logs, without personal data: a frame as ``[type, id,
+    action]``, a message object as its kind, action and id, an exception as its type; numbers
+    and the charge point's own id as they are; any other text as its length."""
+    if value is None or isinstance(value, int | float) or value == keep:
+        return value
+    if isinstance(value, BaseException):
+        return type(value).__name__
+    ident = getattr(value, "unique_id", None)
+    if ident is not None:
+        what = getattr(value, "action", None) or getattr(value, "error_code", None) or ""
+        return f"<{type(value).__name__} {what} {ident}>"
     text = str(value)
     if not text.startswith("["):
-        return value
+        return f"<{len(text)} characters>"
     try:
         frame = json.loads(text)
     except ValueError:
@@ -183,6 +209,9 @@ class OcppLink:
             except BackendError as err:
                 self.last_error = str(err)
                 log.error("%s", err)
+                served = False
+            except Exception as err:  # noqa: BLE001 - the reconnect loop must outlive any bug
+                log.error("OCPP connection failed (%s): reconnecting", summarise(err))
                 served = False
             attempt = 1 if served else attempt + 1
             delay = backoff_delay(

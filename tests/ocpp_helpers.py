@@ -174,12 +174,15 @@ class Csms:
                 return f
         return None
 
+    def raw_send(self, station_id: str, text: str) -> None:
+        """Send a hand-made text frame (one the ocpp package would refuse to build)."""
+        session = self.cp(station_id)._session
+        assert session is not None
+        self.run(session.handler._send(text))
+
     def raw_call(self, station_id: str, frame: list[Any], timeout: float = 10.0) -> list[Any]:
         """Send a hand-made CALL frame and return the station's answer frame."""
-        cp = self.cp(station_id)
-        session = cp._session  # a frame the ocpp package would refuse to build
-        assert session is not None
-        self.run(session.handler._send(json.dumps(frame)))
+        self.raw_send(station_id, json.dumps(frame))
         return wait_for(lambda: self.answer_to(frame[1]), timeout, f"answer to {frame[2]}")
 
 
@@ -212,7 +215,9 @@ def check_frames(frames: list[tuple[str, str, Any]], version: str = "1.6") -> in
     many were checked. CALLs by their action; CALLRESULTs by the action of the CSMS call they
     answer; CALLERRORs by the OCPP-J error codes."""
     csms_calls = {
-        f[1]: f[2] for d, _, f in frames if d == "out" and isinstance(f, list) and f[0] == CALL
+        f[1]: f[2]
+        for d, _, f in frames
+        if d == "out" and isinstance(f, list) and len(f) > 2 and f[0] == CALL
     }
     checked = 0
     for direction, _, frame in frames:
