@@ -108,7 +108,7 @@ def _dialect(subprotocol: str, backend: OcppBackend) -> Dialect:
 @dataclass(frozen=True)
 class _EventJob:
     event: SessionEvent
-    ref: int
+    ref: int | None  # None: rebuilt by the adapter, not from the core's queue
 
 
 @dataclass(frozen=True)
@@ -373,7 +373,7 @@ class OcppBackend:
             except StoreError as err:
                 log.error("OCPP state: %s", err)
                 continue
-            if isinstance(job, _EventJob):
+            if isinstance(job, _EventJob) and job.ref is not None:
                 self._ack_event(job.ref)
 
     # ---------------------------------------------------------------- authorisation
@@ -402,6 +402,28 @@ class OcppBackend:
     def _status_changed(self, status: StatusMessage) -> None:
         self._latest = status
         self._mark_status()
+
+    def catch_up(self) -> None:
+        """A session charging without an OCPP transaction gets its start now: its own
+        ``started`` event may never come (a kill -9 between the commit of a start and the
+        event; the session then resumes). Only while the station's event queue is empty, so
+        that it cannot overtake older transaction messages; a start already answered is
+        skipped by the worker. Called every few seconds by the meter-values task."""
+        try:
+            if self._jobs is None or self._view.queued_events():
+                return
+            charging = self._view.charging()
+            missing = [f.session_id for f in charging if self._state.tx(f.session_id) is None]
+            events = [self._view.started_event(sid) for sid in missing]
+        except StoreError as err:
+            log.error("OCPP: %s", err)
+            return
+        for started in events:
+            if started is not None:
+                log.warning(
+                    "session %s charges without an OCPP start: sent now", started.session_id
+                )
+                self._enqueue(_EventJob(started, None))
 
     def _mark_status(self) -> None:
         if self._status_dirty is not None:

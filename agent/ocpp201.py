@@ -178,6 +178,9 @@ class Dialect201:
     async def _ended(self, cp: Any, event: SessionEvent) -> None:
         state, sid = self._b.state, event.session_id
         tx = state.tx(sid)
+        if tx is None and (started := self._b.view.started_event(sid)) is not None:
+            await self._started(cp, started)  # it charged, but OCPP never heard: start first
+            tx = state.tx(sid)
         if tx is None or tx.stopped:
             return
         facts = self._b.view.session(sid)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
+CATCH_UP_S = 2.0  # how often a charging session without an OCPP start is looked for
 
 
 class MeterValuesTask:
@@ -30,8 +31,12 @@ class MeterValuesTask:
         settings = self._backend.settings
         last_periodic = clock.monotonic()
         last_slot: int | None = None
+        last_catch_up = clock.monotonic()
         while True:
             await asyncio.sleep(TICK_S)
+            if clock.monotonic() - last_catch_up >= CATCH_UP_S:
+                last_catch_up = clock.monotonic()
+                self._backend.catch_up()
             sample = settings.meter_sample_interval()
             mono = clock.monotonic()
             if sample and mono - last_periodic >= sample:

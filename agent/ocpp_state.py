@@ -23,6 +23,7 @@ from typing import Any
 
 from agent.clock import parse_rfc3339, rfc3339
 from agent.errors import StoreError
+from agent.messages import SessionEvent, SessionEventKind
 
 STATE_NAME = "ocpp.sqlite3"
 
@@ -152,6 +153,12 @@ class SessionFacts:
     meter_last_kwh: float | None
     meter_last_at: datetime | None
     stop_reason: str | None
+    charging_start: datetime | None = None
+
+    @property
+    def charged(self) -> bool:
+        """The relay closed for this session (a transaction in OCPP's sense)."""
+        return self.charging_start is not None
 
 
 class StationView:
@@ -184,7 +191,7 @@ class StationView:
 
     _COLS = (
         "session_id, evse_id, token, state, meter_start_kwh, meter_last_kwh, meter_last_at,"
-        " stop_reason"
+        " stop_reason, charging_start"
     )
 
     def session(self, session_id: str) -> SessionFacts | None:
@@ -194,6 +201,24 @@ class StationView:
     def charging(self) -> list[SessionFacts]:
         rows = self._rows(f"SELECT {self._COLS} FROM sessions WHERE state='charging'")
         return [_facts(r) for r in rows]
+
+    def started_event(self, session_id: str) -> SessionEvent | None:
+        """The ``started`` event of a session that charged, rebuilt from the store: for a
+        session whose own event never came (a crash between the commit of a start and its
+        event), so that OCPP still hears of the transaction, first."""
+        facts = self.session(session_id)
+        if facts is None or facts.charging_start is None:
+            return None
+        return SessionEvent(
+            session_id=session_id,
+            evse_id=facts.evse_id,
+            event=SessionEventKind.STARTED,
+            ts=facts.charging_start,
+        )
+
+    def queued_events(self) -> int:
+        """Session events the core has not yet seen acknowledged (or not yet deleted)."""
+        return int(self._rows("SELECT COUNT(*) FROM event_queue")[0][0])
 
     def local_list_version(self) -> int:
         rows = self._rows("SELECT value FROM meta WHERE key='local_list_version'")
@@ -210,4 +235,5 @@ def _facts(r: tuple[Any, ...]) -> SessionFacts:
         meter_last_kwh=r[5],
         meter_last_at=parse_rfc3339(r[6]) if r[6] else None,
         stop_reason=r[7],
+        charging_start=parse_rfc3339(r[8]) if r[8] else None,
     )

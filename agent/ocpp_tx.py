@@ -77,6 +77,9 @@ class Transactions16:
 
     async def _stop(self, cp: Any, event: SessionEvent) -> None:
         tx = self._store.tx(event.session_id)
+        if tx is None and (started := self._view.started_event(event.session_id)) is not None:
+            await self._start(cp, started)  # it charged, but OCPP never heard: start first
+            tx = self._store.tx(event.session_id)
         if tx is None or tx.stopped:
             return  # never a transaction in OCPP, or its stop was answered before
         facts = self._view.session(event.session_id)

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ocpp_csms import CsmsError
 
+from agent.failpoints import ENV
 from tests.helpers import UID_A, UID_B, Daemon, station_config, wait_until
 from tests.ocpp_helpers import KEY, Csms, boot_retry_interval, check_frames, ocpp_config
 
@@ -48,6 +50,9 @@ def ocpp_daemon(
     cfg = station_config(tmp, "mqtt://127.0.0.1:9", "unused", evses=evses, **overrides)
     for k, v in over.items():
         cfg[k] = {**cfg.get(k, {}), **v}
+    for i, evse in enumerate(cfg["evse"], start=1):  # the car and the meter outlive a restart
+        evse["plug"]["state_file"] = str(tmp / f"plug{i}.state")
+        evse["meter"]["state_file"] = str(tmp / f"meter{i}.state")
     d = Daemon(tmp, cfg)
     daemons.append(d)
     return d
@@ -282,3 +287,26 @@ def test_demo_plays_its_sessions_over_ocpp():
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "2 transaction(s) started, 2 stopped with their id" in out.stdout
     assert "StopTransaction    transactionId 2" in out.stdout
+
+
+def test_a_remote_start_killed_before_its_answer_is_kept_as_committed(tmp_path, csms, daemons):
+    """kill -9 with a RemoteStartTransaction committed but not answered (the CSMS sees the
+    socket drop): after the restart the session runs, as on the MQTT path, and the CSMS gets
+    exactly one StartTransaction for it."""
+    d = ocpp_daemon(tmp_path, csms, daemons)
+    d.env[ENV] = "start_committed"
+    d.start()
+    d.ctl("sim.plug")
+    d.wait_state("preparing")
+    with pytest.raises(CsmsError):
+        csms.run(csms.cp(ST).async_remote_start_transaction(UID_B, 1))
+    proc = d.proc
+    assert proc is not None
+    wait_until(lambda: proc.poll() is not None, 10, "kill -9 at start_committed")
+    assert "failpoint start_committed: killing" in d.log()
+    d.proc = None
+    d.env.pop(ENV)
+    d.start()
+    d.wait_state("charging")
+    start = wait_until(lambda: csms.calls("StartTransaction"), 10, "StartTransaction")
+    assert [s["idTag"] for s in start] == [UID_B]

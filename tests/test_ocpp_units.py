@@ -194,6 +194,29 @@ def test_a_repeated_event_never_repeats_the_ocpp_message(stores):
     assert state.tx(SID).stopped
 
 
+def test_a_stop_without_a_start_sends_the_start_first(stores):
+    """A session that charged but whose ``started`` event never came (kill -9 between the
+    commit and the event): its stop opens the OCPP transaction first, then closes it."""
+    store, state, view = stores
+    store.insert_session(
+        session_id=SID,
+        evse_id="E1",
+        token={"type": "remote", "contract_id": "DE8ACC12345678A"},
+        contract_id="DE8ACC12345678A",
+        start=NOW,
+        meter_kwh=1.0,
+    )
+    store.end_session(SID, end=NOW, reason="remote", meter_stop_kwh=2.5)
+    clock = type("C", (), {"now": staticmethod(lambda: NOW)})()
+    tx = Transactions16(state, view, clock, lambda evse_id: 1)  # type: ignore[arg-type]
+    cp = FakeCp()
+    asyncio.run(tx.message(cp, event(SessionEventKind.STOPPED, "remote")))
+    start, stop = cp.calls
+    assert type(start).__name__ == "StartTransaction" and start.id_tag == "DE8ACC12345678A"
+    assert start.meter_start == 1000 and stop.meter_stop == 2500
+    assert stop.transaction_id == int(state.tx(SID).transaction_id) and stop.reason == "Remote"
+
+
 def test_configuration_keys(tmp_path, stores):
     _, state, _ = stores
     cfg = load(
