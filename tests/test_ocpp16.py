@@ -15,6 +15,7 @@ from ocpp_csms import CsmsError
 from agent.failpoints import ENV
 from tests.helpers import UID_A, UID_B, Daemon, station_config, wait_until
 from tests.ocpp_helpers import KEY, Csms, boot_retry_interval, check_frames, ocpp_config
+from tests.test_power_daemon import BlackHoleProxy
 
 ST = "ST-TEST"
 
@@ -310,3 +311,21 @@ def test_a_remote_start_killed_before_its_answer_is_kept_as_committed(tmp_path, 
     d.wait_state("charging")
     start = wait_until(lambda: csms.calls("StartTransaction"), 10, "StartTransaction")
     assert [s["idTag"] for s in start] == [UID_B]
+
+
+def test_a_silent_csms_is_noticed_by_ping_and_the_station_reconnects(tmp_path, csms, daemons):
+    """The CSMS's TCP connection stays open but nothing comes back (a hung proxy): the
+    WebSocket ping notices it within two ping intervals, the station reconnects by itself."""
+    proxy = BlackHoleProxy(csms.port)
+    try:
+        d = ocpp_daemon(tmp_path, csms, daemons, ocpp={"ping_interval_s": 0.5})
+        d.config["ocpp"]["url"] = f"ws://127.0.0.1:{proxy.port}/ocpp"
+        d.start()
+        proxy.silent.set()
+        wait_until(lambda: not d.ctl("status")["link"]["connected"], 10, "dead link noticed")
+        boots = len(csms.calls("BootNotification"))
+        proxy.silent.clear()
+        d.wait_ready()
+        assert len(csms.calls("BootNotification")) > boots
+    finally:
+        proxy.close()
