@@ -1,4 +1,5 @@
-"""Tap to relay over OCPP 1.6J: the station against ocpp-csms on loopback.
+"""Tap to relay over OCPP 1.6J, and the drain after an outage: the station against ocpp-csms
+on loopback.
 
 Method: as the MQTT tap benchmark (tests/benchmarks/tap.py), with the central system
 (``ocpp_csms.CentralSystem``, tests/ocpp_helpers.py) in this process instead of the MQTT
@@ -9,6 +10,11 @@ sends it after the relay closed (the session's ``started`` event), so the figure
 bound of tap -> relay by one loopback WebSocket hop. Every sample is a fresh session (the same
 card stops it; the StopTransaction is awaited before the next tap). The agent's own share
 (``tap_to_auth_req`` + ``answer_to_relay`` from its metrics) is reported beside it.
+
+Drain: N sessions are charged while the CSMS is stopped (the card is on the local list the
+CSMS sent), then the CSMS starts again on the same port; measured from the arrival of the
+BootNotification to the arrival of the last StopTransaction; checked: every StartTransaction
+before its StopTransaction, every stop with the id the CSMS assigned, none twice.
 """
 
 from __future__ import annotations
@@ -106,4 +112,64 @@ def run_ocpp_tap(quick: bool) -> Result:
         "agent share: tap_to_auth_req + answer_to_relay (per percentile)",
         f"p50 {agent['p50']:.2f} / p95 {agent['p95']:.2f} / p99 {agent['p99']:.2f} ms",
     )
+    drain = drain_over_ocpp(10 if quick else 200)
+    res.data["drain"] = drain
+    ok = drain["in_order"] and drain["stops_with_assigned_ids"]
+    res.row(
+        f"outage drain: {drain['sessions']} offline sessions, CSMS back -> every"
+        " StopTransaction (from the BootNotification)",
+        f"{drain['seconds']:.2f} s, {drain['messages_per_s']} transaction messages/s;"
+        f" {drain['starts']} starts, {drain['stops']} stops",
+        "in order, stops carry the assigned ids",
+        ok,
+    )
     return res
+
+
+def drain_over_ocpp(n: int) -> dict[str, Any]:
+    """``n`` sessions charged while the CSMS is down (local list), then the CSMS comes back:
+    how fast the 2n transaction messages arrive, in order, with the assigned ids."""
+    stamps = Stamps()
+    csms = Csms().start()
+    logging.getLogger("ocpp_csms.wire").addHandler(stamps)
+    try:
+        with workdir("ocpp-drain") as tmp:
+            over = ocpp_config(csms, tmp, meter_value_sample_interval_s=0)
+            st = Station(tmp, "mqtt://127.0.0.1:9", "bench", evse=evse_config(), **over).start()
+            try:
+                from ocpp.v16 import call
+
+                entry = {"idTag": UID_A, "idTagInfo": {"status": "Accepted"}}
+                csms.run(csms.cp(st.station_id).async_call(call.SendLocalList(1, "Full", [entry])))
+                st.ctl("sim.plug")
+                csms.stop()
+                wait_until(lambda: not st.ctl("status")["link"]["connected"], 10, "link down")
+                for _ in range(n):
+                    st.ctl("sim.tap", uid=UID_A)
+                    wait_until(lambda: st.evse()["relay_closed"], 5, "relay closed")
+                    st.ctl("sim.tap", uid=UID_A)
+                    wait_until(lambda: not st.evse()["relay_closed"], 5, "relay open")
+                mark = len(stamps.seen)
+                csms.start()
+                boot = _next(stamps, "BootNotification", mark, 30)
+                wait_until(lambda: len(csms.calls("StopTransaction")) >= n, 120, "every stop")
+                last = max(t for t, a in stamps.seen if a == "StopTransaction")
+                wait_until(lambda: st.ctl("outbox")["pending"] == 0, 30, "every CDR settled")
+            finally:
+                st.stop()
+        actions = [a for a in csms.actions() if a in ("StartTransaction", "StopTransaction")]
+        ids = csms.tx_ids()
+        stops = [s["transactionId"] for s in csms.calls("StopTransaction")]
+    finally:
+        logging.getLogger("ocpp_csms.wire").removeHandler(stamps)
+        csms.close()
+    seconds = last - boot
+    return {
+        "sessions": n,
+        "seconds": round(seconds, 3),
+        "messages_per_s": round(2 * n / seconds, 1) if seconds > 0 else None,
+        "in_order": actions == ["StartTransaction", "StopTransaction"] * n,
+        "stops_with_assigned_ids": stops == ids and -1 not in stops,
+        "starts": len(ids),
+        "stops": len(stops),
+    }
