@@ -131,6 +131,34 @@ def test_mutual_tls_charge_by_card_and_remote_start_stop(tmp_path, pki, daemons)
             "FormationViolation",
             "OccurrenceConstraintViolation",
         )
+        bad_evse = csms.raw_call(
+            ST,
+            [
+                2,
+                "x2",
+                "ChangeAvailability",
+                {"operationalStatus": "Inoperative", "evse": {"id": 7}},
+            ],
+        )
+        assert bad_evse[2] == "PropertyConstraintViolation"
+        assert csms.raw_call(ST, [2, "x3", "DataTransfer", {"vendorId": "v"}])[2] == {
+            "status": "Rejected"
+        }
+        assert csms.raw_call(ST, [2, "x4", "Reset", {"type": "Immediate"}])[2] == {
+            "status": "Rejected"
+        }
+        res = csms.call(ST, call.ChangeAvailability(operational_status="Inoperative"))
+        assert res.status == "Accepted"
+        wait_until(
+            lambda: csms.calls("StatusNotification")[-1]["connectorStatus"] == "Unavailable",
+            10,
+            "Unavailable",
+        )
+        n = len(csms.calls("Heartbeat"))
+        assert csms.call(ST, call.TriggerMessage(requested_message="Heartbeat")).status == (
+            "Accepted"
+        )
+        wait_until(lambda: len(csms.calls("Heartbeat")) > n, 10, "triggered Heartbeat")
         assert check_frames(csms.frames, "2.0.1") > 10
     finally:
         csms.close()
