@@ -45,6 +45,7 @@ from agent.backend import (
     LinkDown,
     LinkUp,
 )
+from agent.backend_mqtt import InboundLimiter
 from agent.clock import Clock
 from agent.config import AgentConfig, OcppConfig
 from agent.errors import StoreError
@@ -68,6 +69,7 @@ from agent.store import DB_NAME
 
 log = logging.getLogger(__name__)
 
+CSMS_CALLS = "ocpp calls"  # the key of dropped CSMS calls in the status's inbound_dropped
 COMMAND_WAIT_S = 10.0  # the core answers a command within one loop turn; this is a backstop
 
 
@@ -144,6 +146,8 @@ class OcppBackend:
         self._status_dirty: asyncio.Event | None = None
         self._sent_status: dict[int, tuple[str, ...]] = {}
         self._meter = MeterValuesTask(self)
+        limits = {CSMS_CALLS: (config.ocpp.inbound_rate_per_s, config.ocpp.inbound_burst)}
+        self._limiter = InboundLimiter(limits, clock.monotonic)
         self.dialect: Dialect = _dialect(subprotocol, self)
         self._triggered: set[asyncio.Future[Any]] = set()
 
@@ -202,7 +206,15 @@ class OcppBackend:
         return {}
 
     def inbound_dropped(self) -> dict[str, int]:
-        return {}
+        return self._limiter.dropped()
+
+    def admit(self, raw: str) -> bool:
+        """CSMS calls pass a token bucket (``ocpp.inbound_rate_per_s``, ``inbound_burst``);
+        answers to the station's own calls and anything else always pass (the worker waits
+        for them). A dropped call is not answered: answering a flood amplifies it."""
+        if not raw.lstrip().startswith("[2"):
+            return True
+        return self._limiter.admit(CSMS_CALLS, b"")
 
     # ---------------------------------------------------------------- acks (asyncio thread)
     def _ack_event(self, ref: int) -> None:

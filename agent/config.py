@@ -189,6 +189,9 @@ class OcppConfig(_Strict):
     heartbeat_interval_s: int = Field(default=300, ge=1, le=86400)  # until the CSMS says
     meter_value_sample_interval_s: int = Field(default=60, ge=0, le=86400)  # 0: none
     clock_aligned_data_interval_s: int = Field(default=0, ge=0, le=86400)  # 0: none
+    # CSMS calls per second (token bucket, before parsing); answers to our calls always pass
+    inbound_rate_per_s: float = Field(default=50.0, gt=0, le=1_000_000)
+    inbound_burst: int = Field(default=100, ge=1, le=1_000_000)
     vendor: str = Field(default="station-agent", min_length=1, max_length=20)
     model: str = Field(default="station-agent", min_length=1, max_length=20)
 

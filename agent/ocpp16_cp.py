@@ -63,6 +63,8 @@ class Station(Protocol):
 
     def trigger(self, message: str, connector: int | None) -> None: ...
 
+    def admit(self, raw: str) -> bool: ...
+
 
 def _accepted(answer: CommandResponse | None) -> bool:
     return answer is not None and answer.status is CommandStatus.ACCEPTED
@@ -77,6 +79,11 @@ class StationCp16(ChargePoint):  # type: ignore[misc]
             logger=FrameLog(logging.getLogger("agent.ocpp.frames"), cp_id),
         )
         self._station = station
+
+    async def route_message(self, raw_msg: str) -> None:
+        """A CSMS call over the inbound rate limit is dropped before it is parsed."""
+        if self._station.admit(raw_msg):
+            await super().route_message(raw_msg)
 
     def _evse(self, connector: int) -> str:
         evse = self._station.evse_of(connector)

@@ -63,6 +63,11 @@ class StationCp201(ChargePoint):  # type: ignore[misc]
         )
         self._station = station
 
+    async def route_message(self, raw_msg: str) -> None:
+        """A CSMS call over the inbound rate limit is dropped before it is parsed."""
+        if self._station.admit(raw_msg):
+            await super().route_message(raw_msg)
+
     def _evse(self, n: int) -> str:
         evse = self._station.evse_of(n)
         if evse is None:

@@ -180,6 +180,17 @@ class Csms:
         assert session is not None
         self.run(session.handler._send(text))
 
+    def flood(self, station_id: str, frames: list[str]) -> None:
+        """Send many hand-made frames as fast as the socket takes them."""
+        session = self.cp(station_id)._session
+        assert session is not None
+
+        async def go() -> None:
+            for text in frames:
+                await session.handler._send(text)
+
+        self.run(go())
+
     def raw_call(self, station_id: str, frame: list[Any], timeout: float = 10.0) -> list[Any]:
         """Send a hand-made CALL frame and return the station's answer frame."""
         self.raw_send(station_id, json.dumps(frame))

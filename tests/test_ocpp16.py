@@ -3,6 +3,7 @@ loopback: the daemon runs as a child process, the CSMS in this process."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -246,6 +247,26 @@ def test_csms_calls_answered_or_refused_with_the_right_callerror(tmp_path, csms,
     h = len(csms.calls("Heartbeat"))
     ask("TriggerMessage", {"requestedMessage": "Heartbeat"})
     wait_until(lambda: len(csms.calls("Heartbeat")) > h, 10, "triggered heartbeat")
+    # a flood of CSMS calls: over the limit they are dropped unread and counted in the status
+    flood = [json.dumps([2, f"f{i}", "GetLocalListVersion", {}]) for i in range(400)]
+    csms.flood(ST, flood)
+    wait_until(
+        lambda: (d.ctl("status").get("inbound_dropped") or {}).get("ocpp calls", 0) >= 200,
+        10,
+        "the drop count in the status",
+    )
+    assert sum(csms.answer_to(f"f{i}") is not None for i in range(400)) <= 200
+    late = iter(range(100))
+
+    def answered_again() -> list[Any] | None:  # the CSMS retries, as it would
+        try:
+            return csms.raw_call(ST, [2, f"late{next(late)}", "GetLocalListVersion", {}], 1.0)
+        except AssertionError:  # dropped: the bucket had not refilled yet
+            return None
+
+    assert wait_until(answered_again, 15, "a call answered after the flood")[2] == {
+        "listVersion": 0
+    }
     assert d.ctl("status")["link"]["connected"]  # nothing above dropped the socket
     assert "Traceback" not in d.log() and UID_A not in d.log()  # one line each, no id tags
 
