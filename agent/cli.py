@@ -56,6 +56,10 @@ def cmd_backend_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.backend != "mqtt":
+        from agent.demo_ocpp import run_ocpp_demo
+
+        return run_ocpp_demo(config=args.config, seconds=args.seconds)
     from agent.demo import run_demo
 
     return run_demo(config=args.config, broker=args.broker, seconds=args.seconds)
@@ -124,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--broker", help="use this broker instead of starting Mosquitto")
     d.add_argument("--seconds", type=float, default=3.0, help="charging time per session")
+    d.add_argument(
+        "--backend", choices=("mqtt", "ocpp1.6"), default="mqtt", help="the backend to play"
+    )
     d.set_defaults(func=cmd_demo)
 
     ps = sub.add_parser(

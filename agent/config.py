@@ -185,6 +185,70 @@ class MqttConfig(_Strict):
         return urlsplit(self.url).scheme == "mqtts"
 
 
+class BackendConfig(_Strict):
+    """Which backend adapter the station speaks: MQTT contract v1 (default) or OCPP."""
+
+    protocol: Literal["mqtt", "ocpp1.6", "ocpp2.0.1"] = "mqtt"
+
+
+class OcppConfig(_Strict):
+    """``[ocpp]``: the CSMS (agent/backend_ocpp.py). The charge point id (station.id) is
+    appended to ``url`` as a path segment; secrets are read from files, never written here."""
+
+    url: str
+    security_profile: int = Field(default=1, ge=0, le=3)  # 0 none, 1 basic, 2 TLS+basic, 3 mTLS
+    password_file: CfgPath | None = None  # profiles 1-2: the basic-auth key
+    ca_file: CfgPath | None = None  # profiles 2-3; none: the system's CA store
+    cert_file: CfgPath | None = None  # profile 3
+    key_file: CfgPath | None = None  # profile 3
+    reconnect_min_s: float = Field(default=1.0, gt=0, le=300)
+    reconnect_max_s: float = Field(default=60.0, gt=0, le=3600)
+    ping_interval_s: float = Field(default=30.0, gt=0, le=3600)  # WebSocket ping (liveness)
+    call_timeout_s: float = Field(default=30.0, gt=0, le=600)  # a CSMS answer must come by then
+    heartbeat_interval_s: int = Field(default=300, ge=1, le=86400)  # until the CSMS says
+    meter_value_sample_interval_s: int = Field(default=60, ge=0, le=86400)  # 0: none
+    clock_aligned_data_interval_s: int = Field(default=0, ge=0, le=86400)  # 0: none
+    # CSMS calls per second (token bucket, before parsing); answers to our calls always pass
+    inbound_rate_per_s: float = Field(default=50.0, gt=0, le=1_000_000)
+    inbound_burst: int = Field(default=100, ge=1, le=1_000_000)
+    vendor: str = Field(default="station-agent", min_length=1, max_length=20)
+    model: str = Field(default="station-agent", min_length=1, max_length=20)
+
+    @field_validator("url")
+    @classmethod
+    def _ws_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("ws", "wss"):
+            raise ValueError(f"{v!r}: scheme must be ws:// or wss://")
+        if not parts.hostname:
+            raise ValueError(f"{v!r}: no host")
+        if parts.query or parts.fragment:
+            raise ValueError(f"{v!r}: no query or fragment (station.id is appended as a path)")
+        return v
+
+    @model_validator(mode="after")
+    def _profile(self) -> OcppConfig:
+        p = self.security_profile
+        tls = urlsplit(self.url).scheme == "wss"
+        if p >= 2 and not tls:
+            raise ValueError(f"security_profile {p} needs a wss:// url")
+        if p <= 1 and tls:
+            raise ValueError(f"a wss:// url needs security_profile 2 or 3 (not {p})")
+        if p in (1, 2) and self.password_file is None:
+            raise ValueError(f"security_profile {p} needs password_file (the basic-auth key)")
+        if p not in (1, 2) and self.password_file is not None:
+            raise ValueError(f"password_file is for security_profile 1 or 2 (not {p})")
+        if p == 3 and (self.cert_file is None or self.key_file is None):
+            raise ValueError("security_profile 3 needs cert_file and key_file")
+        if p != 3 and (self.cert_file is not None or self.key_file is not None):
+            raise ValueError(f"cert_file and key_file are for security_profile 3 (not {p})")
+        if p < 2 and self.ca_file is not None:
+            raise ValueError(f"ca_file is for security_profile 2 or 3 (not {p})")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
+
+
 class AuthConfig(_Strict):
     stop_with_same_token: bool = True
     connection_timeout_s: float = Field(default=60.0, gt=0, le=3600)
@@ -475,8 +539,16 @@ class AgentConfig(_Strict):
     rfid: RfidConfig = Field(default_factory=RfidConfig)
     display: DisplayConfig = Field(default_factory=DisplayConfig)
     qr: QrConfig = Field(default_factory=QrConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    ocpp: OcppConfig | None = None
     evse: list[EvseConfig] = Field(min_length=1, max_length=64)
     web: WebConfig | None = None  # the status page (agent/web/): off unless configured
+
+    @model_validator(mode="after")
+    def _ocpp_section(self) -> AgentConfig:
+        if self.backend.protocol != "mqtt" and self.ocpp is None:
+            raise ValueError(f"backend.protocol {self.backend.protocol!r} needs an [ocpp] section")
+        return self
 
     @field_validator("evse")
     @classmethod

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import control_commands
-from agent.backend_mqtt import MqttBackend
+from agent.backends import make_backend
 from agent.clock import OFFSET_FILE_ENV, Clock, OffsetClock, SystemClock
 from agent.config import AgentConfig
 from agent.control import ControlServer
@@ -124,7 +124,7 @@ def _choose_clock(env: Mapping[str, str]) -> Clock:
 
 def run(config: AgentConfig, clock: Clock | None = None) -> int:
     clock = clock or _choose_clock(os.environ)
-    backend = MqttBackend(config, clock)
+    backend = make_backend(config, clock)
     store = Store(config.station.state_dir, max_kb=config.store.max_db_kb)
     ctl = Controller(
         config,

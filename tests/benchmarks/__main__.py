@@ -64,6 +64,7 @@ BENCHES = (
     "limits",
     "ocmf",
     "web",
+    "ocpp",
 )
 
 
@@ -112,6 +113,10 @@ def _runner(name: str) -> Callable[[bool], Result]:
         from tests.benchmarks.limits import run_limits
 
         return run_limits
+    if name == "ocpp":
+        from tests.benchmarks.ocpp_tap import run_ocpp_tap
+
+        return run_ocpp_tap
     raise ValueError(name)
 
 

@@ -1,0 +1,198 @@
+"""The station as an OCPP 2.0.1 charging station against a small CSMS built on the ``ocpp``
+package's central-system role (tests/ocpp201_csms.py), over TLS with basic auth (security
+profile 2) and mutual TLS (profile 3) with certificates the tests make."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ocpp.v201 import call
+
+from tests.helpers import UID_A, Daemon, station_config, wait_until
+from tests.ocpp201_csms import Csms201
+from tests.ocpp_helpers import check_frames, ocpp_config
+from tests.tls_fixtures import make_pki
+
+ST = "ST-TEST"
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Any:
+    return make_pki(tmp_path / "pki", stations=(ST,))
+
+
+def daemon201(tmp: Path, csms: Csms201, daemons: list[Daemon], **ocpp: Any) -> Daemon:
+    key = csms.key if csms.key is not None else None
+    over = ocpp_config(csms, tmp, key, protocol="ocpp2.0.1", **ocpp)
+    d = Daemon(tmp, station_config(tmp, "mqtt://127.0.0.1:9", "unused", **over))
+    daemons.append(d)
+    return d
+
+
+def events(csms: Csms201, kind: str | None = None) -> list[dict[str, Any]]:
+    return [e for e in csms.calls("TransactionEvent") if kind in (None, e["eventType"])]
+
+
+def test_mutual_tls_charge_by_card_and_remote_start_stop(tmp_path, pki, daemons):
+    csms = Csms201(key=None, pki=pki, mtls=True).start()
+    try:
+        c = pki.clients[ST]
+        d = daemon201(
+            tmp_path,
+            csms,
+            daemons,
+            ca_file=str(pki.ca),
+            cert_file=str(c.cert),
+            key_file=str(c.key),
+        ).start()
+        assert csms.peer_cns == [ST]  # profile 3: the certificate names the station
+        boot = csms.calls("BootNotification")[0]
+        assert boot["reason"] == "PowerUp" and boot["chargingStation"]["vendorName"]
+        wait_until(lambda: csms.calls("StatusNotification"), 10, "StatusNotification")
+        assert csms.calls("StatusNotification")[0]["connectorStatus"] == "Available"
+
+        d.ctl("sim.tap", uid=UID_A)
+        d.ctl("sim.plug")
+        sid = d.wait_state("charging")["session_id"]
+        assert csms.calls("Authorize")[0]["idToken"] == {"idToken": UID_A, "type": "ISO14443"}
+        started = wait_until(lambda: events(csms, "Started"), 10, "Started")[0]
+        assert started["seqNo"] == 0 and started["triggerReason"] == "Authorized"
+        assert started["transactionInfo"]["transactionId"] == sid
+        assert started["evse"] == {"id": 1, "connectorId": 1}
+        assert started["offline"] is False
+        begin = started["meterValue"][0]["sampledValue"][0]
+        assert begin["context"] == "Transaction.Begin" and begin["unitOfMeasure"] == {"unit": "Wh"}
+        wait_until(lambda: events(csms, "Updated"), 10, "Updated (periodic meter value)")
+        assert events(csms, "Updated")[0]["triggerReason"] == "MeterValuePeriodic"
+        d.ctl("sim.tap", uid=UID_A)
+        ended = wait_until(lambda: events(csms, "Ended"), 10, "Ended")[0]
+        assert ended["transactionInfo"]["stoppedReason"] == "Local"
+        assert ended["triggerReason"] == "StopAuthorized"
+        seqs = [e["seqNo"] for e in events(csms) if e["transactionInfo"]["transactionId"] == sid]
+        assert seqs == list(range(len(seqs)))  # 0, 1, 2, ... without gaps or repeats
+        wait_until(lambda: d.ctl("outbox")["pending"] == 0, 10, "CDR settled")
+
+        d.ctl("sim.unplug")
+        d.wait_state("available")
+        d.ctl("sim.plug")
+        token = {"idToken": "DE8ACC12345678A", "type": "eMAID"}
+        res = csms.call(
+            ST, call.RequestStartTransaction(id_token=token, remote_start_id=1, evse_id=1)
+        )
+        assert res.status == "Accepted"
+        remote = d.wait_state("charging")["session_id"]
+        wait_until(lambda: len(events(csms, "Started")) == 2, 10, "second Started")
+        assert events(csms, "Started")[1]["triggerReason"] == "RemoteStart"
+        res = csms.call(ST, call.RequestStopTransaction(transaction_id=remote))
+        assert res.status == "Accepted"
+        wait_until(lambda: len(events(csms, "Ended")) == 2, 10, "second Ended")
+        assert events(csms, "Ended")[1]["transactionInfo"]["stoppedReason"] == "Remote"
+
+        got = csms.call(
+            ST,
+            call.GetVariables(
+                get_variable_data=[
+                    {
+                        "component": {"name": "OCPPCommCtrlr"},
+                        "variable": {"name": "HeartbeatInterval"},
+                    },
+                    {"component": {"name": "Nope"}, "variable": {"name": "Nope"}},
+                ]
+            ),
+        )
+        statuses = [r["attribute_status"] for r in got.get_variable_result]
+        assert statuses == ["Accepted", "UnknownVariable"]
+        put = csms.call(
+            ST,
+            call.SetVariables(
+                set_variable_data=[
+                    {
+                        "component": {"name": "SampledDataCtrlr"},
+                        "variable": {"name": "TxUpdatedInterval"},
+                        "attributeValue": "30",
+                    }
+                ]
+            ),
+        )
+        assert put.set_variable_result[0]["attribute_status"] == "Accepted"
+        assert csms.raw_call(ST, [2, "x1", "ReserveNow", {}])[2] in (
+            "NotImplemented",
+            "FormationViolation",
+            "OccurrenceConstraintViolation",
+        )
+        bad_evse = csms.raw_call(
+            ST,
+            [
+                2,
+                "x2",
+                "ChangeAvailability",
+                {"operationalStatus": "Inoperative", "evse": {"id": 7}},
+            ],
+        )
+        assert bad_evse[2] == "PropertyConstraintViolation"
+        assert csms.raw_call(ST, [2, "x3", "DataTransfer", {"vendorId": "v"}])[2] == {
+            "status": "Rejected"
+        }
+        assert csms.raw_call(ST, [2, "x4", "Reset", {"type": "Immediate"}])[2] == {
+            "status": "Rejected"
+        }
+        res = csms.call(ST, call.ChangeAvailability(operational_status="Inoperative"))
+        assert res.status == "Accepted"
+        wait_until(
+            lambda: csms.calls("StatusNotification")[-1]["connectorStatus"] == "Unavailable",
+            10,
+            "Unavailable",
+        )
+        n = len(csms.calls("Heartbeat"))
+        assert csms.call(ST, call.TriggerMessage(requested_message="Heartbeat")).status == (
+            "Accepted"
+        )
+        wait_until(lambda: len(csms.calls("Heartbeat")) > n, 10, "triggered Heartbeat")
+        assert check_frames(csms.frames, "2.0.1") > 10
+    finally:
+        csms.close()
+
+
+def test_tls_basic_auth_offline_transaction_delivered_in_order(tmp_path, pki, daemons):
+    csms = Csms201(pki=pki).start()
+    try:
+        d = daemon201(tmp_path, csms, daemons, ca_file=str(pki.ca)).start()
+        entry = {
+            "idToken": {"idToken": UID_A, "type": "ISO14443"},
+            "idTokenInfo": {"status": "Accepted"},
+        }
+        res = csms.call(
+            ST,
+            call.SendLocalList(
+                version_number=3, update_type="Full", local_authorization_list=[entry]
+            ),
+        )
+        assert res.status == "Accepted"
+        assert csms.call(ST, call.GetLocalListVersion()).version_number == 3
+        csms.stop()
+        wait_until(lambda: not d.ctl("status")["link"]["connected"], 10, "link down")
+        d.ctl("sim.plug")
+        d.ctl("sim.tap", uid=UID_A)
+        sid = d.wait_state("charging")["session_id"]
+        d.ctl("sim.tap", uid=UID_A)
+        d.wait_state("finishing")
+        csms.start()
+        wait_until(lambda: events(csms, "Ended"), 15, "Ended after the outage")
+        got = [(e["eventType"], e["seqNo"], e["offline"]) for e in events(csms)]
+        assert got == [("Started", 0, True), ("Ended", 1, True)]
+        assert {e["transactionInfo"]["transactionId"] for e in events(csms)} == {sid}
+        wait_until(lambda: d.ctl("outbox")["pending"] == 0, 10, "CDR settled")
+        assert check_frames(csms.frames, "2.0.1") > 5
+    finally:
+        csms.close()
