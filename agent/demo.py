@@ -25,13 +25,14 @@ from agent.broker import Mosquitto
 from agent.config import load_config
 from agent.control import ControlError, call
 from agent.errors import AgentError
+from agent.shipped import simulated_station
 
 DEMO_CARDS = ["04A224B2C13C80", "E3F1A27B", "04112233445566", "0A0B0C0D"]
 
 
 def default_config() -> Path:
-    here = Path(__file__).resolve().parent.parent / "hardware" / "simulated.toml"
-    return here if here.exists() else Path.cwd() / "hardware" / "simulated.toml"
+    """The shipped simulated station (found in an installed package as in the checkout)."""
+    return simulated_station()
 
 
 class Timeline:
