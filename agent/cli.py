@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.cli_errors import standard_handlers
 from agent.config import DEFAULT_CONFIG_PATH, EX_CONFIG, load_config
 from agent.errors import AgentError, ConfigError
 
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=None,
-        help="station config (default: hardware/simulated.toml)",
+        help="station config (default: the shipped simulated station)",
     )
     d.add_argument("--broker", help="use this broker instead of starting Mosquitto")
     d.add_argument("--seconds", type=float, default=3.0, help="charging time per session")
@@ -123,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["pn532-sim"]:  # its own options, passed through untouched
         return cmd_pn532_sim(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
-    rc: int = args.func(args)
-    return rc
+    # one line and a documented exit status per exception type, never a traceback
+    return standard_handlers("station-agent").run(lambda: int(args.func(args)))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,15 @@
 
 Every command is one handler function (``cmd_*``), attached to its sub-parser with
 ``set_defaults(handler=...)``; :func:`main` runs it and turns the errors a handler may raise into
-one line on stderr and an exit status:
+one line on stderr and an exit status (one handler per exception type, see
+:mod:`agent.cli_errors`):
 
 - ``ConfigError``: 78 (EX_CONFIG), e.g. ``config check`` of an invalid file;
 - ``UsageError`` (a bad argument, also a ValueError/ProtocolError raised while interpreting
   one, see :func:`_argument`): 2, like argparse's own usage errors;
 - ``ControlError`` (the daemon is not running, unreachable, or refused the request): 1;
 - any other ``AgentError`` (a driver, e.g. an unreadable image): 1;
+- ``KeyboardInterrupt`` (Ctrl-C while ``rfid read`` waits): one line, 130;
 - ``BrokenPipeError`` (stdout closed early: ``stationctl sessions | head -1``): nothing is
   printed and the exit status is 141 (128 + SIGPIPE), what a shell reports for a tool killed by
   SIGPIPE, so ``set -o pipefail`` scripts still see that the output was cut short.
@@ -22,21 +24,63 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
-from agent.config import DEFAULT_CONFIG_PATH, EX_CONFIG, StationConfig, load_config
-from agent.control import ControlError, call
+from agent import __version__
+from agent.cli_errors import (
+    EX_BROKEN_PIPE,
+    EX_CONFIG,
+    EX_INTERRUPTED,
+    EX_USAGE,
+    ErrorHandlers,
+    one_line,
+    standard_handlers,
+    stdout_closed,
+)
+from agent.control_client import DEFAULT_SOCKET, ControlError, call
 from agent.errors import AgentError, ConfigError, DriverError, ProtocolError
-from drivers.display.qrcode import DEFAULT_URL_TEMPLATE
 
-DEFAULT_SOCKET = StationConfig.model_fields["control_socket"].default
-EX_USAGE = 2  # argparse's exit status for a bad command line
-EX_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141
+# Only the standard library and the light modules above at import time (stationctl answers in
+# under 150 ms): the config (pydantic) and the QR code libraries are imported by the commands
+# that use them. The daemon's defaults, kept equal to agent.config's by a test:
+DEFAULT_CONFIG_PATH = Path("/etc/station-agent/config.toml")
+SOCKET_ENV = "STATIONCTL_SOCKET"  # the control socket, unless --socket names one
+EPILOG = f"""\
+exit status: 0 done; 1 failed, a negative answer, or the daemon not running; 2 bad command
+line; 78 invalid configuration; 130 interrupted; 141 output cut short (| head); selftest: the
+number of failed checks. ${SOCKET_ENV} names the control socket unless --socket does.
+"""
+
+
+DESCRIPTION = (
+    "stationctl: the technician's CLI. Talks to the running daemon over its control socket."
+)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's lines as written; never breaks a path at its hyphens."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(
+            " ".join(text.split()), width, break_on_hyphens=False, break_long_words=False
+        )
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub-)parser formats with :class:`_Formatter` (sub-parsers are of the same class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
+__all__ = ["EX_BROKEN_PIPE", "EX_CONFIG", "EX_USAGE", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
 if TYPE_CHECKING:
@@ -259,6 +303,8 @@ def cmd_meter_read(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- local commands
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+
     cfg = load_config(args.path)  # ConfigError: exit 78
     print(f"{args.path}: OK (station {cfg.station.id}, {len(cfg.evse)} EVSE(s))")
     return 0
@@ -288,6 +334,9 @@ def cmd_qr_decode(args: argparse.Namespace) -> int:
 def _qr_template_and_evse(args: argparse.Namespace) -> tuple[str, str]:
     """The URL template (from the config if readable) and the EVSE to show (the only one in
     the config when none was named)."""
+    from agent.config import load_config
+    from drivers.display.qrcode import DEFAULT_URL_TEMPLATE
+
     template = DEFAULT_URL_TEMPLATE
     try:
         cfg = load_config(args.config)
@@ -333,7 +382,7 @@ def _common() -> argparse.ArgumentParser:
         "--socket",
         type=Path,
         default=argparse.SUPPRESS,
-        help=f"control socket (default {DEFAULT_SOCKET})",
+        help=f"control socket (default: ${SOCKET_ENV}, else {DEFAULT_SOCKET})",
     )
     return common
 
@@ -442,23 +491,27 @@ def _add_admin_commands(sub: SubParsers, common: argparse.ArgumentParser) -> Non
     au.add_argument("--json", action="store_true")
     cfg = sub.add_parser("config", parents=[common], help="configuration tools")
     cfgsub = cfg.add_subparsers(dest="config_command", required=True)
-    chk = cfgsub.add_parser("check", help="validate a config file (exit 78 if invalid)")
+    chk = _command(
+        cfgsub,
+        "check",
+        cmd_config_check,
+        common,
+        help="validate a config file (exit 78 if invalid)",
+    )
     chk.add_argument("path", type=Path, nargs="?", default=DEFAULT_CONFIG_PATH)
-    chk.set_defaults(handler=cmd_config_check)
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    # the docstring's first paragraph: the rest is for the reader of this module
-    description = (__doc__ or "").split("\n\n", 1)[0]
-    p = argparse.ArgumentParser(prog="stationctl", description=description)
+    p = _Parser(prog="stationctl", description=DESCRIPTION, epilog=EPILOG)
+    p.add_argument("--version", action="version", version=f"stationctl {__version__}")
     p.add_argument(
         "--socket",
         type=Path,
-        default=DEFAULT_SOCKET,
-        help=f"control socket (default {DEFAULT_SOCKET})",
+        default=Path(os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET),
+        help=f"control socket (default: ${SOCKET_ENV}, else {DEFAULT_SOCKET})",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = cast("SubParsers", p.add_subparsers(dest="command", required=True))
     _add_status_commands(sub, common)
     _add_sim_commands(sub, common)
     _add_session_commands(sub, common)
@@ -472,44 +525,38 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------- main
 def _fail(err: BaseException, status: int) -> int:
     """One line on stderr, whatever the message: continuation lines are joined with '; '."""
-    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    print(f"stationctl: {text or type(err).__name__}", file=sys.stderr)
+    print(f"stationctl: {one_line(err)}", file=sys.stderr)
     return status
 
 
 def _stdout_closed() -> int:
-    """The reader of our stdout went away: stop without a word.
+    """The reader of our stdout went away: stop without a word (see :mod:`agent.cli_errors`)."""
+    return stdout_closed()
 
-    Python flushes stdout once more at exit; pointing its descriptor at /dev/null keeps that
-    flush from raising again (the recipe of the Python documentation, ``signal`` module).
-    """
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # not a real file (tests capture stdout)
-        return EX_BROKEN_PIPE
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, fd)
-    os.close(devnull)
-    return EX_BROKEN_PIPE
+
+def error_handlers() -> ErrorHandlers:
+    """stationctl's handlers: the shared ones plus its own (see :mod:`agent.cli_errors`)."""
+    eh = standard_handlers("stationctl")
+
+    @eh.register(UsageError)
+    def _usage(err: UsageError) -> int:
+        return _fail(err, EX_USAGE)
+
+    @eh.register(ControlError)  # not running, unreachable, or refused: the message says which
+    def _control(err: ControlError) -> int:
+        return _fail(err, 1)
+
+    @eh.register(KeyboardInterrupt)
+    def _interrupted(err: KeyboardInterrupt) -> int:
+        return eh.fail("interrupted (the daemon gives up waiting by itself)", EX_INTERRUPTED)
+
+    return eh
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors: argparse exits 2 itself
     handler: Handler = args.handler
-    try:
-        status = handler(args)
-        sys.stdout.flush()  # a closed pipe shows here, not as a warning at interpreter exit
-    except BrokenPipeError:
-        return _stdout_closed()
-    except ConfigError as err:
-        return _fail(err, EX_CONFIG)
-    except UsageError as err:
-        return _fail(err, EX_USAGE)
-    except ControlError as err:
-        return _fail(err, 1)
-    except AgentError as err:
-        return _fail(err, 1)
-    return status
+    return error_handlers().run(lambda: handler(args))
 
 
 if __name__ == "__main__":
