@@ -1,0 +1,141 @@
+"""The built wheel, installed outside the checkout, is a complete station-agent.
+
+The wheel is built from a copy of the sources (no network: the test extra brings setuptools,
+so the build needs no isolated environment), installed with ``pip install --target`` into a
+scratch directory, and run from a working directory that is not the checkout: the board
+profiles, udev rules, broker examples and the simulated station must come from the wheel.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import shipped
+from agent.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+HARDWARE = ROOT / "hardware"
+
+
+def _hardware_files() -> list[str]:
+    return sorted(str(p.relative_to(HARDWARE)) for p in HARDWARE.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("agent", "drivers", "hardware"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+        + ["-w", str(out), str(src)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    (whl,) = out.glob("station_agent-*.whl")
+    return whl
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target)]
+        + [str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    yield target
+
+
+def _run(
+    installed: Path, cwd: Path, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(installed), HOME=str(cwd))
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_every_package_directory_is_listed_in_pyproject() -> None:
+    """The packages are listed (hardware/ is mapped in): a new sub-package must be added."""
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    on_disk = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for top in ("agent", "drivers")
+        for p in (ROOT / top).rglob("__init__.py")
+    }
+    assert on_disk | {"agent.hardware_files"} == listed
+
+
+def test_the_wheel_holds_every_hardware_file(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped_files = sorted(
+        n.removeprefix("agent/hardware_files/")
+        for n in names
+        if n.startswith("agent/hardware_files/")
+    )
+    assert shipped_files == _hardware_files()
+    assert "agent/schemas/cdr.json" in names and "agent/py.typed" in names
+    assert not any(n.startswith(("hardware/", "tests/")) for n in names)
+
+
+def test_profiles_are_found_by_name_in_the_checkout(tmp_path: Path) -> None:
+    assert {"raspberry-pi-4", "simulated"} <= set(shipped.profile_names())
+    for name in ("raspberry-pi-4", "raspberry-pi-4.toml", "hardware/raspberry-pi-4.toml"):
+        assert shipped.profile_path(name) == HARDWARE / "raspberry-pi-4.toml"
+    assert shipped.profile_path("../etc/passwd") is None
+    assert shipped.profile_path("no-such-board") is None
+    cfg = tmp_path / "station.toml"
+    cfg.write_text(
+        'include = "raspberry-pi-4"\n[station]\nid = "ST-1"\noperator_id = "DE*ICE"\n'
+        'location = "x"\n[[evse]]\nid = "DE*ICE*E000001*1"\n'
+    )
+    assert load_config(cfg).evse[0].relay.driver == "gpio"
+
+
+def test_the_simulated_station_keeps_its_state_in_the_users_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    station = load_config(shipped.simulated_station()).station
+    assert station.state_dir == tmp_path / ".local/state/station-agent-sim"
+    assert station.control_socket.parent == station.state_dir
+
+
+def test_installed_package_finds_profiles_and_runs_the_demo(
+    installed: Path, tmp_path: Path
+) -> None:
+    """Outside the checkout: a config that includes a profile by name checks out, and the demo
+    (its own Mosquitto, the shipped simulated station) acknowledges every CDR."""
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    where = _run(installed, work, "-c", "import agent.shipped as s; print(s.hardware_dir())")
+    assert where.stdout.strip() == str(installed / "agent" / "hardware_files"), where.stderr
+    cfg = work / "config.toml"
+    cfg.write_text(
+        'include = "raspberry-pi-4"\n[station]\nid = "ST-1"\noperator_id = "DE*ICE"\n'
+        'location = "x"\n[[evse]]\nid = "DE*ICE*E000001*1"\n'
+    )
+    check = _run(installed, work, "-m", "agent.stationctl", "config", "check", str(cfg))
+    assert check.returncode == 0, check.stderr
+    demo = _run(installed, work, "-m", "agent.cli", "demo", "--seconds", "0.2", timeout=120)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "2 session(s), 2 CDR(s) acknowledged" in demo.stdout
+    assert "Traceback" not in demo.stderr
