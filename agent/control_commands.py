@@ -165,8 +165,18 @@ LOOP_COMMANDS: dict[str, Command[Any]] = {
 
 # ---------------------------------------------------------------------------- direct commands
 def _rfid_read(ctl: Controller, args: RfidReadArgs) -> dict[str, Any]:
-    """Wait for one card (technician at the station: the UID is shown unmasked)."""
-    got = ctl.drivers.rfid.read_once(args.timeout)
+    """Wait for one card (technician at the station: the UID is shown unmasked). The card is
+    not a tap: it starts no session (:mod:`agent.technician`)."""
+    reads = ctl.inputs.technician_reads
+    reads.begin()
+    log.info(
+        "rfid read: waiting up to %.0f s for a card (a technician's read, not a tap)", args.timeout
+    )
+    got = None
+    try:
+        got = ctl.drivers.rfid.read_once(args.timeout)
+    finally:
+        reads.end(got[0].uid if got else None)
     if got is None:
         return {"card": None, "timeout_s": args.timeout}
     card, seconds = got
