@@ -113,6 +113,30 @@ def _print_json_or(args: argparse.Namespace, obj: Any, text: Callable[[Any], str
         print(text(obj))
 
 
+def _plain(value: Any) -> str:
+    """A value for a person, not a Python repr: None is '-', a float has 3 decimals, a bool is
+    yes/no, a token is its type and identifier, a list is comma-separated."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, dict):
+        if "type" in value:  # a token (masked by the daemon)
+            ident = value.get("uid") or value.get("contract_id") or "-"
+            return f"{value['type']} {ident}"
+        return ", ".join(f"{k} {_plain(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(_plain(v) for v in value) or "-"
+    return str(value)
+
+
+def _num(value: Any, fmt: str) -> str:
+    """A number in ``fmt``, or '-' for a missing one."""
+    return "-" if value is None else format(value, fmt)
+
+
 def _status_text(st: dict[str, Any]) -> str:
     link = st.get("link", {})
     outbox = st.get("outbox", {})
@@ -155,8 +179,8 @@ def _outbox_text(ob: dict[str, Any]) -> str:
     out = [f"{ob['pending']} CDR(s) pending" + (f", oldest {ob['oldest']}" if ob["oldest"] else "")]
     for e in ob["entries"]:
         out.append(
-            f"  {e['session_id']}  {e['evse_id']}  {e['energy_kwh']} kWh  "
-            f"token {e['token']}  attempts {e['attempts']}  created {e['created_at']}"
+            f"  {e['session_id']}  {e['evse_id']}  {_num(e['energy_kwh'], '.3f')} kWh  "
+            f"token {_plain(e['token'])}  attempts {e['attempts']}  created {e['created_at']}"
         )
     return "\n".join(out)
 
@@ -173,8 +197,8 @@ def _auth_text(res: dict[str, Any]) -> str:
 
 def _meter_text(res: dict[str, Any]) -> str:
     return (
-        f"{res['evse_id']}: {res['energy_kwh']:.3f} kWh, power {res['power_w']} W, "
-        f"voltage {res['voltage_v']} V ({res['driver']} {res['model']}, "
+        f"{res['evse_id']}: {res['energy_kwh']:.3f} kWh, power {_num(res['power_w'], '.0f')} W, "
+        f"voltage {_num(res['voltage_v'], '.1f')} V ({res['driver']} {res['model']}, "
         f"{res['read_ms']:.1f} ms)"
     )
 
@@ -190,6 +214,38 @@ def _relay_step_text(step: dict[str, Any]) -> str:
     return f"  {step['step']:<10} {step.get('ms', 0):7.1f} ms  feedback {state}" + (
         f"  ERROR {step['error']}" if "error" in step else ""
     )
+
+
+@contextmanager
+def _waiting(what: str, seconds: float) -> Iterator[None]:
+    """While the daemon waits: on a terminal, say for what and count the seconds down (on
+    stderr, one line rewritten in place, erased at the end); in a pipe or a script, nothing."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    import threading
+    import time
+
+    done = threading.Event()
+    end = time.monotonic() + seconds
+
+    def count_down() -> None:
+        while True:
+            left = max(0.0, end - time.monotonic())
+            sys.stderr.write(f"\rwaiting for {what}: {left:3.0f} s left (Ctrl-C to stop) ")
+            sys.stderr.flush()
+            if done.wait(min(1.0, left) or 1.0):
+                return
+
+    ticker = threading.Thread(target=count_down, daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join(2)
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
 
 
 # --------------------------------------------------------------------- daemon commands
@@ -219,7 +275,8 @@ def cmd_auth(args: argparse.Namespace) -> int:
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
-    checks = call(args.socket, {"cmd": "selftest"}, timeout=60)
+    with _waiting("the self-test to probe every device", 60):
+        checks = call(args.socket, {"cmd": "selftest"}, timeout=60)
     if args.json:
         _print_json(checks)
     else:
@@ -249,11 +306,12 @@ def cmd_sim_qr(args: argparse.Namespace) -> int:
 
 def cmd_qr_verify(args: argparse.Namespace) -> int:
     """The daemon's camera: does the printed sticker show this EVSE's code?"""
-    res = call(
-        args.socket,
-        {"cmd": "qr.verify", "evse_id": args.evse_id, "timeout": args.timeout},
-        timeout=args.timeout + 15,
-    )
+    with _waiting("a station sticker in front of the camera", args.timeout):
+        res = call(
+            args.socket,
+            {"cmd": "qr.verify", "evse_id": args.evse_id, "timeout": args.timeout},
+            timeout=args.timeout + 15,
+        )
     if res["seen"] is None:
         print(f"no station code seen within {args.timeout:.0f} s")
         return 1
@@ -263,9 +321,10 @@ def cmd_qr_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_rfid_read(args: argparse.Namespace) -> int:
-    res = call(
-        args.socket, {"cmd": "rfid.read", "timeout": args.timeout}, timeout=args.timeout + 15
-    )
+    with _waiting("a card on the reader (it starts no charge)", args.timeout):
+        res = call(
+            args.socket, {"cmd": "rfid.read", "timeout": args.timeout}, timeout=args.timeout + 15
+        )
     if res["card"] is None:
         print(f"no card within {args.timeout:.0f} s")
         return 1
@@ -276,7 +335,7 @@ def cmd_rfid_read(args: argparse.Namespace) -> int:
 
 def cmd_rfid_info(args: argparse.Namespace) -> int:
     info = call(args.socket, {"cmd": "rfid.info"})
-    _print_json_or(args, info, lambda i: "\n".join(f"{k}: {v}" for k, v in i.items()))
+    _print_json_or(args, info, lambda i: "\n".join(f"{k}: {_plain(v)}" for k, v in i.items()))
     return 0
 
 

@@ -1,0 +1,247 @@
+"""The first hour of a technician with the CLIs: no traceback, one line and a documented exit
+status for every mistake, ``--version``, ``STATIONCTL_SOCKET``, clean help, human output,
+progress while waiting, a fast client, and a card read that starts no charge."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import __version__, stationctl
+from agent.cli_errors import EX_INTERRUPTED, EX_UNAVAILABLE
+from agent.config import DEFAULT_CONFIG_PATH, StationConfig
+from agent.control_client import DEFAULT_SOCKET, call
+from agent.stationctl import main
+from tests.helpers import EVSE1, UID_A, wait_until
+from tests.test_stationctl import FakeDaemon
+
+ROOT = Path(__file__).resolve().parent.parent
+DEAD_BROKER = "mqtt://127.0.0.1:1"
+STATIONCTL = [sys.executable, "-m", "agent.stationctl", "--socket"]
+HEAVY = ("pydantic", "agent.config", "agent.controller", "paho", "cv2", "numpy", "segno")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[FakeDaemon]:
+    d = FakeDaemon(tmp_path / "ctl.sock")
+    yield d
+    d.close()
+
+
+def _cli(*argv: str, module: str = "agent.cli", **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *argv],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kw,
+    )
+
+
+def _one_line(err: str, prog: str) -> None:
+    assert "Traceback" not in err
+    assert err.startswith(f"{prog}: ") and err.count("\n") == 1, err
+
+
+# ------------------------------------------------------------------------ no tracebacks
+@pytest.mark.parametrize(
+    "argv",
+    [["demo", "--broker", DEAD_BROKER], ["backend-sim", "--broker", DEAD_BROKER]],
+    ids=["demo", "backend-sim"],
+)
+def test_a_dead_broker_is_one_line_and_exit_69(argv: list[str]) -> None:
+    res = _cli(*argv)
+    assert res.returncode == EX_UNAVAILABLE == 69
+    _one_line(res.stderr, "station-agent")
+    assert "cannot reach mqtt://127.0.0.1:1" in res.stderr and "--broker" in res.stderr
+
+
+def test_qr_decode_of_a_text_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["qr", "decode", str(ROOT / "README.md")]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    _one_line(err, "stationctl")
+    assert "README.md is not an image" in err
+
+
+def test_ctrl_c_while_rfid_read_waits(daemon: FakeDaemon) -> None:
+    daemon.result({"card": None, "timeout_s": 10.0})
+    daemon.hold.clear()  # the daemon "waits for a card"
+    proc = subprocess.Popen(
+        [*STATIONCTL, str(daemon.path), "rfid", "read", "--timeout", "10"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: daemon.requests, 20, "the rfid.read request")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == EX_INTERRUPTED == 130
+    assert out == ""
+    _one_line(err, "stationctl")
+    assert "interrupted" in err
+
+
+def test_unknown_exceptions_are_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only exception types with a handler are caught: a bug keeps its traceback."""
+
+    def buggy(*_a: Any, **_kw: Any) -> Any:
+        raise LookupError("bug")
+
+    monkeypatch.setattr(stationctl, "call", buggy)
+    with pytest.raises(LookupError):
+        main(["status"])
+
+
+# ------------------------------------------------------------- version, socket, help
+def test_version_on_both_commands() -> None:
+    for module, prog in (("agent.cli", "station-agent"), ("agent.stationctl", "stationctl")):
+        res = _cli("--version", module=module)
+        assert res.returncode == 0 and res.stdout == f"{prog} {__version__}\n", res.stderr
+
+
+def test_stationctl_socket_from_the_environment(
+    daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon.result({"sent": 1})
+    monkeypatch.setenv("STATIONCTL_SOCKET", str(daemon.path))
+    assert main(["outbox", "retry"]) == 0
+    assert capsys.readouterr().out == "re-sent 1 CDR(s)\n"
+
+
+def test_socket_is_accepted_by_config_check(capsys: pytest.CaptureFixture[str]) -> None:
+    sim = ROOT / "hardware" / "simulated.toml"
+    assert main(["config", "check", "--socket", "/nonexistent", str(sim)]) == 0
+    assert "OK (station ST-SIM-0001" in capsys.readouterr().out
+
+
+def test_the_client_defaults_are_the_daemons() -> None:
+    assert StationConfig.model_fields["control_socket"].default == DEFAULT_SOCKET
+    assert stationctl.DEFAULT_CONFIG_PATH == DEFAULT_CONFIG_PATH
+
+
+def test_help_renders_cleanly_at_any_width() -> None:
+    """No reST markup, no path broken at a hyphen, the exit statuses documented."""
+    env = dict(os.environ, COLUMNS="50")
+    for argv in (["--help"], ["status", "--help"], ["rfid", "read", "--help"]):
+        res = _cli(*argv, module="agent.stationctl", env=env)
+        assert res.returncode == 0
+        assert "``" not in res.stdout and ":mod:" not in res.stdout
+        assert str(DEFAULT_SOCKET) in res.stdout, res.stdout
+    top = _cli("--help", module="agent.stationctl", env=env).stdout
+    assert "exit status" in top and "141" in top and "STATIONCTL_SOCKET" in top
+
+
+def test_the_client_imports_no_heavy_module() -> None:
+    """stationctl answers in well under 150 ms because it imports neither pydantic, the
+    config, the MQTT client nor the QR libraries (timed in tests/benchmarks/cli.py)."""
+    code = (
+        "import sys, agent.stationctl\n"
+        f"print(sorted(m for m in sys.modules if m.startswith({HEAVY!r})))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.stdout.strip() == "[]", res.stdout + res.stderr
+
+
+# ------------------------------------------------------------------------- human output
+def test_rfid_info_and_outbox_without_python_reprs(
+    daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon.result(
+        {
+            "driver": "pn532",
+            "last_error": None,
+            "connected": True,
+            "open_seconds": 0.04471529699981147,
+        }
+    )
+    daemon.result(
+        {
+            "pending": 1,
+            "oldest": "2026-01-01T00:00:00.000+00:00",
+            "entries": [
+                {
+                    "session_id": "s-1",
+                    "evse_id": EVSE1,
+                    "energy_kwh": 1.5,
+                    "token": {"type": "rfid", "uid": "04A2…3C80", "card_type": "unknown"},
+                    "attempts": 2,
+                    "created_at": "2026-01-01T00:00:00.000+00:00",
+                }
+            ],
+        }
+    )
+    assert main(["--socket", str(daemon.path), "rfid", "info"]) == 0
+    assert main(["--socket", str(daemon.path), "outbox"]) == 0
+    out = capsys.readouterr().out
+    assert "last_error: -\n" in out and "connected: yes\n" in out and "open_seconds: 0.045\n" in out
+    assert "token rfid 04A2…3C80  attempts 2" in out
+    assert "None" not in out and "{" not in out
+
+
+# ------------------------------------------------------------------------------ progress
+def test_rfid_read_counts_down_on_a_terminal(daemon: FakeDaemon) -> None:
+    daemon.result({"card": None, "timeout_s": 5.0})
+    daemon.hold.clear()
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [*STATIONCTL, str(daemon.path), "rfid", "read", "--timeout", "5"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        text=True,
+    )
+    os.close(slave)
+    seen = b""
+    try:
+        while b"s left" not in seen:
+            ready, _, _ = select.select([master], [], [], 20)
+            assert ready, f"no countdown on the terminal: {seen!r}"
+            seen += os.read(master, 4096)
+        daemon.hold.set()
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        os.close(master)
+    assert b"waiting for a card on the reader" in seen
+    assert out == "no card within 5 s\n" and proc.returncode == 1
+
+
+# -------------------------------------------------------- a technician's read is no tap
+def test_rfid_read_on_a_plugged_evse_starts_no_charge(make_daemon, backend) -> None:
+    d = make_daemon()
+    d.ctl("sim.plug", evse_id=EVSE1)
+    d.wait_state("preparing")
+    result: dict[str, Any] = {}
+    reader = threading.Thread(
+        target=lambda: result.update(call(d.socket, {"cmd": "rfid.read", "timeout": 10}))
+    )
+    reader.start()
+    wait_until(lambda: "rfid read: waiting" in d.log(), 10, "the read to wait")
+    d.ctl("sim.tap", uid=UID_A)
+    reader.join(15)
+    assert result["card"]["uid"] == UID_A
+    wait_until(lambda: "read by a technician" in d.log(), 10, "the card to be set aside")
+    assert d.evse()["state"] == "preparing"
+    assert not [r for r in backend.received if r.suffix == "auth/req"]
+    d.ctl("sim.tap", uid=UID_A)  # the next tap is a tap again
+    d.wait_state("charging")
