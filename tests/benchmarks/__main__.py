@@ -51,7 +51,18 @@ from tests.benchmarks.common import (
 )
 
 BUSY_NOTE = 25.0  # % of one core used by other processes: noted in the table
-BENCHES = ("tap", "pn532", "remote", "startup", "footprint", "drain", "fleet", "qr", "flood")
+BENCHES = (
+    "tap",
+    "pn532",
+    "remote",
+    "startup",
+    "footprint",
+    "drain",
+    "fleet",
+    "qr",
+    "flood",
+    "cli",
+)
 
 
 def _runner(name: str) -> Callable[[bool], Result]:
@@ -87,6 +98,10 @@ def _runner(name: str) -> Callable[[bool], Result]:
         from tests.benchmarks.flood import run_flood
 
         return run_flood
+    if name == "cli":
+        from tests.benchmarks.cli import run_cli
+
+        return run_cli
     raise ValueError(name)
 
 
