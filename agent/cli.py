@@ -76,6 +76,34 @@ def cmd_pn532_sim(args: argparse.Namespace) -> int:
     return sim_main(args.rest)
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from agent.init_config import InitRequest, build
+
+    req = InitRequest(
+        profile=args.profile,
+        station_id=args.station_id,
+        operator_id=args.operator_id,
+        broker=args.broker,
+        location=args.location,
+        evse_ids=args.evse or [],
+    )
+    print(build(req), end="")  # ConfigError (exit 78): nothing printed
+    return 0
+
+
+def _add_init(sub: Any) -> None:
+    i = sub.add_parser(
+        "init", help="print a station's config.toml (board profile, identity, broker)"
+    )
+    i.add_argument("--profile", required=True, help="shipped profile name or a TOML file")
+    i.add_argument("--station-id", required=True, help="e.g. ST-0001 (MQTT client id)")
+    i.add_argument("--operator-id", required=True, help="OICP OperatorID, e.g. 'DE*ICE'")
+    i.add_argument("--broker", required=True, help="mqtt:// or mqtts:// URL of the backend")
+    i.add_argument("--location", help="free text or a location id (default: the station id)")
+    i.add_argument("--evse", action="append", metavar="EVSE_ID", help="one per charge point")
+    i.set_defaults(func=cmd_init)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="station-agent", description=__doc__)
     p.add_argument("--version", action="version", version=f"station-agent {__version__}")
@@ -113,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("rest", nargs=argparse.REMAINDER)
     ps.set_defaults(func=cmd_pn532_sim)
 
+    _add_init(sub)
     s = sub.add_parser("schemas", help="export the MQTT contract's JSON Schemas")
     s.add_argument("directory", type=Path)
     s.set_defaults(func=cmd_schemas)

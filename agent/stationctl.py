@@ -432,6 +432,15 @@ def cmd_qr_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    """The shell completion script of both commands (generated from their parsers)."""
+    from agent.cli import build_parser as agent_parser
+    from agent.completion import script
+
+    print(script(args.shell, {"stationctl": build_parser(), "station-agent": agent_parser()}))
+    return 0
+
+
 # ------------------------------------------------------------------------------- parser
 def _common() -> argparse.ArgumentParser:
     """``--socket``, accepted before or after the sub-command: SUPPRESS keeps a sub-parser from
@@ -558,6 +567,10 @@ def _add_admin_commands(sub: SubParsers, common: argparse.ArgumentParser) -> Non
         help="validate a config file (exit 78 if invalid)",
     )
     chk.add_argument("path", type=Path, nargs="?", default=DEFAULT_CONFIG_PATH)
+    comp = _command(
+        sub, "completion", cmd_completion, common, help="print the shell completion script"
+    )
+    comp.add_argument("shell", choices=["bash", "zsh"])
 
 
 def build_parser() -> argparse.ArgumentParser:

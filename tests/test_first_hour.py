@@ -245,3 +245,30 @@ def test_rfid_read_on_a_plugged_evse_starts_no_charge(make_daemon, backend) -> N
     assert not [r for r in backend.received if r.suffix == "auth/req"]
     d.ctl("sim.tap", uid=UID_A)  # the next tap is a tap again
     d.wait_state("charging")
+
+
+# ---------------------------------------------------------------------------- completion
+def _complete(script: Path, fn: str, *words: str) -> list[str]:
+    """Run the bash completion function ``fn`` on ``words`` (the last one being typed)."""
+    quoted = " ".join(f"'{w}'" for w in words)
+    code = (
+        f"source {script}; COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; {fn}; "
+        'printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    res = subprocess.run(["bash", "-c", code], check=True, capture_output=True, text=True)
+    return res.stdout.split()
+
+
+def test_bash_completion_of_both_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["completion", "bash"]) == 0
+    script = tmp_path / "stationctl.bash"
+    script.write_text(capsys.readouterr().out)
+    assert {"status", "rfid", "selftest", "--socket", "--version"} <= set(
+        _complete(script, "_stationctl", "stationctl", "")
+    )
+    assert _complete(script, "_stationctl", "stationctl", "--socket", "/s", "rfid", "r") == ["read"]
+    assert _complete(script, "_stationctl", "stationctl", "qr", "verify", "--t") == ["--timeout"]
+    assert _complete(script, "_station_agent", "station-agent", "de") == ["demo"]
+    assert "init" in _complete(script, "_station_agent", "station-agent", "")

@@ -9,9 +9,12 @@ profiles, udev rules, broker examples and the simulated station must come from t
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import stat
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import zipfile
 from collections.abc import Iterator
@@ -144,3 +147,72 @@ def test_installed_package_finds_profiles_and_runs_the_demo(
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "2 session(s), 2 CDR(s) acknowledged" in demo.stdout
     assert "Traceback" not in demo.stderr
+
+
+# --------------------------------------------------------- the README's install section
+SKIPPED = ("apt-get ", "udevadm ", "systemctl ", "stationctl selftest")  # need the real machine
+
+
+def _install_block() -> list[str]:
+    """The README's install commands, one per line (continuations joined)."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Install on a station") :]
+    block = section[section.index("```sh\n") + 6 : section.index("\n```", section.index("```sh"))]
+    return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def _for_scratch_root(line: str, wheel: Path) -> str | None:
+    """One README line as it runs in the scratch root ``$ROOT``; None: left out (SKIPPED).
+
+    Absolute paths move under ``$ROOT``, systemd-sysusers/-tmpfiles get ``--root``, and the
+    venv gets the wheel built by this module (no network: its dependencies are the test
+    venv's, through a .pth file) instead of ``pip install .[...]`` from PyPI."""
+    if line.startswith(SKIPPED):
+        return None
+    if line.startswith("python3 -m venv "):
+        return f"{sys.executable} -m venv --without-pip $ROOT/opt/station-agent"
+    if line.startswith("/opt/station-agent/bin/pip install"):
+        deps = sysconfig.get_paths()["purelib"]
+        site = f"$ROOT/opt/station-agent/lib/python{sys.version_info[0]}.{sys.version_info[1]}"
+        return (
+            f"{sys.executable} -m pip -q --python $ROOT/opt/station-agent/bin/python install "
+            f"--no-deps {wheel} && echo {deps} > {site}/site-packages/test-deps.pth"
+        )
+    line = re.sub(r"(?<![\w.$/-])/(etc|opt|usr/local)/", r"$ROOT/\1/", line)
+    line = re.sub(r"\bsystemd-(sysusers|tmpfiles) ", r"systemd-\1 --root=$ROOT ", line)
+    return re.sub(r"^stationctl ", "$ROOT/usr/local/bin/stationctl ", line)
+
+
+def test_the_readme_install_section_in_a_scratch_root(wheel: Path, tmp_path: Path) -> None:
+    lines = _install_block()
+    skipped = [line for line in lines if _for_scratch_root(line, wheel) is None]
+    left_out = ["apt-get", "udevadm", "systemctl", "systemctl", "stationctl"]
+    assert [s.split()[0] for s in skipped] == left_out
+    root = tmp_path / "root"
+    (root / "usr/local/bin").mkdir(parents=True)
+    script = "\n".join(x for line in lines if (x := _for_scratch_root(line, wheel)))
+    res = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=ROOT,  # a checkout, as the README says
+        env=dict(os.environ, ROOT=str(root)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 0, f"{script}\n---\n{res.stdout}{res.stderr}"
+    assert res.stdout.strip().endswith(
+        "/etc/station-agent/config.toml: OK (station ST-0001, 1 EVSE(s))"
+    )
+    group = {
+        line.split(":")[0]: int(line.split(":")[2])
+        for line in (root / "etc/group").read_text().splitlines()
+    }
+    config = (root / "etc/station-agent/config.toml").stat()
+    assert (stat.S_IMODE(config.st_mode), config.st_gid) == (0o640, group["station-agent"])
+    etc = (root / "etc/station-agent").stat()
+    assert (stat.S_IMODE(etc.st_mode), etc.st_gid) == (0o750, group["station-agent"])
+    assert "station-agent:" in (root / "etc/passwd").read_text()
+    assert (root / "etc/udev/rules.d/99-station-agent.rules").is_file()
+    assert (root / "etc/systemd/system/station-agent.service").is_file()
+    assert 'include = "raspberry-pi-4"' in (root / "etc/station-agent/config.toml").read_text()
