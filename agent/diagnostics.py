@@ -176,6 +176,17 @@ def selftest(ctl: Controller, args: NoArgs) -> list[dict[str, Any]]:
         return ctl.backend.endpoint
 
     checks.append(_check("broker", broker_probe))
+
+    def backend_probe() -> str:
+        """The broker may be up while the backend behind it does not answer."""
+        if not ctl.backend.connected:
+            raise AgentError("unknown: not connected to the broker")
+        silent = ctl.backend.faults().get("backend:not_answering")
+        if silent:
+            raise AgentError(f"the broker is connected but the backend does not answer: {silent}")
+        return "answering (no auth/req left unanswered)"
+
+    checks.append(_check("backend", backend_probe))
     checks.append(_check("clock", lambda: _clock_probe(ctl)))
 
     def store_probe() -> str:

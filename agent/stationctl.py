@@ -137,12 +137,24 @@ def _num(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _backend_text(st: dict[str, Any]) -> str:
+    """Whether the backend behind a connected broker answers; a duplicate station id."""
+    faults = st.get("faults") or []
+    if not st.get("link", {}).get("connected"):
+        return ""
+    text = ", backend NOT ANSWERING" if "backend:not_answering" in faults else ", backend answering"
+    if "station_id:duplicate" in faults:
+        text += "\nSTATION ID USED TWICE: another station-agent is connected with this id"
+    return text
+
+
 def _status_text(st: dict[str, Any]) -> str:
     link = st.get("link", {})
     outbox = st.get("outbox", {})
     lines = [
         f"station {st['station_id']}  version {st['version']}  "
-        f"backend {'connected' if link.get('connected') else 'DISCONNECTED'} ({link.get('url')})",
+        f"broker {'connected' if link.get('connected') else 'DISCONNECTED'} ({link.get('url')})"
+        + _backend_text(st),
         f"outbox: {outbox.get('pending', 0)} CDR(s) pending"
         + (f", oldest {outbox['oldest']}" if outbox.get("oldest") else ""),
     ]
