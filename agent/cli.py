@@ -70,6 +70,15 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    from agent.asyncapi import write
+
+    text = write(args.file)
+    if args.file is None:
+        print(text, end="")
+    return 0
+
+
 def cmd_pn532_sim(args: argparse.Namespace) -> int:
     from drivers.rfid.pn532_sim import main as sim_main
 
@@ -145,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schemas", help="export the MQTT contract's JSON Schemas")
     s.add_argument("directory", type=Path)
     s.set_defaults(func=cmd_schemas)
+    a = sub.add_parser("asyncapi", help="print (or write) the MQTT contract as AsyncAPI 3.0")
+    a.add_argument("file", type=Path, nargs="?")
+    a.set_defaults(func=cmd_asyncapi)
     return p
 
 

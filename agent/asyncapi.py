@@ -1,0 +1,180 @@
+"""MQTT contract v1 as an AsyncAPI 3.0 document, generated from the message models.
+
+``station-agent asyncapi [FILE]`` writes it (JSON). Channels are the topics under
+``{prefix}/{stationId}/``; operations are seen from the station (``send``: it publishes,
+``receive``: it subscribes), with the MQTT binding's QoS and retain flag; every message's
+payload is its JSON Schema (:func:`agent.messages.json_schema`) with ``$schema`` (draft-07)
+and an absolute ``$id`` (a URN: the contract has no web address of its own), so a backend can
+validate what it receives, and what it sends, with any JSON Schema validator.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.messages import CONTRACT_VERSION, json_schema
+
+# AsyncAPI 3.0 names JSON Schema draft-07 as a payload format; the models' schemas use no newer
+# keyword (their "$defs" are reached by JSON pointer, which draft-07 resolves the same way)
+JSON_SCHEMA = "http://json-schema.org/draft-07/schema#"
+ID_PREFIX = "urn:station-agent:mqtt:v1:"
+MQTT_BINDING = "0.2.0"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Topic:
+    suffix: str  # after {prefix}/{stationId}/
+    messages: tuple[str, ...]  # names in agent.messages.SCHEMAS
+    action: str  # the station's: send or receive
+    retain: bool
+    summary: str
+
+
+TOPICS = (
+    Topic(
+        suffix="status",
+        messages=("status", "status-offline"),
+        action="send",
+        retain=True,
+        summary="The station's state, on every change and (re)connect; the offline form is the "
+        "connection's last will and is sent on a clean stop.",
+    ),
+    Topic(
+        suffix="auth/req",
+        messages=("auth-req",),
+        action="send",
+        retain=False,
+        summary="A card or code was presented: may it charge? Answer on auth/res within "
+        "mqtt.auth_timeout_s (5 s).",
+    ),
+    Topic(
+        suffix="session",
+        messages=("session",),
+        action="send",
+        retain=False,
+        summary="Session lifecycle: authorized, started, stopped, timeout, rejected. A "
+        "session's evse_id can change between the tap and the plug (floating tap).",
+    ),
+    Topic(
+        suffix="cdr",
+        messages=("cdr",),
+        action="send",
+        retain=False,
+        summary="One charge detail record per session that charged; re-sent until "
+        "acknowledged on cdr/ack (de-duplicate by session_id).",
+    ),
+    Topic(
+        suffix="cmd/res",
+        messages=("cmd-res",),
+        action="send",
+        retain=False,
+        summary="The answer to every command, once per command_id.",
+    ),
+    Topic(
+        suffix="auth/res",
+        messages=("auth-res",),
+        action="receive",
+        retain=False,
+        summary="The backend's answer to an auth/req (by request_id).",
+    ),
+    Topic(
+        suffix="cdr/ack",
+        messages=("cdr-ack",),
+        action="receive",
+        retain=False,
+        summary="The CDR of session_id is delivered: the station stops re-sending it.",
+    ),
+    Topic(
+        suffix="cmd/req",
+        messages=("cmd-req",),
+        action="receive",
+        retain=False,
+        summary="remote_start, remote_stop, set_availability, update_local_list. Never "
+        "retained: a retained command is refused.",
+    ),
+)
+
+
+def _key(name: str) -> str:
+    """A component key (AsyncAPI keys: letters, digits, '.', '-', '_')."""
+    return name.replace("/", "-")
+
+
+def payload_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema of message ``name`` as it stands in the document."""
+    schema = json_schema(name)
+    schema["$schema"] = JSON_SCHEMA
+    schema["$id"] = f"{ID_PREFIX}{name}"
+    return schema
+
+
+def _message(name: str, topic: Topic) -> dict[str, Any]:
+    schema = payload_schema(name)
+    return {
+        "name": name,
+        "title": schema.get("title", name),
+        "summary": topic.summary,
+        "contentType": "application/json",
+        "payload": {"schemaFormat": "application/schema+json;version=draft-07", "schema": schema},
+    }
+
+
+def _channel(topic: Topic) -> dict[str, Any]:
+    return {
+        "address": "{prefix}/{stationId}/" + topic.suffix,
+        "summary": topic.summary,
+        "parameters": {
+            "prefix": {"description": "mqtt.topic_prefix of the station (default: stations)"},
+            "stationId": {"description": "station.id, also the station's MQTT client id"},
+        },
+        "messages": {_key(m): {"$ref": f"#/components/messages/{_key(m)}"} for m in topic.messages},
+    }
+
+
+def _operation(topic: Topic) -> dict[str, Any]:
+    ch = _key(topic.suffix)
+    return {
+        "action": topic.action,
+        "channel": {"$ref": f"#/channels/{ch}"},
+        "summary": topic.summary,
+        "messages": [{"$ref": f"#/channels/{ch}/messages/{_key(m)}"} for m in topic.messages],
+        "bindings": {"mqtt": {"qos": 1, "retain": topic.retain, "bindingVersion": MQTT_BINDING}},
+    }
+
+
+def document() -> dict[str, Any]:
+    """The AsyncAPI 3.0 document of MQTT contract v1."""
+    return {
+        "asyncapi": "3.0.0",
+        "id": "urn:station-agent:mqtt:v1",
+        "info": {
+            "title": "station-agent MQTT contract",
+            "version": f"{CONTRACT_VERSION}.0.0",
+            "description": "Between an EV charging station (station-agent "
+            f"{__version__}) and its backend. JSON in UTF-8, QoS 1, every message carries "
+            '"v": 1; timestamps are RFC 3339 with milliseconds and a UTC offset; energy is '
+            "kWh with 3 decimals. Inbound messages are validated strictly (no coercion, no "
+            "unknown fields).",
+        },
+        "defaultContentType": "application/json",
+        "channels": {_key(t.suffix): _channel(t) for t in TOPICS},
+        "operations": {
+            f"{t.action}{''.join(p.title() for p in t.suffix.split('/'))}": _operation(t)
+            for t in TOPICS
+        },
+        "components": {
+            "messages": {_key(m): _message(m, t) for t in TOPICS for m in t.messages},
+        },
+    }
+
+
+def write(path: Path | None) -> str:
+    """The document as JSON, written to ``path`` (if given); returns the text."""
+    text = json.dumps(document(), indent=2, sort_keys=True) + "\n"
+    if path is not None:
+        path.write_text(text)
+    return text
