@@ -119,7 +119,9 @@ def test_the_traffic_of_real_sessions_matches_the_document(make_daemon, backend,
         assert wait_msg(backend, "auth/req")["evse_id"] is None
         d.ctl("sim.plug", evse_id=EVSE2)
         started = wait_msg(backend, "session", event="started")
-        assert started["evse_id"] == EVSE2
+        authorized = wait_msg(backend, "session", event="authorized")
+        assert (authorized["evse_id"], started["evse_id"]) == (EVSE1, EVSE2)  # it followed the car
+        assert authorized["session_id"] == started["session_id"]
         d.ctl("sim.unplug", evse_id=EVSE2)
         assert wait_msg(backend, "session", event="stopped")["reason"] == "ev_disconnected"
         wait_msg(backend, "cdr", evse_id=EVSE2)
