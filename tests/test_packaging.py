@@ -8,6 +8,7 @@ profiles, udev rules, broker examples and the simulated station must come from t
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -147,6 +148,13 @@ def test_installed_package_finds_profiles_and_runs_the_demo(
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "2 session(s), 2 CDR(s) acknowledged" in demo.stdout
     assert "Traceback" not in demo.stderr
+    # the story: the backend's replies, the meter while charging, no status told twice
+    lines = [line.split(None, 1)[1] for line in demo.stdout.splitlines() if "s  " in line[:12]]
+    assert sum("backend  auth/res  accepted" in x for x in lines) == 2
+    assert sum("backend  cdr/ack" in x for x in lines) == 2
+    assert sum("kWh charged" in x and "kW (register" in x for x in lines) >= 2
+    status = [x for x in lines if "status    " in x]
+    assert all(a != b for a, b in itertools.pairwise(status)), status
 
 
 # --------------------------------------------------------- the README's install section
