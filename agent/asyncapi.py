@@ -68,6 +68,14 @@ TOPICS = (
         "acknowledged on cdr/ack (de-duplicate by session_id).",
     ),
     Topic(
+        suffix="meter",
+        messages=("meter",),
+        action="send",
+        retain=False,
+        summary="A charging session's energy so far, meter register and power, at most every "
+        "mqtt.meter_values_s (10 s; 0: never). Not queued: missed values are not re-sent.",
+    ),
+    Topic(
         suffix="cmd/res",
         messages=("cmd-res",),
         action="send",

@@ -45,6 +45,7 @@ from agent.messages import (
     AuthRequest,
     Cdr,
     CommandResponse,
+    MeterValues,
     OfflineStatus,
     SessionEvent,
     StatusMessage,
@@ -269,6 +270,9 @@ class MqttBackend:
 
     def command_result(self, result: CommandResponse) -> bool:
         return self._link.publish("cmd/res", dump(result))
+
+    def meter_values(self, values: MeterValues) -> bool:
+        return self._link.publish("meter", dump(values))
 
     def status(self, status: StatusMessage) -> bool:
         payload = dump(status)

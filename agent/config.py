@@ -92,6 +92,9 @@ class MqttConfig(_Strict):
     reconnect_max_s: float = Field(default=30.0, ge=1)
     cdr_retry_initial_s: float = Field(default=5.0, gt=0)
     cdr_retry_max_s: float = Field(default=300.0, gt=0)
+    # P/meter while charging, at most this often (0: never); readings come every
+    # evse.meter.poll_interval_s, so that is the fastest rate
+    meter_values_s: float = Field(default=10.0, ge=0, le=3600)
     # TLS (mqtts://) and authentication; secrets are read from files, never written here
     ca_file: CfgPath | None = None  # the backend's CA; none: the system's CA store
     cert_file: CfgPath | None = None  # the station's certificate (mutual TLS: its identity)

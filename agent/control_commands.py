@@ -77,6 +77,7 @@ def _status(ctl: Controller, args: NoArgs) -> dict[str, Any]:
     out = ctl.status().model_dump(mode="json")
     out["link"] = {"connected": ctl.backend.connected, "url": ctl.backend.endpoint}
     out["rfid"] = ctl.drivers.rfid.info()
+    out["meter"] = views.meter_view(ctl.evses.values(), ctl.store)  # charging EVSEs, live
     return out
 
 

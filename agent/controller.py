@@ -45,6 +45,7 @@ from agent.failpoints import Failpoints
 from agent.inputs import CardTapped, ControlCall, Inputs, PlugChanged, QrScanned, Shutdown
 from agent.loop import EventLoop, TimerFired
 from agent.messages import EvseState, StatusMessage
+from agent.meter_values import meter_values_due
 from agent.presentation import Presenter
 from agent.routing import floating_move, holder_of
 from agent.session import (
@@ -412,7 +413,7 @@ class Controller:
         rt.meter_busy = False
         reading = sample.reading
         if reading is not None:
-            rt.last_energy_kwh = reading.energy_kwh
+            rt.last_energy_kwh, rt.last_power_w = reading.energy_kwh, reading.power_w
             session = rt.state.session
             mono = self.clock.monotonic()
             if (
@@ -422,6 +423,10 @@ class Controller:
             ):
                 self.store.record_meter(session.session_id, self.clock.now(), reading.energy_kwh)
                 rt.last_meter_store = mono
+            interval = self.config.mqtt.meter_values_s
+            values = meter_values_due(rt, self.store, self.clock, interval)
+            if values is not None:
+                self.backend.meter_values(values)  # P/meter; not queued
         for event in self.power.supervise(rt):
             self.dispatch(sample.evse_id, event)
 

@@ -250,6 +250,21 @@ class Cdr(_Out):
         return round(value, 3)
 
 
+class MeterValues(_Out):
+    """``P/meter``: a charging session's meter, every ``mqtt.meter_values_s`` (additive in v1)."""
+
+    session_id: str
+    evse_id: str
+    ts: Timestamp
+    energy_kwh: float  # charged in this session so far
+    meter_kwh: float  # the meter's import register
+    power_w: float | None  # active power now, where the meter reports it
+
+    @field_serializer("energy_kwh", "meter_kwh")
+    def _kwh(self, value: float) -> float:
+        return round(value, 3)
+
+
 class CommandResponse(_Out):
     command_id: str
     status: CommandStatus
@@ -445,6 +460,7 @@ SCHEMAS: dict[str, Any] = {
     "cdr-ack": CdrAck,
     "cmd-req": COMMAND_ADAPTER,
     "cmd-res": CommandResponse,
+    "meter": MeterValues,
 }
 
 

@@ -165,12 +165,20 @@ def _status_text(st: dict[str, Any]) -> str:
             "inbound dropped (rate limit): "
             + ", ".join(f"{k} {v}" for k, v in sorted(st["inbound_dropped"].items()))
         )
+    meter = st.get("meter") or {}
     for e in st["evses"]:
         lines.append(
             f"  {e['evse_id']:<24} {e['state']:<12} plugged={'yes' if e['plugged'] else 'no':<3} "
             f"relay={'closed' if e['relay_closed'] else 'open':<6} "
             f"session={e['session_id'] or '-'}" + (f"  FAULT {e['fault']}" if e["fault"] else "")
         )
+        m = meter.get(e["evse_id"])
+        if m:  # charging: energy so far, power now
+            power = None if m["power_w"] is None else m["power_w"] / 1000
+            lines.append(
+                f"  {'':<24} charged {_num(m['energy_kwh'], '.3f')} kWh, "
+                f"power {_num(power, '.1f')} kW"
+            )
     return "\n".join(lines)
 
 

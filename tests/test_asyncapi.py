@@ -131,6 +131,9 @@ def test_the_traffic_of_real_sessions_matches_the_document(make_daemon, backend,
             "ST-TEST", "remote_start", evse_id=EVSE1, contract_id="DE8ACC12345678A"
         )
         sid = d.wait_state("charging")["session_id"]
+        wait_until(lambda: any(t.endswith("/meter") for t, _ in spy.got), 10, "P/meter")
+        live = wait_until(lambda: d.ctl("status")["meter"].get(EVSE1), 10, "status meter")
+        assert live["energy_kwh"] is not None and live["power_w"] == 11000.0
         backend.command("ST-TEST", "remote_stop", session_id=sid)
         wait_msg(backend, "cdr", session_id=sid)
         wait_msg(backend, "cmd/res", command_id=cid)
