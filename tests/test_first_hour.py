@@ -280,3 +280,37 @@ def test_bash_completion_of_both_commands(
     assert _complete(script, "_stationctl", "stationctl", "qr", "verify", "--t") == ["--timeout"]
     assert _complete(script, "_station_agent", "station-agent", "de") == ["demo"]
     assert "init" in _complete(script, "_station_agent", "station-agent", "")
+
+
+# ------------------------------------------------------------------------------ display
+def test_the_display_shows_energy_power_and_time_while_charging() -> None:
+    from agent.presentation import charging_text
+
+    assert charging_text(3.214, 11000.0, 754.9) == "Charging 3.21 kWh  11.0 kW  0:12:34"
+    assert charging_text(0.0, None, 3725) == "Charging 0.00 kWh  1:02:05"
+    assert charging_text(1.5, 7400.0, None) == "Charging 1.50 kWh  7.4 kW"
+    assert charging_text(1.5, None, -3) == "Charging 1.50 kWh  0:00:00"  # a clock step back
+
+
+def test_no_text_is_cut_on_a_small_screen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """480x320, two EVSEs: ids, states and the charging line are drawn whole (smaller rather
+    than cut: a bold stroke used to push the EVSE id over the edge, "DE*ICE*E0000...")."""
+    import cv2
+
+    from agent.presentation import charging_text
+    from drivers.display.base import EvseScreen
+    from drivers.display.render import render_screen
+
+    drawn: list[str] = []
+    real = cv2.putText
+    monkeypatch.setattr(
+        cv2, "putText", lambda img, text, *a: (drawn.append(text), real(img, text, *a))[1]
+    )
+    screens = [
+        EvseScreen("DE*ICE*E000001*1", "charging", charging_text(3.214, 22000.0, 7354)),
+        EvseScreen("DE*ICE*E000001*2", "available", "Tap your card or scan the QR code"),
+    ]
+    render_screen(screens, None, width=480, height=320, color=True)
+    assert "DE*ICE*E000001*1" in drawn and "DE*ICE*E000001*2" in drawn
+    assert "Charging 3.21 kWh  22.0 kW  2:02:34" in drawn
+    assert not [t for t in drawn if t.endswith("...")], drawn
