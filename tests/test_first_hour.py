@@ -314,3 +314,19 @@ def test_no_text_is_cut_on_a_small_screen(monkeypatch: pytest.MonkeyPatch) -> No
     assert "DE*ICE*E000001*1" in drawn and "DE*ICE*E000001*2" in drawn
     assert "Charging 3.21 kWh  22.0 kW  2:02:34" in drawn
     assert not [t for t in drawn if t.endswith("...")], drawn
+
+
+def test_a_message_is_shown_once(make_daemon) -> None:
+    """The terminal display's frames (in the daemon's log): "Tap your card" in the EVSE's panel,
+    not also in the station-wide band."""
+    d = make_daemon(display={"driver": "terminal"})
+    d.ctl("sim.plug", evse_id=EVSE1)
+    d.wait_state("preparing")
+    frame = wait_until(
+        lambda: next(
+            (f for f in reversed(d.log().split("-" * 40 + "\n")) if "[preparing]" in f), None
+        ),
+        10,
+        "a frame of the preparing EVSE",
+    )
+    assert frame.count("Tap your card") == 1, frame
