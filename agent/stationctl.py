@@ -268,6 +268,23 @@ def _waiting(what: str, seconds: float) -> Iterator[None]:
         sys.stderr.flush()
 
 
+def _evse_call(
+    args: argparse.Namespace, cmd: str, extra: dict[str, Any] | None = None, **kw: Any
+) -> Any:
+    """``call`` for a command that names an EVSE: an id without '*' that the daemon does not
+    know was most likely expanded by the shell, so the refusal says to quote it."""
+    try:
+        return call(args.socket, {"cmd": cmd, "evse_id": args.evse_id, **(extra or {})}, **kw)
+    except ControlError as err:
+        evse_id = args.evse_id
+        if evse_id is not None and "*" not in evse_id and "unknown EVSE" in str(err):
+            raise ControlError(
+                f"{err}; quote EVSE ids in the shell ('DE*ICE*E000001*1'): an unquoted '*' "
+                "is a file name pattern"
+            ) from err
+        raise
+
+
 # --------------------------------------------------------------------- daemon commands
 def cmd_status(args: argparse.Namespace) -> int:
     _print_json_or(args, call(args.socket, {"cmd": "status"}), _status_text)
@@ -313,7 +330,7 @@ def cmd_sim_tap(args: argparse.Namespace) -> int:
 
 def cmd_sim_plug(args: argparse.Namespace) -> int:
     """``sim plug`` and ``sim unplug``."""
-    res = call(args.socket, {"cmd": f"sim.{args.sim_command}", "evse_id": args.evse_id})
+    res = _evse_call(args, f"sim.{args.sim_command}")
     print(f"{res['evse_id']}: {'plugged' if res['plugged'] else 'unplugged'}")
     return 0
 
@@ -327,11 +344,7 @@ def cmd_sim_qr(args: argparse.Namespace) -> int:
 def cmd_qr_verify(args: argparse.Namespace) -> int:
     """The daemon's camera: does the printed sticker show this EVSE's code?"""
     with _waiting("a station sticker in front of the camera", args.timeout):
-        res = call(
-            args.socket,
-            {"cmd": "qr.verify", "evse_id": args.evse_id, "timeout": args.timeout},
-            timeout=args.timeout + 15,
-        )
+        res = _evse_call(args, "qr.verify", {"timeout": args.timeout}, timeout=args.timeout + 15)
     if res["seen"] is None:
         print(f"no station code seen within {args.timeout:.0f} s")
         return 1
@@ -360,7 +373,7 @@ def cmd_rfid_info(args: argparse.Namespace) -> int:
 
 
 def cmd_relay_cycle(args: argparse.Namespace) -> int:
-    res = call(args.socket, {"cmd": "relay.cycle", "evse_id": args.evse_id})
+    res = _evse_call(args, "relay.cycle")
     for step in res["steps"]:
         print(_relay_step_text(step))
     print(f"{res['evse_id']}: {res['verdict']}")
@@ -368,15 +381,13 @@ def cmd_relay_cycle(args: argparse.Namespace) -> int:
 
 
 def cmd_relay_reset(args: argparse.Namespace) -> int:
-    res = call(args.socket, {"cmd": "relay.reset", "evse_id": args.evse_id})
+    res = _evse_call(args, "relay.reset")
     print(f"{res['evse_id']}: fault cleared, now {res['state']}")
     return 0
 
 
 def cmd_meter_read(args: argparse.Namespace) -> int:
-    _print_json_or(
-        args, call(args.socket, {"cmd": "meter.read", "evse_id": args.evse_id}), _meter_text
-    )
+    _print_json_or(args, _evse_call(args, "meter.read"), _meter_text)
     return 0
 
 

@@ -330,3 +330,18 @@ def test_a_message_is_shown_once(make_daemon) -> None:
         "a frame of the preparing EVSE",
     )
     assert frame.count("Tap your card") == 1, frame
+
+
+# -------------------------------------------------------------------------- EVSE arguments
+def test_evse_arguments_get_a_helpful_refusal(make_daemon, capsys) -> None:
+    """Two EVSEs: none named says which there are; an id the shell expanded (no '*' left)
+    says to quote it."""
+    d = make_daemon(evses=2)
+    assert main(["--socket", str(d.socket), "relay", "cycle"]) == 1
+    err = capsys.readouterr().err
+    _one_line(err, "stationctl")
+    assert "this station has 2 EVSEs: name one of DE*ICE*E000001*1, DE*ICE*E000001*2" in err
+    assert main(["--socket", str(d.socket), "meter", "read", "README.md"]) == 1
+    err = capsys.readouterr().err
+    _one_line(err, "stationctl")
+    assert "unknown EVSE 'README.md'" in err and "quote EVSE ids" in err
