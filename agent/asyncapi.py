@@ -107,6 +107,92 @@ TOPICS = (
 )
 
 
+# A description for every payload field (the models stay free of prose): (message, field) for a
+# name that means different things in different messages, else the field name. A field nobody
+# described gets UNDOCUMENTED, which tests/test_asyncapi.py refuses.
+UNDOCUMENTED = "(undocumented)"
+FIELD_DOCS: dict[str | tuple[str, str], str] = {
+    "v": "Contract version: always 1.",
+    "station_id": "The station's id (station.id), as in the topic.",
+    "ts": "When the station made the message: RFC 3339, milliseconds, UTC offset.",
+    ("cmd-req", "ts"): "When the backend sent the command (optional): older than "
+    "cmd.max_age_s is rejected.",
+    ("cmd-req", "station_id"): "Optional: when present it must be this station's id.",
+    "online": "true while the station runs; false in the last will and on a clean stop.",
+    "version": "The station-agent software version.",
+    ("cmd-req", "version"): "Local list version: must be newer than the station's.",
+    "evses": "One entry per charge point.",
+    "evse_id": "The charge point's OICP EvseID.",
+    ("auth-req", "evse_id"): "The EVSE the token was presented at; null when it could not be "
+    "tied to one (a floating tap: the session follows the car).",
+    "state": "The EVSE's state.",
+    "session_id": "The session (a UUID; the station's unless a remote start supplied one).",
+    "plugged": "A car is plugged in.",
+    "relay_closed": "The contactor is closed (power flows).",
+    "fault": "Why the EVSE is faulted (relay_welded, meter_failed, ...), else null.",
+    "faults": "Station-wide faults (rfid:..., store, clock:unset, backend:not_answering, "
+    "station_id:duplicate, broker_acl, ...).",
+    "outbox": "CDRs not yet acknowledged by the backend.",
+    "pending": "How many CDRs wait for their cdr/ack.",
+    "oldest": "When the oldest of them was made, else null.",
+    "local_list_version": "Version of the local authorisation list the station holds.",
+    "inbound_dropped": "Inbound messages dropped by the rate limit since start, per topic "
+    "suffix; left out while none were.",
+    "request_id": "Pairs an auth/res with its auth/req.",
+    "token": "What was presented: an RFID card, a QR contract code or a remote start.",
+    "type": "Token kind: rfid, qr or remote.",
+    "uid": "RFID UID, upper-case hex (4, 7 or 10 bytes).",
+    "card_type": "RFID card technology as the reader saw it, if known.",
+    "contract_id": "Contract id (EMAID) the session is billed to, if known.",
+    "pin": "The PIN of a QR contract code: only in auth/req, never stored or logged.",
+    "emaid": "A contract id (EMAID) on the local list.",
+    "event": "What happened to the session.",
+    "reason": "Why (stopped: the stop reason; timeout: which timer; rejected: the backend's "
+    "status).",
+    ("cmd-res", "reason"): "Why a command was rejected (human readable).",
+    "offline": "The station authorised this session on its own (backend not reachable).",
+    "operator_id": "OICP OperatorID of the station's operator.",
+    "location": "The station's location (free text or a location id).",
+    "session_start": "Session start (the authorisation).",
+    "session_end": "Session end.",
+    "charging_start": "When the relay closed, else null.",
+    "charging_end": "When the relay opened, else null.",
+    "meter_start_kwh": "Meter register at charging start, kWh.",
+    "meter_stop_kwh": "Meter register at charging end, kWh.",
+    "energy_kwh": "Energy charged in the session, kWh (3 decimals).",
+    ("meter", "energy_kwh"): "Energy charged in the session so far, kWh (3 decimals).",
+    "meter_kwh": "The meter's import register now, kWh.",
+    "power_w": "Active power now, W (null where the meter does not report it).",
+    "stop_reason": "Why the session ended.",
+    "clock_corrected": "true when the wall clock was stepped during the session and the start "
+    "times were derived; left out otherwise.",
+    "status": "The backend's decision on the token.",
+    ("cmd-res", "status"): "accepted or rejected.",
+    ("cmd-req", "status"): "The token's status on the local list.",
+    "expires_at": "Until when the answer may be used offline (optional).",
+    "command_id": "Identifies the command; a repeated id gets the stored answer, no second run.",
+    "command": "remote_start, remote_stop, set_availability or update_local_list.",
+    "available": "set_availability: true puts the EVSE in service, false takes it out.",
+    "mode": "full replaces the list, differential changes the named entries.",
+    "entries": "The local list's tokens.",
+}
+
+
+def _describe(node: Any, message: str) -> None:
+    """Give every property under ``node`` its description (from :data:`FIELD_DOCS`)."""
+    if isinstance(node, dict):
+        for prop, sub in node.get("properties", {}).items():
+            if isinstance(sub, dict) and "description" not in sub:
+                sub["description"] = FIELD_DOCS.get(
+                    (message, prop), FIELD_DOCS.get(prop, UNDOCUMENTED)
+                )
+        for value in node.values():
+            _describe(value, message)
+    elif isinstance(node, list):
+        for value in node:
+            _describe(value, message)
+
+
 def _key(name: str) -> str:
     """A component key (AsyncAPI keys: letters, digits, '.', '-', '_')."""
     return name.replace("/", "-")
@@ -117,6 +203,7 @@ def payload_schema(name: str) -> dict[str, Any]:
     schema = json_schema(name)
     schema["$schema"] = JSON_SCHEMA
     schema["$id"] = f"{ID_PREFIX}{name}"
+    _describe(schema, name)
     return schema
 
 
