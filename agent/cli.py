@@ -10,8 +10,16 @@ from typing import Any
 
 from agent import __version__
 from agent.cli_errors import standard_handlers
+from agent.cli_help import Parser
 from agent.config import DEFAULT_CONFIG_PATH, EX_CONFIG, load_config
 from agent.errors import AgentError, ConfigError
+
+DESCRIPTION = "station-agent: the station daemon (run) and its helpers."
+EPILOG = """\
+exit status: 0 done; 1 failed; 2 bad command line; 69 the MQTT broker cannot be reached
+(demo, backend-sim); 78 invalid configuration (run, init); 130 interrupted; 141 output cut
+short (| head).
+"""
 
 
 def setup_logging(level: str) -> None:
@@ -114,7 +122,7 @@ def _add_init(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="station-agent", description=__doc__)
+    p = Parser(prog="station-agent", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--version", action="version", version=f"station-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 

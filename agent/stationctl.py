@@ -41,6 +41,7 @@ from agent.cli_errors import (
     standard_handlers,
     stdout_closed,
 )
+from agent.cli_help import Parser
 from agent.control_client import DEFAULT_SOCKET, ControlError, call
 from agent.errors import AgentError, ConfigError, DriverError, ProtocolError
 
@@ -61,23 +62,7 @@ DESCRIPTION = (
 )
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the epilog's lines as written; never breaks a path at its hyphens."""
-
-    def _split_lines(self, text: str, width: int) -> list[str]:
-        import textwrap
-
-        return textwrap.wrap(
-            " ".join(text.split()), width, break_on_hyphens=False, break_long_words=False
-        )
-
-
-class _Parser(argparse.ArgumentParser):
-    """Every (sub-)parser formats with :class:`_Formatter` (sub-parsers are of the same class)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kwargs)
+_Parser = Parser  # every (sub-)parser: clean help (agent.cli_help)
 
 
 __all__ = ["EX_BROKEN_PIPE", "EX_CONFIG", "EX_USAGE", "main"]

@@ -151,6 +151,13 @@ def test_help_renders_cleanly_at_any_width(
         assert str(DEFAULT_SOCKET) in out, out
         if argv == ["--help"]:
             assert "exit status" in out and "141" in out and "STATIONCTL_SOCKET" in out
+    for argv in (["--help"], ["init", "--help"]):
+        with pytest.raises(SystemExit):
+            agent_main(argv)
+        out = capsys.readouterr().out
+        assert "``" not in out and "station-\n" not in out
+        if argv == ["--help"]:
+            assert "exit status" in out and "69" in out and "78" in out
 
 
 def test_the_client_imports_no_heavy_module() -> None:
