@@ -24,7 +24,6 @@ from agent.messages import (
     AuthResponse,
     Cdr,
     CommandResponse,
-    MeterValues,
     SessionEvent,
     StatusMessage,
 )
@@ -115,10 +114,6 @@ class Backend(Protocol):
     def command_result(self, result: CommandResponse) -> bool: ...
 
     def status(self, status: StatusMessage) -> bool: ...
-
-    def meter_values(self, values: MeterValues) -> bool:
-        """A charging session's meter now (``P/meter``); not queued: the next one follows."""
-        ...
 
     def faults(self) -> dict[str, str]:
         """Backend-side problems to show in the station's status (e.g. a broker ACL)."""

@@ -45,7 +45,7 @@ from agent.failpoints import Failpoints
 from agent.inputs import CardTapped, ControlCall, Inputs, PlugChanged, QrScanned, Shutdown
 from agent.loop import EventLoop, TimerFired
 from agent.messages import EvseState, StatusMessage
-from agent.meter_values import meter_values_due
+from agent.meter_values import send_meter_values
 from agent.presentation import Presenter
 from agent.routing import floating_move, holder_of
 from agent.session import (
@@ -423,10 +423,8 @@ class Controller:
             ):
                 self.store.record_meter(session.session_id, self.clock.now(), reading.energy_kwh)
                 rt.last_meter_store = mono
-            interval = self.config.mqtt.meter_values_s
-            values = meter_values_due(rt, self.store, self.clock, interval)
-            if values is not None:
-                self.backend.meter_values(values)  # P/meter; not queued
+            interval = self.config.mqtt.meter_values_s  # P/meter; not queued
+            send_meter_values(self.backend, rt, self.store, self.clock, interval)
         for event in self.power.supervise(rt):
             self.dispatch(sample.evse_id, event)
 

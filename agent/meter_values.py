@@ -7,10 +7,32 @@ followed by the next one.
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 from agent.clock import Clock
 from agent.evse import EvseRuntime
 from agent.messages import EvseState, MeterValues
 from agent.store import Store
+
+
+@runtime_checkable
+class MeterValuesPort(Protocol):
+    """A backend adapter that can send live meter values (the MQTT one: ``P/meter``). Not part
+    of the :class:`~agent.backend.Backend` port: an adapter without it sends none."""
+
+    def meter_values(self, values: MeterValues) -> bool:
+        """A charging session's meter now; not queued: the next one follows."""
+        ...
+
+
+def send_meter_values(
+    backend: object, rt: EvseRuntime, store: Store, clock: Clock, interval_s: float
+) -> None:
+    """After a reading: the values, if due and if the backend can send them."""
+    if isinstance(backend, MeterValuesPort):
+        values = meter_values_due(rt, store, clock, interval_s)
+        if values is not None:
+            backend.meter_values(values)
 
 
 def meter_values_due(
