@@ -81,16 +81,16 @@ def _run(
 
 
 def test_every_package_directory_is_listed_in_pyproject() -> None:
-    """The packages are listed (hardware/ is mapped in): a new sub-package must be added."""
-    listed = set(
-        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    )
+    """The packages are listed (hardware/ is mapped in): a new sub-package, with or without an
+    __init__.py, must be added to [tool.setuptools] packages or the wheel lacks it."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     on_disk = {
         ".".join(p.parent.relative_to(ROOT).parts)
         for top in ("agent", "drivers")
-        for p in (ROOT / top).rglob("__init__.py")
+        for p in (ROOT / top).rglob("*.py")
+        if "__pycache__" not in p.parts
     }
-    assert on_disk | {"agent.hardware_files"} == listed
+    assert on_disk | {"agent.hardware_files"} == set(setuptools["packages"])
 
 
 def test_the_wheel_holds_every_hardware_file(wheel: Path) -> None:
