@@ -52,9 +52,9 @@ class EvseRuntime:
     last_meter_store: float = 0.0  # monotonic: last reading committed to the store
     last_meter_read: float = 0.0  # monotonic: last reading started
     last_energy_kwh: float | None = None
-    last_power_w: float | None = None
     last_meter_publish: float = 0.0  # monotonic: last P/meter
     meter_busy: bool = False  # a background reading is under way
+    last_power_w: float | None = None  # the last reading's power (P/meter, the display)
 
     @property
     def evse_id(self) -> str:
