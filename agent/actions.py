@@ -324,8 +324,9 @@ class ActionRunner:
         return []
 
     def _notify(self, rt: EvseRuntime, action: Notify, ctx: Context) -> list[Event]:
+        """The EVSE's own panel says it (redrawn after the item); the station-wide band is left
+        to station-wide messages, so a message is never on the screen twice."""
         rt.message = action.message
-        self.display.show_message(action.message)
         return []
 
     def _ignored(self, rt: EvseRuntime, action: Ignored, ctx: Context) -> list[Event]:

@@ -36,6 +36,7 @@ from agent.backend import (
     LinkDown,
     LinkUp,
 )
+from agent.backend_watch import BackendWatch
 from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.errors import ProtocolError
@@ -44,6 +45,7 @@ from agent.messages import (
     AuthRequest,
     Cdr,
     CommandResponse,
+    MeterValues,
     OfflineStatus,
     SessionEvent,
     StatusMessage,
@@ -205,6 +207,12 @@ class MqttBackend:
         self._delivered: list[int] = []  # refs of acknowledged session events, not yet taken
         self._cdr_acks: list[str] = []  # session ids of acknowledged CDRs, not yet taken
         self._limiter = InboundLimiter(config.mqtt.inbound_limits(), clock.monotonic)
+        self._watch = BackendWatch(  # backend answering? our station id used twice?
+            station_id=config.station.id,
+            auth_timeout_s=config.mqtt.auth_timeout_s,
+            started=clock.now(),
+            monotonic=clock.monotonic,
+        )
 
     # ---------------------------------------------------------------- port
     @property
@@ -224,6 +232,7 @@ class MqttBackend:
 
     def authorize(self, request: AuthRequest) -> bool:
         self._limiter.expect("auth/res", request.request_id)
+        self._watch.asked()
         return self._link.publish("auth/req", dump(request))
 
     def session_event(self, event: SessionEvent, ref: int) -> bool:
@@ -262,10 +271,18 @@ class MqttBackend:
     def command_result(self, result: CommandResponse) -> bool:
         return self._link.publish("cmd/res", dump(result))
 
+    def meter_values(self, values: MeterValues) -> bool:
+        return self._link.publish("meter", dump(values))
+
     def status(self, status: StatusMessage) -> bool:
-        return self._link.publish("status", dump(status), retain=True)
+        payload = dump(status)
+        self._watch.published(payload)
+        return self._link.publish("status", payload, retain=True)
 
     def faults(self) -> dict[str, str]:
+        return {**self._acl_faults(), **self._watch.faults()}
+
+    def _acl_faults(self) -> dict[str, str]:
         if self._echo_seen or self._connected_at is None or not self.connected:
             return {"broker_acl": "own topics not delivered"} if self._acl_reported else {}
         if self._clock.monotonic() - self._connected_at > ECHO_WAIT_S:
@@ -291,16 +308,20 @@ class MqttBackend:
         if isinstance(item, LinkChange):
             if item.connected:
                 self._connected_at = self._clock.monotonic()
+                self._watch.link_up()
                 self._echo_seen = False
                 self._sink(LinkUp())
             else:
+                self._watch.link_down()
                 self._sink(LinkDown(item.reason))
             return
         if not self._limiter.admit(item.suffix, item.payload):
             return
         if item.suffix == "status":
             self._echo_seen = True
+            self._watch.status_seen(item.payload)
             return
+        self._watch.heard()  # anything from the backend: it answers
         if item.retain and item.suffix == "cmd/req":
             self._refuse_retained(item.payload)
             return

@@ -9,8 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.cli_errors import standard_handlers
+from agent.cli_help import Parser
 from agent.config import DEFAULT_CONFIG_PATH, EX_CONFIG, load_config
 from agent.errors import AgentError, ConfigError
+
+DESCRIPTION = "station-agent: the station daemon (run) and its helpers."
+EPILOG = """\
+exit status: 0 done; 1 failed; 2 bad command line; 69 the MQTT broker cannot be reached
+(demo, backend-sim); 78 invalid configuration (run, init); 130 interrupted; 141 output cut
+short (| head).
+"""
 
 
 def setup_logging(level: str) -> None:
@@ -80,6 +89,15 @@ def cmd_web(args: argparse.Namespace) -> int:
     return web_main(args.config)
 
 
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    from agent.asyncapi import write
+
+    text = write(args.file)
+    if args.file is None:
+        print(text, end="")
+    return 0
+
+
 def cmd_pn532_sim(args: argparse.Namespace) -> int:
     from drivers.rfid.pn532_sim import main as sim_main
 
@@ -99,8 +117,36 @@ def cmd_ocmf_verify(args: argparse.Namespace) -> int:
     return 0 if verdict.ok else 1
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from agent.init_config import InitRequest, build
+
+    req = InitRequest(
+        profile=args.profile,
+        station_id=args.station_id,
+        operator_id=args.operator_id,
+        broker=args.broker,
+        location=args.location,
+        evse_ids=args.evse or [],
+    )
+    print(build(req), end="")  # ConfigError (exit 78): nothing printed
+    return 0
+
+
+def _add_init(sub: Any) -> None:
+    i = sub.add_parser(
+        "init", help="print a station's config.toml (board profile, identity, broker)"
+    )
+    i.add_argument("--profile", required=True, help="shipped profile name or a TOML file")
+    i.add_argument("--station-id", required=True, help="e.g. ST-0001 (MQTT client id)")
+    i.add_argument("--operator-id", required=True, help="OICP OperatorID, e.g. 'DE*ICE'")
+    i.add_argument("--broker", required=True, help="mqtt:// or mqtts:// URL of the backend")
+    i.add_argument("--location", help="free text or a location id (default: the station id)")
+    i.add_argument("--evse", action="append", metavar="EVSE_ID", help="one per charge point")
+    i.set_defaults(func=cmd_init)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="station-agent", description=__doc__)
+    p = Parser(prog="station-agent", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--version", action="version", version=f"station-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -124,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=None,
-        help="station config (default: hardware/simulated.toml)",
+        help="station config (default: the shipped simulated station)",
     )
     d.add_argument("--broker", help="use this broker instead of starting Mosquitto")
     d.add_argument("--seconds", type=float, default=3.0, help="charging time per session")
@@ -144,16 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--log-level", default="info")
     w.set_defaults(func=cmd_web)
 
-    s = sub.add_parser("schemas", help="export the MQTT contract's JSON Schemas")
-    s.add_argument("directory", type=Path)
-    s.set_defaults(func=cmd_schemas)
-
     oc = sub.add_parser("ocmf", help="signed meter records (OCMF)")
     ocsub = oc.add_subparsers(dest="ocmf_command", required=True)
     ov = ocsub.add_parser("verify", help="check a CDR's signed records with pyocmf (offline)")
     ov.add_argument("file", type=Path, help="a CDR JSON, its signed_meter_values, or a record")
     ov.add_argument("--public-key", help="hex DER public key (for a bare OCMF record)")
     ov.set_defaults(func=cmd_ocmf_verify)
+    _add_init(sub)
+    s = sub.add_parser("schemas", help="export the MQTT contract's JSON Schemas")
+    s.add_argument("directory", type=Path)
+    s.set_defaults(func=cmd_schemas)
+    a = sub.add_parser("asyncapi", help="print (or write) the MQTT contract as AsyncAPI 3.0")
+    a.add_argument("file", type=Path, nargs="?")
+    a.set_defaults(func=cmd_asyncapi)
     return p
 
 
@@ -162,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["pn532-sim"]:  # its own options, passed through untouched
         return cmd_pn532_sim(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
-    rc: int = args.func(args)
-    return rc
+    # one line and a documented exit status per exception type, never a traceback
+    return standard_handlers("station-agent").run(lambda: int(args.func(args)))
 
 
 if __name__ == "__main__":

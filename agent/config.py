@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent.errors import ConfigError
 from agent.identifiers import is_evse_id, is_operator_id, is_station_id
+from agent.shipped import profile_names, profile_path
 from drivers.display.qrcode import DEFAULT_URL_TEMPLATE
 
 DEFAULT_CONFIG_PATH = Path("/etc/station-agent/config.toml")
@@ -61,6 +62,15 @@ class StationConfig(_Strict):
     grid_meter: MeterConfig | None = None
     pause_rotation_s: float = Field(default=300.0, ge=10, le=86400)
 
+    @field_validator("state_dir", "control_socket", mode="after")
+    @classmethod
+    def _home(cls, v: Path) -> Path:
+        """``~/...`` is the running user's home (the simulated station keeps its state there)."""
+        try:
+            return v.expanduser()
+        except RuntimeError as err:  # no HOME and no passwd entry
+            raise ValueError(f"{v}: cannot expand '~': {err}") from err
+
     @field_validator("id")
     @classmethod
     def _station_id(cls, v: str) -> str:
@@ -101,6 +111,9 @@ class MqttConfig(_Strict):
     reconnect_max_s: float = Field(default=30.0, ge=1)
     cdr_retry_initial_s: float = Field(default=5.0, gt=0)
     cdr_retry_max_s: float = Field(default=300.0, gt=0)
+    # P/meter while charging, at most this often (0: never); readings come every
+    # evse.meter.poll_interval_s, so that is the fastest rate
+    meter_values_s: float = Field(default=10.0, ge=0, le=3600)
     # TLS (mqtts://) and authentication; secrets are read from files, never written here
     ca_file: CfgPath | None = None  # the backend's CA; none: the system's CA store
     cert_file: CfgPath | None = None  # the station's certificate (mutual TLS: its identity)
@@ -636,10 +649,14 @@ def load_raw(path: Path, _depth: int = 0) -> dict[str, Any]:
         raise ConfigError(f"{path}: include: must be a file path string")
     inc = Path(include)
     candidates = [inc] if inc.is_absolute() else [path.parent / inc, Path.cwd() / inc]
-    for cand in candidates:
+    shipped = None if inc.is_absolute() else profile_path(include)  # by name: "raspberry-pi-4"
+    for cand in [*candidates, *([shipped] if shipped else [])]:
         if cand.is_file():
             return _deep_merge(load_raw(cand, _depth + 1), data)
-    raise ConfigError(f"{path}: include: {include!r} not found (looked in {path.parent} and cwd)")
+    raise ConfigError(
+        f"{path}: include: {include!r} not found (looked in {path.parent}, the working directory "
+        f"and the shipped profiles: {', '.join(profile_names())})"
+    )
 
 
 def _apply_evse_defaults(data: dict[str, Any], path: Path) -> dict[str, Any]:

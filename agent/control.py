@@ -20,12 +20,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from agent.control_client import ControlError, call
 from agent.errors import AgentError, StoreError
 
 if TYPE_CHECKING:  # the server's side only: clients (stationctl, agent.web) never load the loop
     from agent.inputs import ControlCall
 
 log = logging.getLogger(__name__)
+# the client (call, ControlError) lives in agent.control_client; re-exported here
+__all__ = ["ControlError", "ControlServer", "answer", "call"]
 
 MAX_REQUEST_BYTES = 64 * 1024
 REPLY_TIMEOUT_S = 10.0
@@ -37,10 +40,6 @@ ACCEPT_BACKOFF_S = (0.05, 1.0)  # after a failed accept (EMFILE, ENOBUFS, ...): 
 
 C = TypeVar("C")
 Handler = Callable[[C, dict[str, Any]], Any]
-
-
-class ControlError(AgentError):
-    """The daemon could not be reached or refused a control request."""
 
 
 def answer(
@@ -266,53 +265,3 @@ def _read_line(conn: socket.socket, deadline: float) -> bytes:
         if len(buf) > MAX_REQUEST_BYTES:
             raise ValueError("request too large")
     return buf.split(b"\n", 1)[0]
-
-
-def call(path: Path, request: dict[str, Any], timeout: float = 15.0) -> Any:
-    """Send one request to a running daemon; returns ``result`` or raises ControlError."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(str(path))
-    except (FileNotFoundError, ConnectionRefusedError) as err:
-        sock.close()
-        raise ControlError(f"station-agent is not running (no control socket at {path})") from err
-    except PermissionError as err:
-        sock.close()
-        raise ControlError(
-            f"permission denied on {path} (are you in the station-agent group?)"
-        ) from err
-    except OSError as err:
-        sock.close()
-        raise ControlError(f"cannot reach station-agent at {path}: {err}") from err
-    with sock:
-        try:
-            try:
-                sock.sendall(json.dumps(request).encode() + b"\n")
-            except (BrokenPipeError, ConnectionResetError) as err:
-                # a busy daemon answers at once and closes, perhaps before the request was
-                # sent: its reply still waits in our receive buffer
-                data = _read_reply(sock)
-                if not data:
-                    raise ControlError(f"control socket {path}: {err}") from err
-            else:
-                data = _read_reply(sock)
-        except OSError as err:
-            raise ControlError(f"control socket {path}: {err}") from err
-    try:
-        reply = json.loads(data)
-    except json.JSONDecodeError as err:
-        raise ControlError(f"garbled reply from station-agent: {data[:100]!r}") from err
-    if not reply.get("ok"):
-        raise ControlError(str(reply.get("error", "request failed")))
-    return reply.get("result")
-
-
-def _read_reply(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data

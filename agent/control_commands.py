@@ -82,6 +82,7 @@ def _status(ctl: Controller, args: NoArgs) -> dict[str, Any]:
     out = ctl.status().model_dump(mode="json")
     out["link"] = {"connected": ctl.backend.connected, "url": ctl.backend.endpoint}
     out["rfid"] = ctl.drivers.rfid.info()
+    out["meter"] = views.meter_view(ctl.evses.values(), ctl.store)  # charging EVSEs, live
     return out
 
 
@@ -213,8 +214,18 @@ LOOP_COMMANDS.update({name: Command(a, h) for name, (a, h) in WEB_COMMANDS.items
 
 # ---------------------------------------------------------------------------- direct commands
 def _rfid_read(ctl: Controller, args: RfidReadArgs) -> dict[str, Any]:
-    """Wait for one card (technician at the station: the UID is shown unmasked)."""
-    got = ctl.drivers.rfid.read_once(args.timeout)
+    """Wait for one card (technician at the station: the UID is shown unmasked). The card is
+    not a tap: it starts no session (:mod:`agent.technician`)."""
+    reads = ctl.inputs.technician_reads
+    reads.begin()
+    log.info(
+        "rfid read: waiting up to %.0f s for a card (a technician's read, not a tap)", args.timeout
+    )
+    got = None
+    try:
+        got = ctl.drivers.rfid.read_once(args.timeout)
+    finally:
+        reads.end(got[0].uid if got else None)
     if got is None:
         return {"card": None, "timeout_s": args.timeout}
     card, seconds = got

@@ -54,6 +54,7 @@ from agent.inputs import (
 )
 from agent.loop import EventLoop, TimerFired
 from agent.messages import EvseState, StatusMessage
+from agent.meter_values import send_meter_values
 from agent.metering import SignedMetering
 from agent.presentation import Presenter
 from agent.routing import floating_move, holder_of
@@ -462,6 +463,8 @@ class Controller:
             ):
                 self.store.record_meter(session.session_id, self.clock.now(), reading.energy_kwh)
                 rt.last_meter_store = mono
+            interval = self.config.mqtt.meter_values_s  # P/meter; not queued
+            send_meter_values(self.backend, rt, self.store, self.clock, interval)
         for event in self.power.supervise(rt):
             self.dispatch(sample.evse_id, event)
 

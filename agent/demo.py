@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,18 +25,20 @@ from agent.broker import Mosquitto
 from agent.config import load_config
 from agent.control import ControlError, call
 from agent.errors import AgentError
+from agent.shipped import simulated_station
 
 DEMO_CARDS = ["04A224B2C13C80", "E3F1A27B", "04112233445566", "0A0B0C0D"]
 
 
 def default_config() -> Path:
-    here = Path(__file__).resolve().parent.parent / "hardware" / "simulated.toml"
-    return here if here.exists() else Path.cwd() / "hardware" / "simulated.toml"
+    """The shipped simulated station (found in an installed package as in the checkout)."""
+    return simulated_station()
 
 
 class Timeline:
     def __init__(self) -> None:
         self.t0 = time.monotonic()
+        self._last_status = ""
 
     def say(self, who: str, text: str) -> None:
         print(f"{time.monotonic() - self.t0:7.3f}s  {who:<8} {text}", flush=True)
@@ -57,7 +59,47 @@ class Timeline:
             self.say("station", f"cdr       {d.get('session_id')} {d.get('energy_kwh')} kWh")
         elif rec.suffix == "status":
             states = ", ".join(_evse_summary(e) for e in d.get("evses", []))
-            self.say("station", f"status    {'online' if d.get('online') else 'OFFLINE'} {states}")
+            line = f"status    {'online' if d.get('online') else 'OFFLINE'} {states}"
+            if line != self._last_status:  # a change the summary does not show: not twice
+                self._last_status = line
+                self.say("station", line)
+
+    def replied(self, suffix: str, data: Any) -> None:
+        """What the backend sent back (``auth/res``, ``cdr/ack``)."""
+        d = data if isinstance(data, dict) else {}
+        if suffix == "auth/res":
+            extra = f" ({d['contract_id']})" if d.get("contract_id") else ""
+            self.say("backend", f"auth/res  {d.get('status')}{extra}")
+        elif suffix == "cdr/ack":
+            self.say("backend", f"cdr/ack   {d.get('session_id')}")
+
+
+@dataclass
+class _TellingBackend(BackendSim):
+    """The reference backend, telling the timeline what it publishes (after the message it
+    answers, which the timeline is told about last)."""
+
+    timeline: Timeline | None = None
+    _replies: list[tuple[str, Any]] = field(default_factory=list)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        super()._on_message(client, userdata, msg)
+        replies, self._replies = self._replies, []
+        for suffix, data in replies:
+            if self.timeline is not None:
+                self.timeline.replied(suffix, data)
+
+    def publish(
+        self,
+        station_id: str,
+        suffix: str,
+        data: Any,
+        *,
+        raw: bytes | None = None,
+        retain: bool = False,
+    ) -> None:
+        self._replies.append((suffix, data))
+        super().publish(station_id, suffix, data, raw=raw, retain=retain)
 
 
 def _evse_summary(e: dict[str, Any]) -> str:
@@ -104,7 +146,7 @@ def _start_broker(stack: ExitStack, tl: Timeline) -> str:
 
 
 def _start_backend(stack: ExitStack, broker: str, prefix: str, tl: Timeline) -> BackendSim:
-    backend = BackendSim(broker, prefix=prefix, on_message=tl.backend)
+    backend = _TellingBackend(broker, prefix=prefix, on_message=tl.backend, timeline=tl)
     backend.start()
     stack.callback(backend.stop)
     tl.say("demo", "backend simulator connected (accepts every token, acks every CDR)")
@@ -181,13 +223,31 @@ def _play_session(stage: _Stage, evse_id: str, uid: str, seconds: float, seen: l
     call(sock, {"cmd": "sim.tap", "uid": uid})
     _wait(lambda: stage.state(evse_id) == "charging", 10, "charging")
     tl.say("demo", f"relay closed on {evse_id}; charging for {seconds:.1f} s")
-    time.sleep(seconds)
+    _show_charging(stage, evse_id, seconds)
     tl.say("driver", f"taps card {uid} again to stop, then unplugs")
     call(sock, {"cmd": "sim.tap", "uid": uid})
     _wait(lambda: stage.state(evse_id) == "finishing", 10, "finishing")
     call(sock, {"cmd": "sim.unplug", "evse_id": evse_id})
     rec = stage.backend.wait_for(partial(_new_cdr, evse_id=evse_id, seen=seen), 10)
     return str(rec.data["session_id"])
+
+
+def _show_charging(stage: _Stage, evse_id: str, seconds: float) -> None:
+    """Charge for ``seconds``, showing the meter (energy, power) about every second."""
+    end = time.monotonic() + seconds
+    start: float | None = None
+    while True:
+        m = call(stage.sock, {"cmd": "meter.read", "evse_id": evse_id})
+        start = m["energy_kwh"] if start is None else start
+        stage.tl.say(
+            "meter",
+            f"{evse_id}: {m['energy_kwh'] - start:.3f} kWh charged, "
+            f"{(m['power_w'] or 0) / 1000:.1f} kW (register {m['energy_kwh']:.3f} kWh)",
+        )
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(1.0, left))  # the demo's pace: a car charging, told every second
 
 
 def _play_sessions(stage: _Stage, evse_ids: list[str], seconds: float) -> list[str]:

@@ -131,6 +131,16 @@ def _clock_probe(ctl: Controller) -> str:
     return rfc3339(ctl.clock.now())
 
 
+def _backend_probe(ctl: Controller) -> str:
+    """The broker may be up while the backend behind it does not answer."""
+    if not ctl.backend.connected:
+        raise AgentError("unknown: not connected to the broker")
+    silent = ctl.backend.faults().get("backend:not_answering")
+    if silent:
+        raise AgentError(f"the broker is connected but the backend does not answer: {silent}")
+    return "answering (no auth/req left unanswered)"
+
+
 def selftest(ctl: Controller, args: NoArgs) -> list[dict[str, Any]]:
     """One line per device: reader, relays, meters, camera, display, broker, clock, store."""
     checks: list[dict[str, Any]] = []
@@ -178,6 +188,7 @@ def selftest(ctl: Controller, args: NoArgs) -> list[dict[str, Any]]:
         return ctl.backend.endpoint
 
     checks.append(_check("broker", broker_probe))
+    checks.append(_check("backend", lambda: _backend_probe(ctl)))
     checks.append(_check("clock", lambda: _clock_probe(ctl)))
 
     def store_probe() -> str:

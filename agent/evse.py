@@ -54,6 +54,7 @@ class EvseRuntime:
     last_meter_store: float = 0.0  # monotonic: last reading committed to the store
     last_meter_read: float = 0.0  # monotonic: last reading started
     last_energy_kwh: float | None = None
+    last_meter_publish: float = 0.0  # monotonic: last P/meter
     meter_busy: bool = False  # a background reading is under way
     pilot: Pilot | None = None  # a control pilot (then ``plug`` is the pilot too)
     allocation: Allocation | None = None  # what the arbiter offers it (with a pilot)

@@ -22,6 +22,7 @@ from agent.messages import QrToken, RfidToken, token_key
 from agent.privacy import mask
 from agent.routing import route_token
 from agent.session import AnyToken, Event, Evse, PilotSignal, PlugIn, PlugOut, TokenPresented
+from agent.technician import TechnicianReads
 from drivers.display.base import Display
 from drivers.pilot.base import PilotState
 from drivers.qr.payload import classify
@@ -116,6 +117,7 @@ class Inputs:
         self._new_id = new_id
         self._clock_check = clock_check  # no session starts on a clock known to be unset
         self.qr_sightings = QrSightings()
+        self.technician_reads = TechnicianReads()  # stationctl rfid read: not a tap
 
     def handle(self, item: CardTapped | QrScanned | PlugChanged | PilotChanged) -> Routed:
         if isinstance(item, CardTapped):
@@ -128,6 +130,11 @@ class Inputs:
 
     # ---------------------------------------------------------------- driver callbacks
     def on_card(self, read: CardRead) -> None:
+        if self.technician_reads.swallow(read.uid):
+            log.info(
+                "card %s read by a technician (stationctl rfid read): not a tap", mask(read.uid)
+            )
+            return
         self._post(CardTapped(read))
 
     def on_qr(self, payload: str) -> None:

@@ -77,6 +77,27 @@ class StopReason(StrEnum):
     OTHER = "other"
 
 
+class SessionReason(StrEnum):
+    """Why a session event happened (``reason`` of ``P/session``): a ``stopped`` session's stop
+    reason, a ``timeout``'s timer, a ``rejected`` token's backend status."""
+
+    LOCAL = "local"  # stopped: the same card or code again
+    REMOTE = "remote"  # stopped: remote_stop
+    EV_DISCONNECTED = "ev_disconnected"  # stopped: the car was unplugged
+    POWER_LOSS = "power_loss"  # stopped: the station lost power while charging
+    FAULT = "fault"  # stopped: a device fault on the EVSE
+    DEAUTHORIZED = "deauthorized"  # stopped: the backend refused a locally accepted token
+    OTHER = "other"  # stopped: none of these
+    UNAVAILABLE = "unavailable"  # stopped before charging: set_availability false
+    RESTART = "restart"  # stopped before charging: the agent restarted meanwhile
+    AUTH_TIMEOUT = "auth_timeout"  # timeout: no backend answer (offline policy refused)
+    CONNECTION_TIMEOUT = "connection_timeout"  # timeout: authorised, no car plugged in time
+    REJECTED = "rejected"  # rejected: the backend's auth status
+    BLOCKED = "blocked"
+    EXPIRED = "expired"
+    UNKNOWN = "unknown"
+
+
 class CommandStatus(StrEnum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"
@@ -206,7 +227,7 @@ class SessionEvent(_Out):
     evse_id: str
     event: SessionEventKind
     ts: Timestamp
-    reason: str | None = None
+    reason: SessionReason | None = None
     offline: bool | None = None  # true for sessions the station authorised on its own
 
 
@@ -246,6 +267,21 @@ class Cdr(_Out):
     signed_meter_values: SignedMeterValues | None = None
 
     @field_serializer("meter_start_kwh", "meter_stop_kwh", "energy_kwh")
+    def _kwh(self, value: float) -> float:
+        return round(value, 3)
+
+
+class MeterValues(_Out):
+    """``P/meter``: a charging session's meter, every ``mqtt.meter_values_s`` (additive in v1)."""
+
+    session_id: str
+    evse_id: str
+    ts: Timestamp
+    energy_kwh: float  # charged in this session so far
+    meter_kwh: float  # the meter's import register
+    power_w: float | None  # active power now, where the meter reports it
+
+    @field_serializer("energy_kwh", "meter_kwh")
     def _kwh(self, value: float) -> float:
         return round(value, 3)
 
@@ -474,6 +510,7 @@ SCHEMAS: dict[str, Any] = {
     "cdr-ack": CdrAck,
     "cmd-req": COMMAND_ADAPTER,
     "cmd-res": CommandResponse,
+    "meter": MeterValues,
 }
 
 

@@ -90,12 +90,29 @@ def build_status(
     )
 
 
-def screen_for(rt: EvseRuntime, energy_kwh: float | None) -> EvseScreen:
-    """What the display shows for one EVSE (``energy_kwh``: charged so far, if known)."""
+def charging_text(energy_kwh: float, power_w: float | None, elapsed_s: float | None) -> str:
+    """``Charging 3.21 kWh  11.0 kW  0:12:34``: what a driver wants to see while charging."""
+    parts = [f"Charging {energy_kwh:.2f} kWh"]
+    if power_w is not None:
+        parts.append(f"{power_w / 1000:.1f} kW")
+    if elapsed_s is not None:
+        minutes, seconds = divmod(int(max(0.0, elapsed_s)), 60)
+        parts.append(f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}")
+    return "  ".join(parts)
+
+
+def screen_for(
+    rt: EvseRuntime,
+    energy_kwh: float | None,
+    *,
+    elapsed_s: float | None = None,
+) -> EvseScreen:
+    """What the display shows for one EVSE (``energy_kwh``: charged so far, ``elapsed_s``:
+    since charging started, if known; the power is the meter's last reading)."""
     st = rt.state
     message = rt.message or DEFAULT_MESSAGES[st.phase]
     if st.phase is EvseState.CHARGING and rt.message is None and energy_kwh is not None:
-        message = f"Charging {energy_kwh:.1f} kWh"
+        message = charging_text(energy_kwh, rt.last_power_w, elapsed_s)
     if st.phase is EvseState.FAULTED and st.fault:
         message = f"Fault: {st.fault}"
     return EvseScreen(evse_id=rt.evse_id, state=st.phase.value, message=message)
@@ -180,15 +197,20 @@ class Presenter:
     def refresh(self) -> None:
         for rt in self._evses:
             try:
-                self._drivers.display.show(screen_for(rt, self._session_energy(rt)))
+                energy, elapsed = self._session_energy(rt)
+                self._drivers.display.show(screen_for(rt, energy, elapsed_s=elapsed))
             except (DriverError, StoreError) as err:
                 log.error("display failed: %s", err)
 
-    def _session_energy(self, rt: EvseRuntime) -> float | None:
+    def _session_energy(self, rt: EvseRuntime) -> tuple[float | None, float | None]:
+        """Energy charged so far and seconds since charging started (None: not known)."""
         session = rt.state.session
         if session is None or rt.last_energy_kwh is None:
-            return None
+            return None, None
         row = self._store.get_session(session.session_id)
         if row is None or row.meter_start_kwh is None:
-            return None
-        return max(0.0, rt.last_energy_kwh - row.meter_start_kwh)
+            return None, None
+        elapsed = None
+        if row.charging_start is not None:
+            elapsed = (self._clock.now() - row.charging_start).total_seconds()
+        return max(0.0, rt.last_energy_kwh - row.meter_start_kwh), elapsed

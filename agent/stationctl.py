@@ -2,13 +2,15 @@
 
 Every command is one handler function (``cmd_*``), attached to its sub-parser with
 ``set_defaults(handler=...)``; :func:`main` runs it and turns the errors a handler may raise into
-one line on stderr and an exit status:
+one line on stderr and an exit status (one handler per exception type, see
+:mod:`agent.cli_errors`):
 
 - ``ConfigError``: 78 (EX_CONFIG), e.g. ``config check`` of an invalid file;
 - ``UsageError`` (a bad argument, also a ValueError/ProtocolError raised while interpreting
   one, see :func:`_argument`): 2, like argparse's own usage errors;
 - ``ControlError`` (the daemon is not running, unreachable, or refused the request): 1;
 - any other ``AgentError`` (a driver, e.g. an unreadable image): 1;
+- ``KeyboardInterrupt`` (Ctrl-C while ``rfid read`` waits): one line, 130;
 - ``BrokenPipeError`` (stdout closed early: ``stationctl sessions | head -1``): nothing is
   printed and the exit status is 141 (128 + SIGPIPE), what a shell reports for a tool killed by
   SIGPIPE, so ``set -o pipefail`` scripts still see that the output was cut short.
@@ -22,23 +24,50 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
-from agent.config import DEFAULT_CONFIG_PATH, EX_CONFIG, StationConfig, load_config
-from agent.control import ControlError, call
+from agent import __version__
+from agent.cli_errors import (
+    EX_BROKEN_PIPE,
+    EX_CONFIG,
+    EX_INTERRUPTED,
+    EX_USAGE,
+    ErrorHandlers,
+    one_line,
+    standard_handlers,
+    stdout_closed,
+)
+from agent.cli_help import Parser
+from agent.control_client import DEFAULT_SOCKET, ControlError, call
 from agent.errors import AgentError, ConfigError, DriverError, ProtocolError
 from agent.stationctl_pilot import add_pilot_commands, pilot_columns
 from agent.web.passwd import add_web_commands
-from drivers.display.qrcode import DEFAULT_URL_TEMPLATE
 
-DEFAULT_SOCKET = StationConfig.model_fields["control_socket"].default
-EX_USAGE = 2  # argparse's exit status for a bad command line
-EX_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141
+# Only the standard library and the light modules above at import time (stationctl answers in
+# under 150 ms): the config (pydantic) and the QR code libraries are imported by the commands
+# that use them. The daemon's defaults, kept equal to agent.config's by a test:
+DEFAULT_CONFIG_PATH = Path("/etc/station-agent/config.toml")
+SOCKET_ENV = "STATIONCTL_SOCKET"  # the control socket, unless --socket names one
+EPILOG = f"""\
+exit status: 0 done; 1 failed, a negative answer, or the daemon not running; 2 bad command
+line; 78 invalid configuration; 130 interrupted; 141 output cut short (| head); selftest: the
+number of failed checks. ${SOCKET_ENV} names the control socket unless --socket does.
+"""
+
+
+DESCRIPTION = (
+    "stationctl: the technician's CLI. Talks to the running daemon over its control socket."
+)
+
+
+_Parser = Parser  # every (sub-)parser: clean help (agent.cli_help)
+
+
+__all__ = ["EX_BROKEN_PIPE", "EX_CONFIG", "EX_USAGE", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
 if TYPE_CHECKING:
@@ -71,12 +100,48 @@ def _print_json_or(args: argparse.Namespace, obj: Any, text: Callable[[Any], str
         print(text(obj))
 
 
+def _plain(value: Any) -> str:
+    """A value for a person, not a Python repr: None is '-', a float has 3 decimals, a bool is
+    yes/no, a token is its type and identifier, a list is comma-separated."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, dict):
+        if "type" in value:  # a token (masked by the daemon)
+            ident = value.get("uid") or value.get("contract_id") or "-"
+            return f"{value['type']} {ident}"
+        return ", ".join(f"{k} {_plain(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(_plain(v) for v in value) or "-"
+    return str(value)
+
+
+def _num(value: Any, fmt: str) -> str:
+    """A number in ``fmt``, or '-' for a missing one."""
+    return "-" if value is None else format(value, fmt)
+
+
+def _backend_text(st: dict[str, Any]) -> str:
+    """Whether the backend behind a connected broker answers; a duplicate station id."""
+    faults = st.get("faults") or []
+    if not st.get("link", {}).get("connected"):
+        return ""
+    text = ", backend NOT ANSWERING" if "backend:not_answering" in faults else ", backend answering"
+    if "station_id:duplicate" in faults:
+        text += "\nSTATION ID USED TWICE: another station-agent is connected with this id"
+    return text
+
+
 def _status_text(st: dict[str, Any]) -> str:
     link = st.get("link", {})
     outbox = st.get("outbox", {})
     lines = [
         f"station {st['station_id']}  version {st['version']}  "
-        f"backend {'connected' if link.get('connected') else 'DISCONNECTED'} ({link.get('url')})",
+        f"broker {'connected' if link.get('connected') else 'DISCONNECTED'} ({link.get('url')})"
+        + _backend_text(st),
         f"outbox: {outbox.get('pending', 0)} CDR(s) pending"
         + (f", oldest {outbox['oldest']}" if outbox.get("oldest") else ""),
     ]
@@ -87,6 +152,7 @@ def _status_text(st: dict[str, Any]) -> str:
             "inbound dropped (rate limit): "
             + ", ".join(f"{k} {v}" for k, v in sorted(st["inbound_dropped"].items()))
         )
+    meter = st.get("meter") or {}
     for e in st["evses"]:
         lines.append(
             f"  {e['evse_id']:<24} {e['state']:<12} plugged={'yes' if e['plugged'] else 'no':<3} "
@@ -95,6 +161,13 @@ def _status_text(st: dict[str, Any]) -> str:
             + pilot_columns(e)
             + (f"  FAULT {e['fault']}" if e["fault"] else "")
         )
+        m = meter.get(e["evse_id"])
+        if m:  # charging: energy so far, power now
+            power = None if m["power_w"] is None else m["power_w"] / 1000
+            lines.append(
+                f"  {'':<24} charged {_num(m['energy_kwh'], '.3f')} kWh, "
+                f"power {_num(power, '.1f')} kW"
+            )
     return "\n".join(lines)
 
 
@@ -115,8 +188,8 @@ def _outbox_text(ob: dict[str, Any]) -> str:
     out = [f"{ob['pending']} CDR(s) pending" + (f", oldest {ob['oldest']}" if ob["oldest"] else "")]
     for e in ob["entries"]:
         out.append(
-            f"  {e['session_id']}  {e['evse_id']}  {e['energy_kwh']} kWh  "
-            f"token {e['token']}  attempts {e['attempts']}  created {e['created_at']}"
+            f"  {e['session_id']}  {e['evse_id']}  {_num(e['energy_kwh'], '.3f')} kWh  "
+            f"token {_plain(e['token'])}  attempts {e['attempts']}  created {e['created_at']}"
         )
     return "\n".join(out)
 
@@ -133,8 +206,8 @@ def _auth_text(res: dict[str, Any]) -> str:
 
 def _meter_text(res: dict[str, Any]) -> str:
     return (
-        f"{res['evse_id']}: {res['energy_kwh']:.3f} kWh, power {res['power_w']} W, "
-        f"voltage {res['voltage_v']} V ({res['driver']} {res['model']}, "
+        f"{res['evse_id']}: {res['energy_kwh']:.3f} kWh, power {_num(res['power_w'], '.0f')} W, "
+        f"voltage {_num(res['voltage_v'], '.1f')} V ({res['driver']} {res['model']}, "
         f"{res['read_ms']:.1f} ms)"
     )
 
@@ -150,6 +223,55 @@ def _relay_step_text(step: dict[str, Any]) -> str:
     return f"  {step['step']:<10} {step.get('ms', 0):7.1f} ms  feedback {state}" + (
         f"  ERROR {step['error']}" if "error" in step else ""
     )
+
+
+@contextmanager
+def _waiting(what: str, seconds: float) -> Iterator[None]:
+    """While the daemon waits: on a terminal, say for what and count the seconds down (on
+    stderr, one line rewritten in place, erased at the end); in a pipe or a script, nothing."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    import threading
+    import time
+
+    done = threading.Event()
+    end = time.monotonic() + seconds
+
+    def count_down() -> None:
+        while True:
+            left = max(0.0, end - time.monotonic())
+            sys.stderr.write(f"\rwaiting for {what}: {left:3.0f} s left (Ctrl-C to stop) ")
+            sys.stderr.flush()
+            if done.wait(min(1.0, left) or 1.0):
+                return
+
+    ticker = threading.Thread(target=count_down, daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join(2)
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+
+def _evse_call(
+    args: argparse.Namespace, cmd: str, extra: dict[str, Any] | None = None, **kw: Any
+) -> Any:
+    """``call`` for a command that names an EVSE: an id without '*' that the daemon does not
+    know was most likely expanded by the shell, so the refusal says to quote it."""
+    try:
+        return call(args.socket, {"cmd": cmd, "evse_id": args.evse_id, **(extra or {})}, **kw)
+    except ControlError as err:
+        evse_id = args.evse_id
+        if evse_id is not None and "*" not in evse_id and "unknown EVSE" in str(err):
+            raise ControlError(
+                f"{err}; quote EVSE ids in the shell ('DE*ICE*E000001*1'): an unquoted '*' "
+                "is a file name pattern"
+            ) from err
+        raise
 
 
 # --------------------------------------------------------------------- daemon commands
@@ -179,7 +301,8 @@ def cmd_auth(args: argparse.Namespace) -> int:
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
-    checks = call(args.socket, {"cmd": "selftest"}, timeout=60)
+    with _waiting("the self-test to probe every device", 60):
+        checks = call(args.socket, {"cmd": "selftest"}, timeout=60)
     if args.json:
         _print_json(checks)
     else:
@@ -196,10 +319,8 @@ def cmd_sim_tap(args: argparse.Namespace) -> int:
 
 def cmd_sim_plug(args: argparse.Namespace) -> int:
     """``sim plug`` and ``sim unplug``."""
-    request = {"cmd": f"sim.{args.sim_command}", "evse_id": args.evse_id}
-    if getattr(args, "car_max", None) is not None:
-        request["car_max_a"] = args.car_max
-    res = call(args.socket, request)
+    extra = None if getattr(args, "car_max", None) is None else {"car_max_a": args.car_max}
+    res = _evse_call(args, f"sim.{args.sim_command}", extra)
     print(f"{res['evse_id']}: {'plugged' if res['plugged'] else 'unplugged'}")
     return 0
 
@@ -212,11 +333,8 @@ def cmd_sim_qr(args: argparse.Namespace) -> int:
 
 def cmd_qr_verify(args: argparse.Namespace) -> int:
     """The daemon's camera: does the printed sticker show this EVSE's code?"""
-    res = call(
-        args.socket,
-        {"cmd": "qr.verify", "evse_id": args.evse_id, "timeout": args.timeout},
-        timeout=args.timeout + 15,
-    )
+    with _waiting("a station sticker in front of the camera", args.timeout):
+        res = _evse_call(args, "qr.verify", {"timeout": args.timeout}, timeout=args.timeout + 15)
     if res["seen"] is None:
         print(f"no station code seen within {args.timeout:.0f} s")
         return 1
@@ -226,9 +344,10 @@ def cmd_qr_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_rfid_read(args: argparse.Namespace) -> int:
-    res = call(
-        args.socket, {"cmd": "rfid.read", "timeout": args.timeout}, timeout=args.timeout + 15
-    )
+    with _waiting("a card on the reader (it starts no charge)", args.timeout):
+        res = call(
+            args.socket, {"cmd": "rfid.read", "timeout": args.timeout}, timeout=args.timeout + 15
+        )
     if res["card"] is None:
         print(f"no card within {args.timeout:.0f} s")
         return 1
@@ -239,12 +358,12 @@ def cmd_rfid_read(args: argparse.Namespace) -> int:
 
 def cmd_rfid_info(args: argparse.Namespace) -> int:
     info = call(args.socket, {"cmd": "rfid.info"})
-    _print_json_or(args, info, lambda i: "\n".join(f"{k}: {v}" for k, v in i.items()))
+    _print_json_or(args, info, lambda i: "\n".join(f"{k}: {_plain(v)}" for k, v in i.items()))
     return 0
 
 
 def cmd_relay_cycle(args: argparse.Namespace) -> int:
-    res = call(args.socket, {"cmd": "relay.cycle", "evse_id": args.evse_id})
+    res = _evse_call(args, "relay.cycle")
     for step in res["steps"]:
         print(_relay_step_text(step))
     print(f"{res['evse_id']}: {res['verdict']}")
@@ -252,15 +371,13 @@ def cmd_relay_cycle(args: argparse.Namespace) -> int:
 
 
 def cmd_relay_reset(args: argparse.Namespace) -> int:
-    res = call(args.socket, {"cmd": "relay.reset", "evse_id": args.evse_id})
+    res = _evse_call(args, "relay.reset")
     print(f"{res['evse_id']}: fault cleared, now {res['state']}")
     return 0
 
 
 def cmd_meter_read(args: argparse.Namespace) -> int:
-    _print_json_or(
-        args, call(args.socket, {"cmd": "meter.read", "evse_id": args.evse_id}), _meter_text
-    )
+    _print_json_or(args, _evse_call(args, "meter.read"), _meter_text)
     return 0
 
 
@@ -284,6 +401,8 @@ def cmd_cdr_verify(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- local commands
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+
     cfg = load_config(args.path)  # ConfigError: exit 78
     print(f"{args.path}: OK (station {cfg.station.id}, {len(cfg.evse)} EVSE(s))")
     return 0
@@ -313,6 +432,9 @@ def cmd_qr_decode(args: argparse.Namespace) -> int:
 def _qr_template_and_evse(args: argparse.Namespace) -> tuple[str, str]:
     """The URL template (from the config if readable) and the EVSE to show (the only one in
     the config when none was named)."""
+    from agent.config import load_config
+    from drivers.display.qrcode import DEFAULT_URL_TEMPLATE
+
     template = DEFAULT_URL_TEMPLATE
     try:
         cfg = load_config(args.config)
@@ -349,6 +471,15 @@ def cmd_qr_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    """The shell completion script of both commands (generated from their parsers)."""
+    from agent.cli import build_parser as agent_parser
+    from agent.completion import script
+
+    print(script(args.shell, {"stationctl": build_parser(), "station-agent": agent_parser()}))
+    return 0
+
+
 # ------------------------------------------------------------------------------- parser
 def _common() -> argparse.ArgumentParser:
     """``--socket``, accepted before or after the sub-command: SUPPRESS keeps a sub-parser from
@@ -358,7 +489,7 @@ def _common() -> argparse.ArgumentParser:
         "--socket",
         type=Path,
         default=argparse.SUPPRESS,
-        help=f"control socket (default {DEFAULT_SOCKET})",
+        help=f"control socket (default: ${SOCKET_ENV}, else {DEFAULT_SOCKET})",
     )
     return common
 
@@ -474,23 +605,31 @@ def _add_admin_commands(sub: SubParsers, common: argparse.ArgumentParser) -> Non
     au.add_argument("--json", action="store_true")
     cfg = sub.add_parser("config", parents=[common], help="configuration tools")
     cfgsub = cfg.add_subparsers(dest="config_command", required=True)
-    chk = cfgsub.add_parser("check", help="validate a config file (exit 78 if invalid)")
+    chk = _command(
+        cfgsub,
+        "check",
+        cmd_config_check,
+        common,
+        help="validate a config file (exit 78 if invalid)",
+    )
     chk.add_argument("path", type=Path, nargs="?", default=DEFAULT_CONFIG_PATH)
-    chk.set_defaults(handler=cmd_config_check)
+    comp = _command(
+        sub, "completion", cmd_completion, common, help="print the shell completion script"
+    )
+    comp.add_argument("shell", choices=["bash", "zsh"])
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    # the docstring's first paragraph: the rest is for the reader of this module
-    description = (__doc__ or "").split("\n\n", 1)[0]
-    p = argparse.ArgumentParser(prog="stationctl", description=description)
+    p = _Parser(prog="stationctl", description=DESCRIPTION, epilog=EPILOG)
+    p.add_argument("--version", action="version", version=f"stationctl {__version__}")
     p.add_argument(
         "--socket",
         type=Path,
-        default=DEFAULT_SOCKET,
-        help=f"control socket (default {DEFAULT_SOCKET})",
+        default=Path(os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET),
+        help=f"control socket (default: ${SOCKET_ENV}, else {DEFAULT_SOCKET})",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = cast("SubParsers", p.add_subparsers(dest="command", required=True))
     _add_status_commands(sub, common)
     _add_sim_commands(sub, common)
     _add_session_commands(sub, common)
@@ -506,44 +645,38 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------- main
 def _fail(err: BaseException, status: int) -> int:
     """One line on stderr, whatever the message: continuation lines are joined with '; '."""
-    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    print(f"stationctl: {text or type(err).__name__}", file=sys.stderr)
+    print(f"stationctl: {one_line(err)}", file=sys.stderr)
     return status
 
 
 def _stdout_closed() -> int:
-    """The reader of our stdout went away: stop without a word.
+    """The reader of our stdout went away: stop without a word (see :mod:`agent.cli_errors`)."""
+    return stdout_closed()
 
-    Python flushes stdout once more at exit; pointing its descriptor at /dev/null keeps that
-    flush from raising again (the recipe of the Python documentation, ``signal`` module).
-    """
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # not a real file (tests capture stdout)
-        return EX_BROKEN_PIPE
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, fd)
-    os.close(devnull)
-    return EX_BROKEN_PIPE
+
+def error_handlers() -> ErrorHandlers:
+    """stationctl's handlers: the shared ones plus its own (see :mod:`agent.cli_errors`)."""
+    eh = standard_handlers("stationctl")
+
+    @eh.register(UsageError)
+    def _usage(err: UsageError) -> int:
+        return _fail(err, EX_USAGE)
+
+    @eh.register(ControlError)  # not running, unreachable, or refused: the message says which
+    def _control(err: ControlError) -> int:
+        return _fail(err, 1)
+
+    @eh.register(KeyboardInterrupt)
+    def _interrupted(err: KeyboardInterrupt) -> int:
+        return eh.fail("interrupted (the daemon gives up waiting by itself)", EX_INTERRUPTED)
+
+    return eh
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors: argparse exits 2 itself
     handler: Handler = args.handler
-    try:
-        status = handler(args)
-        sys.stdout.flush()  # a closed pipe shows here, not as a warning at interpreter exit
-    except BrokenPipeError:
-        return _stdout_closed()
-    except ConfigError as err:
-        return _fail(err, EX_CONFIG)
-    except UsageError as err:
-        return _fail(err, EX_USAGE)
-    except ControlError as err:
-        return _fail(err, 1)
-    except AgentError as err:
-        return _fail(err, 1)
-    return status
+    return error_handlers().run(lambda: handler(args))
 
 
 if __name__ == "__main__":

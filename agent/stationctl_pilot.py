@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from agent.control import call
+from agent.control_client import call
 
 
 def pilot_columns(evse: dict[str, Any]) -> str:

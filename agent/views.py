@@ -31,6 +31,22 @@ def live_energy(evses: Iterable[EvseRuntime]) -> dict[str, float | None]:
     }
 
 
+def meter_view(evses: Iterable[EvseRuntime], store: Store) -> dict[str, dict[str, Any]]:
+    """Energy charged so far and power now of every charging EVSE, by EVSE id."""
+    out: dict[str, dict[str, Any]] = {}
+    for rt in evses:
+        session = rt.state.session
+        if session is None or rt.state.phase is not EvseState.CHARGING:
+            continue
+        row = store.get_session(session.session_id)
+        start = row.meter_start_kwh if row is not None else None
+        energy = None
+        if start is not None and rt.last_energy_kwh is not None:
+            energy = round(max(0.0, rt.last_energy_kwh - start), 3)
+        out[rt.evse_id] = {"energy_kwh": energy, "power_w": rt.last_power_w}
+    return out
+
+
 def sessions_view(
     store: Store, live: Mapping[str, float | None], limit: int = 50
 ) -> list[dict[str, Any]]:

@@ -16,7 +16,14 @@ from pydantic import BaseModel
 
 from agent.backend import Backend, BackendSink
 from agent.config import AgentConfig, parse_config
-from agent.messages import AuthRequest, Cdr, CommandResponse, SessionEvent, StatusMessage
+from agent.messages import (
+    AuthRequest,
+    Cdr,
+    CommandResponse,
+    MeterValues,
+    SessionEvent,
+    StatusMessage,
+)
 from agent.store import Store
 from tests.helpers import station_config
 
@@ -77,6 +84,9 @@ class FakeBackend:
 
     def status(self, status: StatusMessage) -> bool:
         return self._send("status", status)
+
+    def meter_values(self, values: MeterValues) -> bool:
+        return self._send("meter", values)
 
     def faults(self) -> dict[str, str]:
         return {}

@@ -281,7 +281,7 @@ def test_status_text(daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> 
     )
     assert run(daemon, "status") == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "station ST-0001  version 1.0  backend DISCONNECTED (mqtt://x)"
+    assert out[0] == "station ST-0001  version 1.0  broker DISCONNECTED (mqtt://x)"
     assert out[1] == "outbox: 1 CDR(s) pending, oldest 2026-01-01"
     assert out[2] == "faults: rfid"
     assert out[3].split() == [

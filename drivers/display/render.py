@@ -233,6 +233,9 @@ def _put_text(
         scale = max(min_scale, box.w / w1)
     thickness = max(1, round(scale * (2.2 if bold else 1.4)))
     (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
+    if tw > box.w and scale > min_scale:  # the stroke made it wider: smaller, before any cut
+        scale = max(min_scale, scale * box.w / tw)
+        (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
     while tw > box.w and len(text) > 1:
         text = text[:-4].rstrip() + "..." if len(text) > 4 else text[:-1]
         (tw, th), base = cv2.getTextSize(text, font, scale, thickness)

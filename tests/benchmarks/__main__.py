@@ -65,6 +65,7 @@ BENCHES = (
     "ocmf",
     "web",
     "ocpp",
+    "cli",
 )
 
 
@@ -117,6 +118,10 @@ def _runner(name: str) -> Callable[[bool], Result]:
         from tests.benchmarks.ocpp_tap import run_ocpp_tap
 
         return run_ocpp_tap
+    if name == "cli":
+        from tests.benchmarks.cli import run_cli
+
+        return run_cli
     raise ValueError(name)
 
 
