@@ -53,8 +53,8 @@ from agent.inputs import (
     Shutdown,
 )
 from agent.loop import EventLoop, TimerFired
-from agent.messages import EvseState, StatusMessage
-from agent.meter_values import send_meter_values
+from agent.messages import StatusMessage
+from agent.meter_values import note_reading
 from agent.metering import SignedMetering
 from agent.presentation import Presenter
 from agent.routing import floating_move, holder_of
@@ -450,21 +450,15 @@ class Controller:
     def _on_meter_sample(self, sample: MeterSample) -> None:
         rt = self.evses[sample.evse_id]
         rt.meter_busy = False
-        reading = sample.reading
-        if reading is not None:
-            rt.last_energy_kwh = reading.energy_kwh
-            rt.last_power_w, rt.last_power_mono = reading.power_w, self.clock.monotonic()
-            session = rt.state.session
-            mono = self.clock.monotonic()
-            if (
-                rt.state.phase is EvseState.CHARGING
-                and session is not None
-                and mono - rt.last_meter_store >= self.config.store.meter_interval_s
-            ):
-                self.store.record_meter(session.session_id, self.clock.now(), reading.energy_kwh)
-                rt.last_meter_store = mono
-            interval = self.config.mqtt.meter_values_s  # P/meter; not queued
-            send_meter_values(self.backend, rt, self.store, self.clock, interval)
+        if sample.reading is not None:
+            note_reading(
+                rt,
+                sample.reading,
+                store=self.store,
+                backend=self.backend,
+                clock=self.clock,
+                config=self.config,
+            )
         for event in self.power.supervise(rt):
             self.dispatch(sample.evse_id, event)
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from agent.clock import Clock
+from agent.config import AgentConfig
 from agent.evse import EvseRuntime
 from agent.messages import EvseState, MeterValues
 from agent.store import Store
+from drivers.meter.base import MeterReading
 
 
 @runtime_checkable
@@ -23,6 +25,32 @@ class MeterValuesPort(Protocol):
     def meter_values(self, values: MeterValues) -> bool:
         """A charging session's meter now; not queued: the next one follows."""
         ...
+
+
+def note_reading(
+    rt: EvseRuntime,
+    reading: MeterReading,
+    *,
+    store: Store,
+    backend: object,
+    clock: Clock,
+    config: AgentConfig,
+) -> None:
+    """A reading from the background poll: kept on the runtime (arbiter, display, status),
+    stored for a charging session every ``store.meter_interval_s`` (the plot, the CDR), and
+    sent as live values when due."""
+    mono = clock.monotonic()
+    rt.last_energy_kwh = reading.energy_kwh
+    rt.last_power_w, rt.last_power_mono = reading.power_w, mono
+    session = rt.state.session
+    if (
+        rt.state.phase is EvseState.CHARGING
+        and session is not None
+        and mono - rt.last_meter_store >= config.store.meter_interval_s
+    ):
+        store.record_meter(session.session_id, clock.now(), reading.energy_kwh)
+        rt.last_meter_store = mono
+    send_meter_values(backend, rt, store, clock, config.mqtt.meter_values_s)  # P/meter
 
 
 def send_meter_values(
