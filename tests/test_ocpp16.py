@@ -14,8 +14,8 @@ import pytest
 from ocpp_csms import CsmsError
 
 from agent.failpoints import ENV
-from tests.helpers import UID_A, UID_B, Daemon, station_config, wait_until
 from drivers.meter.ocmf import parse
+from tests.helpers import UID_A, UID_B, Daemon, station_config, wait_until
 from tests.ocpp_helpers import (
     KEY,
     Csms,
