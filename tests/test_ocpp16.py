@@ -128,7 +128,7 @@ def _signed_samples(meter_values: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def test_signing_meter_records_go_out_as_signed_data_byte_for_byte(tmp_path, csms, daemons):
+def test_signing_meter_records_go_out_as_signed_data_byte_for_byte_after_a_kill(tmp_path, csms, daemons):
     d = ocpp_daemon(tmp_path, csms, daemons)
     d.config["evse"][0]["meter"].update(signing_meter(tmp_path))
     d.start()
@@ -150,8 +150,16 @@ def test_signing_meter_records_go_out_as_signed_data_byte_for_byte(tmp_path, csm
     assert begin["context"] == "Transaction.Begin" and begin["value"] == stored["start"]
     assert start["meterStart"] == round(parse(stored["start"]).begin_kwh * 1000)
 
+    # the stop happens while the CSMS is away, then the station is killed: the StopTransaction
+    # is built after the restart, from the store, and carries the end record committed with it
+    csms.stop()
+    wait_until(lambda: not d.ctl("status")["link"]["connected"], 10, "link down")
     d.ctl("sim.tap", uid=UID_A)
-    stop = wait_until(lambda: csms.calls("StopTransaction"), 10, "StopTransaction")[0]
+    d.wait_state("finishing")
+    d.kill()
+    csms.start()
+    d.start()
+    stop = wait_until(lambda: csms.calls("StopTransaction"), 15, "StopTransaction")[0]
     stored = d.ctl("cdr.signed", session_id=sid)["signed_meter_values"]
     assert stored["public_key"] == key
     samples = _signed_samples(stop["transactionData"])
