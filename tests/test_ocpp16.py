@@ -128,7 +128,7 @@ def _signed_samples(meter_values: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def test_signing_meter_records_go_out_as_signed_data_byte_for_byte_after_a_kill(tmp_path, csms, daemons):
+def test_signed_records_go_out_as_signed_data_byte_for_byte_after_a_kill(tmp_path, csms, daemons):
     d = ocpp_daemon(tmp_path, csms, daemons)
     d.config["evse"][0]["meter"].update(signing_meter(tmp_path))
     d.start()
