@@ -6,7 +6,9 @@ start needs no id from the CSMS). ``started`` -> TransactionEvent Started (seqNo
 at the start as ``Transaction.Begin``), meter samples -> Updated, ``stopped`` -> Ended (the
 meter as ``Transaction.End``, the stop reason). seqNo is committed before each message goes out;
 ``offline`` is true for a session the station authorised on its own and for any event generated
-before the current connection came up.
+before the current connection came up. A signing meter's records ride on the energy sample:
+the start record on Started's ``Transaction.Begin``, the end record (committed with the CDR and
+the ``stopped`` event) on Ended's ``Transaction.End`` (:mod:`agent.ocpp_signed`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from agent.clock import rfc3339
 from agent.messages import AuthStatus, Cdr, EvseState, SessionEvent, SessionEventKind, StatusMessage
 from agent.ocpp201_cp import StationCp201
 from agent.ocpp_map import ENERGY, energy_wh, id_tag
+from agent.ocpp_signed import signed_meter_value_201
 from agent.ocpp_state import TxRow
 from agent.ocpp_tx import masked, settled
 
@@ -68,19 +71,20 @@ def id_token_201(token: dict[str, Any]) -> dict[str, str]:
     return {"idToken": id_tag(token), "type": kind}
 
 
-def meter_value_201(kwh: float | None, at: datetime, context: str) -> dict[str, Any]:
-    return {
-        "timestamp": rfc3339(at),
-        "sampledValue": [
-            {
-                "value": energy_wh(kwh),
-                "context": context,
-                "measurand": ENERGY,
-                "location": "Outlet",
-                "unitOfMeasure": {"unit": "Wh"},
-            }
-        ],
+def meter_value_201(
+    kwh: float | None, at: datetime, context: str, signed: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The energy register in Wh; ``signed``: its ``signedMeterValue`` (a meter's record)."""
+    sample: dict[str, Any] = {
+        "value": energy_wh(kwh),
+        "context": context,
+        "measurand": ENERGY,
+        "location": "Outlet",
+        "unitOfMeasure": {"unit": "Wh"},
     }
+    if signed is not None:
+        sample["signedMeterValue"] = signed
+    return {"timestamp": rfc3339(at), "sampledValue": [sample]}
 
 
 class Dialect201:
@@ -157,6 +161,9 @@ class Dialect201:
             return
         n = self._b.connector_of(event.evse_id)
         remote = facts.token.get("type") == "remote"
+        begin = meter_value_201(
+            facts.meter_start_kwh, event.ts, "Transaction.Begin", self._signed(sid, "start")
+        )
         res = await cp.call(
             call.TransactionEvent(
                 event_type="Started",
@@ -164,7 +171,7 @@ class Dialect201:
                 trigger_reason="RemoteStart" if remote else "Authorized",
                 seq_no=0,
                 transaction_info={"transactionId": sid, "chargingState": "Charging"},
-                meter_value=[meter_value_201(facts.meter_start_kwh, event.ts, "Transaction.Begin")],
+                meter_value=[begin],
                 offline=self._offline(event),
                 evse={"id": n, "connectorId": 1},
                 id_token=id_token_201(facts.token),
@@ -186,6 +193,7 @@ class Dialect201:
         facts = self._b.view.session(sid)
         meter = None if facts is None else (facts.meter_last_kwh or facts.meter_start_kwh)
         trigger, reason = STOP_201.get(event.reason or "other", STOP_201["other"])
+        end = meter_value_201(meter, event.ts, "Transaction.End", self._signed(sid, "stop"))
         await cp.call(
             call.TransactionEvent(
                 event_type="Ended",
@@ -197,7 +205,7 @@ class Dialect201:
                     "chargingState": "Idle",
                     "stoppedReason": reason,
                 },
-                meter_value=[meter_value_201(meter, event.ts, "Transaction.End")],
+                meter_value=[end],
                 offline=self._offline(event),
                 evse={"id": tx.connector, "connectorId": 1},
             ),
@@ -205,6 +213,14 @@ class Dialect201:
         )
         state.stopped(sid)
         log.info("transaction %s ended (%s)", sid, reason)
+
+    def _signed(self, session_id: str, which: str) -> dict[str, str] | None:
+        """The ``signedMeterValue`` of the session's ``start`` or ``stop`` record, if any."""
+        signed = self._b.view.signed(session_id)
+        record = None if signed is None else getattr(signed, which)
+        if signed is None or record is None:
+            return None
+        return signed_meter_value_201(record, signed.public_key)
 
     async def meter_values(
         self, cp: Any, tx: TxRow, kwh: float, at: datetime, context: str

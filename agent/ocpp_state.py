@@ -23,7 +23,7 @@ from typing import Any
 
 from agent.clock import parse_rfc3339, rfc3339
 from agent.errors import StoreError
-from agent.messages import SessionEvent, SessionEventKind
+from agent.messages import SessionEvent, SessionEventKind, SignedMeterValues
 
 STATE_NAME = "ocpp.sqlite3"
 
@@ -215,6 +215,18 @@ class StationView:
             event=SessionEventKind.STARTED,
             ts=facts.charging_start,
         )
+
+    def signed(self, session_id: str) -> SignedMeterValues | None:
+        """The session's signed meter records as the core committed them (None: unsigned)."""
+        rows = self._rows(
+            "SELECT start_record, stop_record, public_key, error FROM signed_values"
+            " WHERE session_id=?",
+            (session_id,),
+        )
+        if not rows:
+            return None
+        start, stop, key, error = rows[0]
+        return SignedMeterValues(start=start, stop=stop, public_key=key, error=error)
 
     def queued_events(self) -> int:
         """Session events the core has not yet seen acknowledged (or not yet deleted)."""

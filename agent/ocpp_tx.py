@@ -1,9 +1,14 @@
 """OCPP 1.6 transaction messages from the station's session events (one at a time).
 
 ``started`` -> StartTransaction, ``stopped`` -> StopTransaction; the other events have no OCPP
-message. The transaction id the CSMS assigns is committed the moment it arrives; an event whose
-answer is already on disk is not sent again (an acknowledgement lost in a crash or an outage
-repeats the event, never the OCPP message).
+message. A signing meter's records (:mod:`agent.ocpp_signed`): the start record follows the
+answered StartTransaction as a MeterValues (``Transaction.Begin``), and the StopTransaction's
+``transactionData`` carries both (``Transaction.Begin`` and ``Transaction.End``), so the CSMS
+has the pair in the message that closes the transaction even if that MeterValues was lost.
+
+The transaction id the CSMS assigns is committed the moment it arrives; an event whose answer
+is already on disk is not sent again (an acknowledgement lost in a crash or an outage repeats
+the event, never the OCPP message).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from ocpp.v16 import call
 from agent.clock import Clock, rfc3339
 from agent.messages import Cdr, SessionEvent, SessionEventKind
 from agent.ocpp_map import energy_wh, id_tag, stop_reason_16
-from agent.ocpp_state import OcppState, StationView
+from agent.ocpp_signed import signed_meter_value_16
+from agent.ocpp_state import OcppState, SessionFacts, StationView
 from agent.privacy import mask
 
 log = logging.getLogger(__name__)
@@ -74,6 +80,15 @@ class Transactions16:
             masked(facts.token),
             status,
         )
+        signed = self._view.signed(event.session_id)
+        if signed is not None and signed.start is not None:
+            begin = signed_meter_value_16(signed.start, event.ts, "Transaction.Begin")
+            await cp.call(
+                call.MeterValues(
+                    connector_id=connector, transaction_id=int(txid), meter_value=[begin]
+                ),
+                suppress=False,
+            )
 
     async def _stop(self, cp: Any, event: SessionEvent) -> None:
         tx = self._store.tx(event.session_id)
@@ -91,11 +106,30 @@ class Transactions16:
                 transaction_id=int(tx.transaction_id),
                 reason=stop_reason_16(event.reason),
                 id_tag=None if facts is None else id_tag(facts.token),
+                transaction_data=self._signed_data(event, facts),
             ),
             suppress=False,
         )
         self._store.stopped(event.session_id)
         log.info("OCPP transaction %s (session %s) stopped", tx.transaction_id, event.session_id)
+
+    def _signed_data(
+        self, event: SessionEvent, facts: SessionFacts | None
+    ) -> list[dict[str, Any]] | None:
+        """The signed records for StopTransaction's ``transactionData`` (None: unsigned). The
+        end record was committed with the CDR and this ``stopped`` event, so it is here."""
+        signed = self._view.signed(event.session_id)
+        if signed is None:
+            return None
+        data = []
+        if signed.start is not None:
+            begin_at = facts.charging_start if facts and facts.charging_start else event.ts
+            data.append(signed_meter_value_16(signed.start, begin_at, "Transaction.Begin"))
+        if signed.stop is not None:
+            data.append(signed_meter_value_16(signed.stop, event.ts, "Transaction.End"))
+        elif signed.error:
+            log.warning("session %s: no signed end record (%s)", event.session_id, signed.error)
+        return data or None
 
     def cdr_settled(self, cdr: Cdr) -> bool:
         return settled(self._store, cdr)

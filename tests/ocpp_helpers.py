@@ -280,3 +280,31 @@ def ocpp_config(
         "ocpp": section,
         "store": {"meter_interval_s": 0.5},
     }
+
+
+def signing_meter(tmp: Path) -> dict[str, Any]:
+    """A signing sim meter's settings (OCMF records signed with a key in ``tmp``)."""
+    return {"signing": True, "key_file": str(tmp / "meter-key.pem"), "time_factor": 600.0}
+
+
+def meter_public_key(tmp: Path) -> str:
+    """The signing sim meter's public key, read from its key file (not asked of the station):
+    hex of the DER SubjectPublicKeyInfo."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key((tmp / "meter-key.pem").read_bytes(), None)
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der.hex().upper()
+
+
+def ocmf_verifies(record: str, public_key_hex: str) -> bool:
+    """pyocmf (not our code) checks the record's signature against the key."""
+    import warnings
+
+    from pyocmf import OCMF
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the masked ID is not an ISO14443 UID: a spec note
+        return bool(OCMF.from_string(record).verify_signature(public_key_hex))

@@ -14,8 +14,18 @@ import pytest
 from ocpp_csms import CsmsError
 
 from agent.failpoints import ENV
+from drivers.meter.ocmf import parse
 from tests.helpers import UID_A, UID_B, Daemon, station_config, wait_until
-from tests.ocpp_helpers import KEY, Csms, boot_retry_interval, check_frames, ocpp_config
+from tests.ocpp_helpers import (
+    KEY,
+    Csms,
+    boot_retry_interval,
+    check_frames,
+    meter_public_key,
+    ocmf_verifies,
+    ocpp_config,
+    signing_meter,
+)
 from tests.test_power_daemon import BlackHoleProxy
 
 ST = "ST-TEST"
@@ -91,6 +101,8 @@ def test_charge_by_card_with_meter_values_status_and_remote_start_stop(tmp_path,
     ended = d.ctl("sessions")[0]
     assert abs(stop["meterStop"] - start["meterStart"] - ended["energy_kwh"] * 1000) <= 1
     assert ended["energy_kwh"] > 0
+    assert "transactionData" not in stop  # an unsigned meter: no SignedData anywhere
+    assert "SignedData" not in json.dumps(csms.calls())
     wait_until(lambda: d.ctl("outbox")["pending"] == 0, 10, "CDR settled")
     assert f"is OCPP transaction {txid}" in d.log()
     assert f"CDR {session['session_id']} settled (OCPP transaction {txid})" in d.log()
@@ -108,6 +120,57 @@ def test_charge_by_card_with_meter_values_status_and_remote_start_stop(tmp_path,
     wait_until(lambda: len(csms.calls("StopTransaction")) == 2, 10, "second StopTransaction")
     assert csms.calls("StopTransaction")[1]["reason"] == "Remote"
     assert csms.run(csms.cp(ST).async_remote_stop_transaction(remote_tx)) == "Rejected"
+
+
+def _signed_samples(meter_values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        sv for mv in meter_values for sv in mv["sampledValue"] if sv.get("format") == "SignedData"
+    ]
+
+
+def test_signed_records_go_out_as_signed_data_byte_for_byte_after_a_kill(tmp_path, csms, daemons):
+    d = ocpp_daemon(tmp_path, csms, daemons)
+    d.config["evse"][0]["meter"].update(signing_meter(tmp_path))
+    d.start()
+    key = meter_public_key(tmp_path)
+    d.ctl("sim.tap", uid=UID_A)
+    d.ctl("sim.plug")
+    sid = d.wait_state("charging")["session_id"]
+    start = wait_until(lambda: csms.calls("StartTransaction"), 10, "StartTransaction")[0]
+    (txid,) = wait_until(csms.tx_ids, 10, "transaction id")
+
+    def begin_values() -> list[dict[str, Any]]:
+        return [m for m in csms.calls("MeterValues") if _signed_samples(m["meterValue"])]
+
+    begin_msg = wait_until(begin_values, 10, "MeterValues with the signed start")[0]
+    assert begin_msg["transactionId"] == txid and begin_msg["connectorId"] == 1
+    assert len(begin_values()) == 1  # once; periodic samples are plain
+    stored = d.ctl("cdr.signed", session_id=sid)["signed_meter_values"]
+    (begin,) = _signed_samples(begin_msg["meterValue"])
+    assert begin["context"] == "Transaction.Begin" and begin["value"] == stored["start"]
+    assert start["meterStart"] == round(parse(stored["start"]).begin_kwh * 1000)
+
+    # the stop happens while the CSMS is away, then the station is killed: the StopTransaction
+    # is built after the restart, from the store, and carries the end record committed with it
+    csms.stop()
+    wait_until(lambda: not d.ctl("status")["link"]["connected"], 10, "link down")
+    d.ctl("sim.tap", uid=UID_A)
+    d.wait_state("finishing")
+    d.kill()
+    csms.start()
+    d.start()
+    stop = wait_until(lambda: csms.calls("StopTransaction"), 15, "StopTransaction")[0]
+    stored = d.ctl("cdr.signed", session_id=sid)["signed_meter_values"]
+    assert stored["public_key"] == key
+    samples = _signed_samples(stop["transactionData"])
+    assert [s["context"] for s in samples] == ["Transaction.Begin", "Transaction.End"]
+    assert [s["value"] for s in samples] == [stored["start"], stored["stop"]]  # as committed
+    assert all(ocmf_verifies(s["value"], key) for s in samples)
+    assert stop["meterStop"] == round(parse(stored["stop"]).end_kwh * 1000)
+    tampered = samples[1]["value"].replace('"TX":"E"', '"TX":"X"')
+    assert not ocmf_verifies(tampered, key)
+    order = [a for a in csms.actions() if a in ("StartTransaction", "StopTransaction")]
+    assert order == ["StartTransaction", "StopTransaction"]
 
 
 def test_offline_start_and_stop_are_delivered_in_order(tmp_path, csms, daemons):

@@ -4,6 +4,7 @@ profile 2) and mutual TLS (profile 3) with certificates the tests make."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,16 @@ from typing import Any
 import pytest
 from ocpp.v201 import call
 
+from drivers.meter.ocmf import parse
 from tests.helpers import UID_A, Daemon, station_config, wait_until
 from tests.ocpp201_csms import Csms201
-from tests.ocpp_helpers import check_frames, ocpp_config
+from tests.ocpp_helpers import (
+    check_frames,
+    meter_public_key,
+    ocmf_verifies,
+    ocpp_config,
+    signing_meter,
+)
 from tests.tls_fixtures import make_pki
 
 ST = "ST-TEST"
@@ -79,6 +87,7 @@ def test_mutual_tls_charge_by_card_and_remote_start_stop(tmp_path, pki, daemons)
         ended = wait_until(lambda: events(csms, "Ended"), 10, "Ended")[0]
         assert ended["transactionInfo"]["stoppedReason"] == "Local"
         assert ended["triggerReason"] == "StopAuthorized"
+        assert "signedMeterValue" not in str(events(csms))  # an unsigned meter signs nothing
         seqs = [e["seqNo"] for e in events(csms) if e["transactionInfo"]["transactionId"] == sid]
         assert seqs == list(range(len(seqs)))  # 0, 1, 2, ... without gaps or repeats
         wait_until(lambda: d.ctl("outbox")["pending"] == 0, 10, "CDR settled")
@@ -194,5 +203,44 @@ def test_tls_basic_auth_offline_transaction_delivered_in_order(tmp_path, pki, da
         assert {e["transactionInfo"]["transactionId"] for e in events(csms)} == {sid}
         wait_until(lambda: d.ctl("outbox")["pending"] == 0, 10, "CDR settled")
         assert check_frames(csms.frames, "2.0.1") > 5
+    finally:
+        csms.close()
+
+
+def test_signing_meter_records_ride_on_started_and_ended(tmp_path, daemons):
+    csms = Csms201().start()  # basic auth over plain WebSocket (profile 1)
+    try:
+        d = daemon201(tmp_path, csms, daemons)
+        d.config["evse"][0]["meter"].update(signing_meter(tmp_path))
+        d.start()
+        key = meter_public_key(tmp_path)
+        d.ctl("sim.tap", uid=UID_A)
+        d.ctl("sim.plug")
+        sid = d.wait_state("charging")["session_id"]
+        started = wait_until(lambda: events(csms, "Started"), 10, "Started")[0]
+        wait_until(lambda: events(csms, "Updated"), 10, "Updated")
+        d.ctl("sim.tap", uid=UID_A)
+        ended = wait_until(lambda: events(csms, "Ended"), 10, "Ended")[0]
+        stored = d.ctl("cdr.signed", session_id=sid)["signed_meter_values"]
+        assert stored["public_key"] == key
+        records = []
+        for event, name, tx in ((started, "start", "B"), (ended, "stop", "E")):
+            (sample,) = event["meterValue"][0]["sampledValue"]
+            signed = sample["signedMeterValue"]
+            assert signed["encodingMethod"] == "OCMF"
+            assert signed["signingMethod"] == "ECDSA-secp256r1-SHA256"
+            assert base64.b64decode(signed["publicKey"]).hex().upper() == key
+            record = base64.b64decode(signed["signedMeterData"], validate=True).decode()
+            assert record == stored[name]  # byte for byte as committed
+            assert ocmf_verifies(record, key)
+            kwh = parse(record).begin_kwh if tx == "B" else parse(record).end_kwh
+            assert kwh is not None and sample["value"] == round(kwh * 1000)
+            records.append(record)
+        assert started["meterValue"][0]["sampledValue"][0]["context"] == "Transaction.Begin"
+        assert ended["meterValue"][0]["sampledValue"][0]["context"] == "Transaction.End"
+        assert records[0] != records[1]
+        for update in events(csms, "Updated"):  # periodic samples are plain
+            assert "signedMeterValue" not in update["meterValue"][0]["sampledValue"][0]
+        assert check_frames(csms.frames, "2.0.1") > 5  # signedMeterValue within its limits
     finally:
         csms.close()

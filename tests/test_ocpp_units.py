@@ -4,6 +4,7 @@ transaction-id map (a repeated event never repeats the OCPP message), configurat
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from agent.messages import EvseState, EvseStatus, SessionEvent, SessionEventKind
 from agent.ocpp_config import OcppSettings
 from agent.ocpp_link import backoff_delay, summarise
 from agent.ocpp_map import connector_status_16, id_tag, list_entry, stop_reason_16
+from agent.ocpp_signed import signed_meter_value_201, signing_method
 from agent.ocpp_state import OcppState, StationView
 from agent.ocpp_tx import Transactions16
 from agent.store import DB_NAME, Store
@@ -215,6 +217,73 @@ def test_a_stop_without_a_start_sends_the_start_first(stores):
     assert type(start).__name__ == "StartTransaction" and start.id_tag == "DE8ACC12345678A"
     assert start.meter_start == 1000 and stop.meter_stop == 2500
     assert stop.transaction_id == int(state.tx(SID).transaction_id) and stop.reason == "Remote"
+
+
+SIG = '{"SA":"ECDSA-secp256r1-SHA256","SD":"3045022100AB"}'
+RECORD = 'OCMF|{"FV":"1.0","PG":"T1","RD":[{"TX":"B","RV":12.345}]}|' + SIG
+
+
+def test_signed_meter_value_201_fits_the_schema_or_is_left_out(caplog):
+    got = signed_meter_value_201(RECORD, "3059301306072A8648CE3D0201")
+    assert got is not None
+    assert base64.b64decode(got["signedMeterData"]).decode() == RECORD
+    assert base64.b64decode(got["publicKey"]).hex().upper() == "3059301306072A8648CE3D0201"
+    assert got["encodingMethod"] == "OCMF" and got["signingMethod"] == "ECDSA-secp256r1-SHA256"
+    assert signing_method('OCMF|{}|{"SD":"AB"}') == "ECDSA-secp256r1-SHA256"  # OCMF's default
+    assert signing_method('OCMF|{}|{"SA":"ECDSA-brainpool256r1-SHA256"}').startswith("ECDSA-b")
+    assert signed_meter_value_201(RECORD, "not hex")["publicKey"] == ""  # type: ignore[index]
+    fits = "OCMF|" + "x" * (1875 - len("OCMF||") - len(SIG)) + "|" + SIG  # 1875 -> 2500 base64
+    assert len(signed_meter_value_201(fits, None)["signedMeterData"]) == 2500  # type: ignore[index]
+    assert signed_meter_value_201(fits.replace("x", "xx", 1), None) is None
+    assert "does not fit OCPP 2.0.1's signedMeterData" in caplog.text
+
+
+def _signed_row(store: Store, start: str | None, stop: str | None, error: str | None) -> None:
+    with store.unit():
+        store.db.execute(
+            "INSERT INTO signed_values (session_id, format, start_record, stop_record,"
+            " public_key, error) VALUES (?, 'OCMF', ?, ?, 'AB', ?)",
+            (SID, start, stop, error),
+        )
+
+
+@pytest.mark.parametrize(
+    ("start", "stop", "error", "contexts"),
+    [
+        ("OCMF|{}|B", "OCMF|{}|E", None, ["Transaction.Begin", "Transaction.End"]),
+        (None, "OCMF|{}|BE", None, ["Transaction.End"]),  # one record with both (Iskra)
+        ("OCMF|{}|B", None, "the meter did not sign the end", ["Transaction.Begin"]),
+        (None, None, "the meter did not sign the start", None),
+    ],
+)
+def test_stop_transaction_carries_the_stored_records(stores, start, stop, error, contexts):
+    store, state, view = stores
+    store.insert_session(
+        session_id=SID,
+        evse_id="E1",
+        token={"type": "rfid", "uid": "04A224B2C13C80"},
+        contract_id=None,
+        start=NOW,
+        meter_kwh=1.0,
+    )
+    _signed_row(store, start, stop, error)
+    clock = type("C", (), {"now": staticmethod(lambda: NOW)})()
+    tx = Transactions16(state, view, clock, lambda evse_id: 1)  # type: ignore[arg-type]
+    cp = FakeCp()
+    asyncio.run(tx.message(cp, event(SessionEventKind.STARTED)))
+    store.end_session(SID, end=NOW, reason="local", meter_stop_kwh=2.0)
+    asyncio.run(tx.message(cp, event(SessionEventKind.STOPPED, "local")))
+    names = [type(c).__name__ for c in cp.calls]
+    begin = ["MeterValues"] if start else []
+    assert names == ["StartTransaction", *begin, "StopTransaction"]
+    data = cp.calls[-1].transaction_data
+    if contexts is None:
+        assert data is None
+        return
+    samples = [mv["sampledValue"][0] for mv in data]
+    assert [s["context"] for s in samples] == contexts
+    assert {s["format"] for s in samples} == {"SignedData"}
+    assert [s["value"] for s in samples] == [r for r in (start, stop) if r]
 
 
 def test_configuration_keys(tmp_path, stores):
