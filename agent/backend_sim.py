@@ -44,6 +44,10 @@ class BackendSim:
     on_message: Callable[[Received], None] | None = None
     client_id: str = field(default_factory=lambda: f"backend-sim-{uuid.uuid4().hex[:8]}")
     tls_context: ssl.SSLContext | None = None  # mqtts:// with the backend's certificate
+    # False: a persistent session, as a production backend has: what the stations publish
+    # while it is away is queued for it by the broker (and survives a broker restart when the
+    # broker persists its sessions)
+    clean_session: bool = True
     received: list[Received] = field(default_factory=list)
     cdrs: dict[str, dict[str, Any]] = field(default_factory=dict)
     cdr_duplicates: int = 0
@@ -56,7 +60,9 @@ class BackendSim:
         from urllib.parse import urlsplit
 
         url = urlsplit(self.broker_url)
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=self.clean_session
+        )
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_socket_open = lambda c, u, sock: set_nodelay(sock)

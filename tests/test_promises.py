@@ -193,8 +193,12 @@ def test_broker_restarts_while_two_evses_charge_lose_no_cdr_and_no_event(tmp_pat
     from agent.backend_sim import BackendSim
     from agent.broker import Mosquitto
 
-    with Mosquitto() as mosq:
-        backend = BackendSim(mosq.url, prefix=prefix)
+    # the backend keeps a persistent session on a broker that persists it, as in production:
+    # events the station publishes before the backend is back are queued for it by the broker
+    keep = tmp_path / "mosquitto-db"
+    keep.mkdir()
+    with Mosquitto(extra_config=f"persistence true\npersistence_location {keep}/\n") as mosq:
+        backend = BackendSim(mosq.url, prefix=prefix, clean_session=False)
         backend.start()
         d = Daemon(
             tmp_path,
