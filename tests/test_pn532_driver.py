@@ -267,6 +267,7 @@ def _recovers(
     break_it: Callable[[], None],
     fix_it: Callable[[], None],
     error_text: str,
+    *,
     mode: str,
 ) -> Pn532Reader:
     cards = Cards()
@@ -299,21 +300,21 @@ BOTH_MODES = pytest.mark.parametrize("mode", ["poll", "wait"])
 def test_hung_reader_recovers(
     sim: SimulatedPN532, make_reader: Callable[..., Pn532Reader], mode: str
 ) -> None:
-    _recovers(sim, make_reader, sim.hang, sim.unhang, "timed out", mode)
+    _recovers(sim, make_reader, sim.hang, sim.unhang, "timed out", mode=mode)
 
 
 @BOTH_MODES
 def test_unplugged_reader_recovers(
     sim: SimulatedPN532, make_reader: Callable[..., Pn532Reader], mode: str
 ) -> None:
-    _recovers(sim, make_reader, sim.unplug, sim.replug, "No such file", mode)
+    _recovers(sim, make_reader, sim.unplug, sim.replug, "No such file", mode=mode)
 
 
 @BOTH_MODES
 def test_garbled_reader_recovers(
     sim: SimulatedPN532, make_reader: Callable[..., Pn532Reader], mode: str
 ) -> None:
-    _recovers(sim, make_reader, sim.garble, sim.ungarble, "OSError", mode)
+    _recovers(sim, make_reader, sim.garble, sim.ungarble, "OSError", mode=mode)
 
 
 def test_chip_left_at_high_baud_by_a_dead_process_is_reset(

@@ -33,6 +33,15 @@ resets to 115200 on replug, and treats a command frame sent at a different speed
 (no ACK). That reproduces the real trap of a PN532 left at 921600 by a process that died or by a
 close that failed; :meth:`SimulatedPN532.set_chip_baud` puts the chip in that state directly.
 
+Waiting, as the chip does it: with RFConfiguration item 5 (MxRtyPassiveActivation) at 0xFF -
+its value after reset; nfcpy's open sets 0x01 - an InListPassiveTarget that finds no card is
+ACKed and then not answered at all; the answer goes out the moment a matching card is placed
+(:meth:`SimulatedPN532.place_card` wakes the I/O thread). An ACK from the host aborts the waiting
+command (no answer follows; :attr:`SimulatedPN532.abort_times`); a command sent without that ACK
+is counted (:attr:`SimulatedPN532.unaborted_commands`) and replaces the wait. With any other
+retry count the chip answers "no target" (``D5 4B 00``) at once. ``hang()`` loses a waiting
+command. :meth:`SimulatedPN532.wait_armed` waits until a command is waiting.
+
 CLI: ``main()`` (``station-agent pn532-sim``) starts a simulator, prints the path to configure,
 and reads commands from stdin: ``tap <UID hex> [sak] [atqa]``, ``remove``, ``hang``, ``unhang``,
 ``garble``, ``ungarble``, ``unplug``, ``replug``, ``status``, ``quit``.
@@ -769,7 +778,7 @@ def _status(sim: SimulatedPN532) -> str:
     )
     return (
         f"plugged={sim.plugged} pty={sim.pty_path} baud={sim.chip_baud} card={card_text} "
-        f"polls={sim.polls} "
+        f"polls={sim.polls} waiting={sim.waiting} aborts={len(sim.abort_times)} "
         f"commands={sim.commands_seen}"
     )
 
