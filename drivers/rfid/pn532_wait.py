@@ -106,6 +106,7 @@ class WaitingLink:
         self._parser = FrameParser()
         self._late: Seen | None = None  # a card answer that crossed an abort ACK
         self.armed = False
+        self.armed_at = 0.0  # time.monotonic() when the chip ACKed the last arm
 
     def configure(self) -> None:
         """MxRtyPassiveActivation = 0xFF: InListPassiveTarget waits for a card."""
@@ -116,7 +117,7 @@ class WaitingLink:
         self.command(CMD_RF_CONFIGURATION, bytes([RF_CFG_FIELD, RF_FIELD_OFF_AUTO_ON]))
         self._write(encode_command(CMD_IN_LIST_PASSIVE_TARGET, ARM_106A))
         self._expect_ack(CMD_IN_LIST_PASSIVE_TARGET)
-        self.armed = True
+        self.armed, self.armed_at = True, time.monotonic()
 
     def wait(self, timeout_s: float) -> Seen | None:
         """The card answering the armed command within ``timeout_s``; None on time-out or wake."""
@@ -257,7 +258,8 @@ class WaitDetector:
         """Block until something is known; None when ``stop`` was set meanwhile."""
         if self._present:
             return self._presence(stop)
-        seen = self._link.wait(self._liveness)
+        # the chip is checked liveness_s after the arm (not after a presence time-out)
+        seen = self._link.wait(self._link.armed_at + self._liveness - time.monotonic())
         if stop.is_set():
             return None
         if seen is None:
