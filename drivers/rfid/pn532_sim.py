@@ -37,8 +37,9 @@ Waiting, as the chip does it: with RFConfiguration item 5 (MxRtyPassiveActivatio
 its value after reset; nfcpy's open sets 0x01 - an InListPassiveTarget that finds no card is
 ACKed and then not answered at all; the answer goes out the moment a matching card is placed
 (:meth:`SimulatedPN532.place_card` wakes the I/O thread). An ACK from the host aborts the waiting
-command (no answer follows; :attr:`SimulatedPN532.abort_times`); a command sent without that ACK
-is counted (:attr:`SimulatedPN532.unaborted_commands`) and replaces the wait. With any other
+command (no answer follows; :attr:`SimulatedPN532.abort_times`). A new command also aborts it
+(the user manual: any new command aborts the one in progress), but the project's driver always
+ACKs first, so such commands are counted (:attr:`SimulatedPN532.unaborted_commands`). With any other
 retry count the chip answers "no target" (``D5 4B 00``) at once. ``hang()`` loses a waiting
 command. :meth:`SimulatedPN532.wait_armed` waits until a command is waiting.
 
@@ -350,7 +351,7 @@ class SimulatedPN532:
 
     @property
     def polls(self) -> int:
-        """InListPassiveTarget commands answered (one per sense of a 106A target)."""
+        """InListPassiveTarget commands received (a sense, an arm or a presence check)."""
         with self._lock:
             return self._polls
 
@@ -388,7 +389,7 @@ class SimulatedPN532:
             return self._cond.wait_for(lambda: self._state.waiting is not None, timeout)
 
     def wait_polls(self, count: int = 1, timeout: float = 2.0) -> bool:
-        """Wait until ``count`` more polls have been answered; False on timeout."""
+        """Wait until ``count`` more InListPassiveTarget commands came; False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
             target = self._polls + count
