@@ -406,6 +406,25 @@ def test_wait_mode_debounce_after_the_card_left_uses_the_injected_clock(
     assert cards.wait_count(2)
 
 
+def test_wait_mode_card_taken_away_during_an_outage_counts_as_left(
+    sim: SimulatedPN532, make_reader: Callable[..., Pn532Reader]
+) -> None:
+    clock = FakeClock()
+    cards = Cards()
+    # no liveness check due during the test: it must not be what clears the card
+    reader = armed(make_reader, sim, cards, debounce_s=2.0, clock=clock, liveness_s=60.0)
+    sim.place_card("DEADBEEF")
+    assert cards.wait_count(1)
+    sim.unplug()
+    assert wait_until(lambda: not reader.health().ok)
+    sim.remove_card()  # while the reader is away
+    sim.replug()
+    assert wait_until(lambda: reader.health().ok) and present(reader, False)
+    clock.advance(2.0)
+    sim.place_card("DEADBEEF")  # the same card again: a new tap, not "still there"
+    assert cards.wait_count(2)
+
+
 def test_wait_mode_swapped_card_is_reported_at_once(
     sim: SimulatedPN532, make_reader: Callable[..., Pn532Reader]
 ) -> None:

@@ -247,17 +247,21 @@ class WaitDetector:
         self._presence_timeout = presence_timeout_s
         self._clock = clock
         self._present = False
+        self._opened_at: float | None = None  # until the first arm after opening is judged
         self.checks = 0  # liveness checks passed
 
     def start(self) -> None:
         """Configure the retries and arm (errors propagate: the reader is not usable)."""
         self._link.configure()
+        self._opened_at = self._clock()
         self._link.arm()
 
     def step(self, stop: threading.Event) -> Observation | None:
         """Block until something is known; None when ``stop`` was set meanwhile."""
         if self._present:
             return self._presence(stop)
+        if self._opened_at is not None:  # (re)opened: is the card seen before still there?
+            return self._first(stop, self._opened_at)
         # the chip is checked liveness_s after the arm (not after a presence time-out)
         seen = self._link.wait(self._link.armed_at + self._liveness - time.monotonic())
         if stop.is_set():
@@ -270,6 +274,16 @@ class WaitDetector:
             if seen is None:
                 self._link.arm()
                 return Observation(None)
+        self._present = True
+        return Observation(seen)
+
+    def _first(self, stop: threading.Event, opened_at: float) -> Observation | None:
+        self._opened_at = None
+        seen = self._link.wait(self._presence_timeout)
+        if stop.is_set():
+            return None
+        if seen is None:  # an empty field, reported as such: a card lying there before left
+            return Observation(None, left_at=opened_at)
         self._present = True
         return Observation(seen)
 
