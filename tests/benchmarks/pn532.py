@@ -94,12 +94,16 @@ def _taps(mode: str, n: int, rnd: random.Random) -> dict[str, Any]:
             wait_reader(st)
             st.ctl("sim.plug")
             wait_until(lambda: st.evse()["state"] == "preparing", 5, "preparing")
-            for _ in range(n):
+            for i_tap in range(n):
                 mark = len(backend.received)
                 t0 = time.monotonic()
                 sim.place_card(UID_A, sak=0x00)
-                req = wait_suffix(backend, "auth/req", mark, timeout=5)
-                started = wait_event(backend, "started", mark, timeout=5)
+                try:
+                    req = wait_suffix(backend, "auth/req", mark, timeout=5)
+                    started = wait_event(backend, "started", mark, timeout=5)
+                except TimeoutError as err:
+                    reader = st.try_ctl("rfid.info")
+                    raise RuntimeError(f"{mode} tap {i_tap}: {err}; reader {reader}") from err
                 to_req.append((req.t - t0) * 1000)
                 to_started.append((started.t - t0) * 1000)
                 aborts = sim.abort_times
