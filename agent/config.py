@@ -288,6 +288,9 @@ class RfidConfig(_Strict):
     path: str | None = None
     poll_interval_s: float = Field(default=0.1, gt=0, le=10)
     debounce_s: float = Field(default=2.0, ge=0, le=60)
+    # PN532: "wait" (the chip answers when a card comes) or "poll" (a sense every poll_interval_s)
+    mode: Literal["wait", "poll"] = "wait"
+    liveness_s: float = Field(default=2.0, ge=0.2, le=60)  # wait mode: chip check interval
 
     @model_validator(mode="after")
     def _path_needed(self) -> RfidConfig:

@@ -48,7 +48,12 @@ def build_rfid(cfg: RfidConfig, clock: Clock) -> RfidReader:
 
         assert cfg.path is not None  # validated
         return Pn532Reader(
-            cfg.path, poll_interval_s=cfg.poll_interval_s, debounce_s=cfg.debounce_s, clock=clock
+            cfg.path,
+            poll_interval_s=cfg.poll_interval_s,
+            debounce_s=cfg.debounce_s,
+            clock=clock,
+            mode=cfg.mode,
+            liveness_s=cfg.liveness_s,
         )
     if cfg.driver == "none":
         from drivers.rfid.null import NullRfidReader

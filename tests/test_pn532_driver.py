@@ -1,4 +1,8 @@
-"""Pn532Reader with real nfcpy + real pyserial against the simulated PN532 on a pty."""
+"""Pn532Reader with real nfcpy + real pyserial against the simulated PN532 on a pty.
+
+These tests run the polling mode (``mode="poll"``) unless they say otherwise; the recovery tests
+run both modes. The waiting mode's own tests are in ``tests/test_pn532_wait.py``.
+"""
 
 from __future__ import annotations
 
@@ -85,6 +89,8 @@ def make_reader(sim: SimulatedPN532) -> Iterator[Callable[..., Pn532Reader]]:
         kwargs.setdefault("debounce_s", 0.3)
         kwargs.setdefault("open_backoff_initial_s", 0.1)
         kwargs.setdefault("open_backoff_max_s", 0.4)
+        kwargs.setdefault("mode", "poll")
+        kwargs.setdefault("liveness_s", 0.3)  # wait mode: a hang is noticed within ~0.4 s
         reader = Pn532Reader(**kwargs)
         readers.append(reader)
         return reader
@@ -261,9 +267,12 @@ def _recovers(
     break_it: Callable[[], None],
     fix_it: Callable[[], None],
     error_text: str,
+    *,
+    mode: str,
 ) -> Pn532Reader:
     cards = Cards()
-    reader = started(make_reader, cards, poll_interval_s=0.05)
+    reader = started(make_reader, cards, poll_interval_s=0.05, mode=mode)
+    assert reader.info()["mode"] == mode
     thread_count = threading.active_count()
     break_it()
     assert wait_until(lambda: not reader.health().ok, 2.0), "fault not detected"
@@ -284,20 +293,28 @@ def _recovers(
     return reader
 
 
-def test_hung_reader_recovers(sim: SimulatedPN532, make_reader: Callable[..., Pn532Reader]) -> None:
-    _recovers(sim, make_reader, sim.hang, sim.unhang, "timed out")
+BOTH_MODES = pytest.mark.parametrize("mode", ["poll", "wait"])
 
 
+@BOTH_MODES
+def test_hung_reader_recovers(
+    sim: SimulatedPN532, make_reader: Callable[..., Pn532Reader], mode: str
+) -> None:
+    _recovers(sim, make_reader, sim.hang, sim.unhang, "timed out", mode=mode)
+
+
+@BOTH_MODES
 def test_unplugged_reader_recovers(
-    sim: SimulatedPN532, make_reader: Callable[..., Pn532Reader]
+    sim: SimulatedPN532, make_reader: Callable[..., Pn532Reader], mode: str
 ) -> None:
-    _recovers(sim, make_reader, sim.unplug, sim.replug, "No such file")
+    _recovers(sim, make_reader, sim.unplug, sim.replug, "No such file", mode=mode)
 
 
+@BOTH_MODES
 def test_garbled_reader_recovers(
-    sim: SimulatedPN532, make_reader: Callable[..., Pn532Reader]
+    sim: SimulatedPN532, make_reader: Callable[..., Pn532Reader], mode: str
 ) -> None:
-    _recovers(sim, make_reader, sim.garble, sim.ungarble, "OSError")
+    _recovers(sim, make_reader, sim.garble, sim.ungarble, "OSError", mode=mode)
 
 
 def test_chip_left_at_high_baud_by_a_dead_process_is_reset(
@@ -313,11 +330,12 @@ def test_chip_left_at_high_baud_by_a_dead_process_is_reset(
     tap(sim, cards, "DEADBEEF")
 
 
+@BOTH_MODES
 def test_card_on_reader_through_an_outage_is_not_reported_twice(
-    sim: SimulatedPN532, make_reader: Callable[..., Pn532Reader]
+    sim: SimulatedPN532, make_reader: Callable[..., Pn532Reader], mode: str
 ) -> None:
     cards = Cards()
-    reader = started(make_reader, cards, poll_interval_s=0.05)
+    reader = started(make_reader, cards, poll_interval_s=0.05, mode=mode)
     tap(sim, cards, "DEADBEEF")
     sim.hang()
     assert wait_until(lambda: not reader.health().ok, 2.0)

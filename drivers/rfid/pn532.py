@@ -1,20 +1,31 @@
 """PN532 RFID reader on a serial line (HSU/UART), through nfcpy's PN532 driver and pyserial.
 
-A poll thread senses ISO 14443-A 106 kbps targets once every ``poll_interval_s`` (one short
-``sense(RemoteTarget("106A"), iterations=1)`` per poll, not ``connect()``'s 5 x 0.5 s loop),
-reports each new card once through the callback and heals itself: any failure of the reader
-(no answer, garbage, the tty vanishing) closes it and reopens it with exponential back-off
-(``open_backoff_initial_s`` doubling to ``open_backoff_max_s``) while :meth:`Pn532Reader.health`
-reports ``reader_unavailable``. Only :meth:`Pn532Reader.stop` ends the thread. When the chip
-does not answer at 115200 baud, the driver also tries to switch it back from the high speed
-nfcpy leaves it at when a process dies or a close fails (otherwise only a power cycle helps).
+Two detection modes (``mode``):
+
+* ``"wait"`` (the default): the chip waits for the card - a pending InListPassiveTarget with
+  MxRtyPassiveActivation 0xFF that the card itself answers, aborted with an ACK every
+  ``liveness_s`` for a GetFirmwareVersion check and re-armed; while a card lies on the reader
+  it is re-checked every ``poll_interval_s``. See :mod:`drivers.rfid.pn532_wait` (and why it
+  speaks the project's own frame codec there).
+* ``"poll"``: one short ``sense(RemoteTarget("106A"), iterations=1)`` every
+  ``poll_interval_s`` (not ``connect()``'s 5 x 0.5 s loop), for readers or USB-serial bridges
+  where the wait misbehaves.
+
+A reader thread reports each new card once through the callback and heals itself: any
+failure of the reader (no answer, garbage, the tty vanishing) closes it and reopens it with
+exponential back-off (``open_backoff_initial_s`` doubling to ``open_backoff_max_s``) while
+:meth:`Pn532Reader.health` reports ``reader_unavailable``. Only :meth:`Pn532Reader.stop` ends
+the thread. When the chip does not answer at 115200 baud, the driver also tries to switch it
+back from the high speed nfcpy leaves it at when a process dies or a close fails (otherwise
+only a power cycle helps).
 
 ``path`` is either a filesystem path of the serial device (``/dev/ttyUSB0``,
 ``/dev/serial/by-id/usb-...``, a pty symlink from :mod:`drivers.rfid.pn532_sim`) or an nfcpy
 device string (``tty:USB0:pn532``, ``tty:AMA0``, ``com:COM3:pn532``). Both are opened the same
 way nfcpy's ``ContactlessFrontend.open()`` opens a tty - ``nfc.clf.transport.TTY(device)`` and
-``nfc.clf.pn532.init()`` - and the device is then driven by a real ``ContactlessFrontend``
-(opening, closing and the baud-rate rescue are in :mod:`drivers.rfid.pn532_tty`).
+``nfc.clf.pn532.init()`` - in both modes; the poll mode then senses through a real
+``ContactlessFrontend`` (opening, closing and the baud-rate rescue are in
+:mod:`drivers.rfid.pn532_tty`).
 
 Debounce (times from the injected clock): a card that stays on the reader is reported once; the
 same UID coming back within ``debounce_s`` after it left is ignored; a different card is
@@ -26,6 +37,7 @@ nfcpy is imported lazily (in :meth:`Pn532Reader.start`), so this module imports 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -44,6 +56,7 @@ from drivers.rfid.pn532_tty import (
     import_nfc,
     open_frontend,
 )
+from drivers.rfid.pn532_wait import Observation, Seen, WaitDetector, WaitingLink
 from drivers.rfid.waiters import CardWaiters
 
 logger = logging.getLogger(__name__)
@@ -54,6 +67,10 @@ FAULT_STOPPED = "reader_stopped"
 _MIFARE_CLASSIC_SAKS = frozenset({0x08, 0x18, 0x09, 0x88})
 _PPS_WINDOW_S = 5.0
 _JOIN_TIMEOUT_S = 5.0
+MODES = ("wait", "poll")
+#: Wait mode: an arm a card in the field would answer within milliseconds; silence this long
+#: while a card was present means it has left.
+PRESENCE_TIMEOUT_S = 0.1
 
 
 def card_type_from_sak(sak: int) -> CardType:
@@ -78,9 +95,13 @@ class Pn532Reader:
         clock: Clock | None = None,
         open_backoff_initial_s: float = 0.5,
         open_backoff_max_s: float = 30.0,
+        mode: str = "wait",
+        liveness_s: float = 2.0,
     ) -> None:
         if not path:
             raise ValueError("path must not be empty")
+        if mode not in MODES or liveness_s <= 0:
+            raise ValueError(f"mode must be one of {MODES} and liveness_s positive")
         if poll_interval_s <= 0 or open_backoff_initial_s <= 0:
             raise ValueError("poll_interval_s and open_backoff_initial_s must be positive")
         if debounce_s < 0 or open_backoff_max_s < open_backoff_initial_s:
@@ -91,6 +112,9 @@ class Pn532Reader:
         self._clock: Clock = clock or SystemClock()
         self._backoff_initial = open_backoff_initial_s
         self._backoff_max = open_backoff_max_s
+        self._mode = mode
+        self._liveness = liveness_s
+        self._wake_r = self._wake_w = -1  # a pipe that wakes the wait in stop()
 
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -100,9 +124,11 @@ class Pn532Reader:
         # Owned by the poll thread:
         self._clf: Any = None  # nfc.ContactlessFrontend
         self._transport: Any = None  # nfc.clf.transport.TTY
+        self._detector: WaitDetector | None = None  # wait mode, while open
         self._present_uid: str | None = None
         self._left_uid: str | None = None
         self._left_at = 0.0
+        self._next_poll = 0.0
         # Shared, guarded by _lock:
         self._health = Health(ok=False, fault=FAULT_STOPPED, detail=f"PN532 at {path}: not started")
         self._connected = False
@@ -134,6 +160,7 @@ class Pn532Reader:
             )
             self._poll_times.clear()
             self._polling_since = None
+        self._wake_r, self._wake_w = os.pipe()
         thread = threading.Thread(
             target=self._run, args=(self._stop_event,), name="pn532-reader", daemon=True
         )
@@ -146,9 +173,13 @@ class Pn532Reader:
         if thread is None:
             return
         self._stop_event.set()
+        os.write(self._wake_w, b"x")  # ends a wait for a card at once
         thread.join(timeout=_JOIN_TIMEOUT_S)
         if thread.is_alive():  # a blocked serial call; the daemon thread ends with it
             logger.error("PN532 poll thread did not stop within %.0f s", _JOIN_TIMEOUT_S)
+        else:
+            os.close(self._wake_r)
+        os.close(self._wake_w)
         self._thread = None
         with self._lock:
             self._connected = False
@@ -165,16 +196,23 @@ class Pn532Reader:
             return self._health
 
     def info(self) -> dict[str, object]:
+        detector = self._detector
         with self._lock:
-            return {
+            info: dict[str, object] = {
                 "driver": "pn532",
                 "path": self._path,
+                "mode": self._mode,
                 "firmware": self._firmware,
                 "polls_per_second": round(self._polls_per_second(time.monotonic()), 1),
                 "last_error": self._last_error,
                 "connected": self._connected,
                 "open_seconds": self._open_seconds,
+                "card_on_reader": self._present_uid is not None,
             }
+        if self._mode == "wait":
+            info["liveness_s"] = self._liveness
+            info["liveness_checks"] = detector.checks if detector is not None else 0
+        return info
 
     # ------------------------------------------------------------------ diagnostics
 
@@ -207,50 +245,47 @@ class Pn532Reader:
         nfc = self._nfc
         assert nfc is not None
         failures = 0
-        next_poll = time.monotonic()
+        self._next_poll = time.monotonic()
         try:
             while not stop.is_set():
-                if self._clf is None:
-                    if failures and stop.wait(self._backoff(failures)):
-                        break
-                    try:
-                        self._open(nfc)
-                    except nfc.expected as err:
-                        failures += 1
-                        self._failed(err, failures, during="open")
-                        continue
-                    except Exception as err:
-                        logger.exception("unexpected error opening PN532 at %s", self._path)
-                        failures += 1
-                        self._failed(err, failures, during="open")
-                        continue
-                    self._opened(failures)
-                    next_poll = time.monotonic()
-                delay = next_poll - time.monotonic()
-                if delay > 0 and stop.wait(delay):
-                    break
-                next_poll = time.monotonic() + self._poll_interval
+                during = "open" if self._clf is None else self._mode
                 try:
-                    found = self._sense(nfc)
-                except nfc.expected as err:
-                    failures += 1
-                    self._failed(err, failures, during="poll")
-                    self._close()
-                    continue
+                    if self._clf is None:
+                        if failures and stop.wait(self._backoff(failures)):
+                            break
+                        self._open(nfc)
+                        self._opened(failures)
+                    seen = self._step(nfc, stop)
                 except Exception as err:
-                    logger.exception("unexpected error polling PN532 at %s", self._path)
+                    if not isinstance(err, (*nfc.expected, DriverError)):
+                        logger.exception("unexpected error (%s) on PN532 at %s", during, self._path)
                     failures += 1
-                    self._failed(err, failures, during="poll")
+                    self._failed(err, failures, during=during)
                     self._close()
                     continue
                 failures = 0
+                if seen is None:
+                    continue  # stopped
                 try:
-                    self._polled(found)
+                    self._polled(seen)
                 except Exception:  # a bug in the debounce/reporting must not end polling
                     logger.exception("error handling a poll result from %s", self._path)
         finally:
             self._close()
-            logger.info("PN532 poll thread for %s stopped", self._path)
+            logger.info("PN532 reader thread for %s stopped", self._path)
+
+    def _step(self, nfc: Nfc, stop: threading.Event) -> Observation | None:
+        """One observation of the field (None if stopped meanwhile)."""
+        if self._detector is not None:
+            return self._detector.step(stop)
+        delay = self._next_poll - time.monotonic()
+        if delay > 0 and stop.wait(delay):
+            return None
+        self._next_poll = time.monotonic() + self._poll_interval
+        found = self._sense(nfc)
+        if found is None:
+            return Observation(None, left_at=self._clock.monotonic())
+        return Observation(found)
 
     def _backoff(self, failures: int) -> float:
         exponent = min(failures - 1, 32)  # no float overflow after days of outage
@@ -263,8 +298,20 @@ class Pn532Reader:
             self._firmware = opened.firmware
             self._open_seconds = opened.seconds
         logger.debug("opened %s (%s) in %.3f s", self._path, opened.firmware, opened.seconds)
+        self._next_poll = time.monotonic()
+        if self._mode == "wait":
+            link = WaitingLink(opened.transport.tty, self._wake_r)
+            detector = WaitDetector(
+                link,
+                liveness_s=self._liveness,
+                presence_interval_s=self._poll_interval,
+                presence_timeout_s=PRESENCE_TIMEOUT_S,
+                clock=self._clock.monotonic,
+            )
+            detector.start()  # a failure closes the frontend and retries like an open
+            self._detector = detector
 
-    def _sense(self, nfc: Nfc) -> tuple[str, int] | None:
+    def _sense(self, nfc: Nfc) -> Seen | None:
         target = self._clf.sense(nfc.clf.RemoteTarget("106A"), iterations=1, interval=0.0)
         if target is None:
             return None
@@ -272,13 +319,9 @@ class Pn532Reader:
         if sdd_res is None or sel_res is None:
             logger.debug("ignoring 106A target without UID (Type 1 tag?): %s", target)
             return None
-        uid = bytes(sdd_res).hex().upper()
-        if len(uid) not in (8, 14, 20):
-            logger.warning("ignoring card with a %d-byte UID %s", len(uid) // 2, mask(uid))
-            return None
-        return uid, int(sel_res[0])
+        return Seen(uid=bytes(sdd_res).hex().upper(), sak=int(sel_res[0]))
 
-    def _polled(self, found: tuple[str, int] | None) -> None:
+    def _polled(self, seen: Observation) -> None:
         now = time.monotonic()
         with self._lock:
             self._poll_times.append(now)
@@ -286,12 +329,22 @@ class Pn532Reader:
                 self._poll_times.popleft()
             if self._polling_since is None:
                 self._polling_since = now
-        if found is None:
+        card_seen = seen.seen
+        if card_seen is not None and len(card_seen.uid) not in (8, 14, 20):
+            logger.warning(
+                "ignoring card with a %d-byte UID %s", len(card_seen.uid) // 2, mask(card_seen.uid)
+            )
+            card_seen = None
+        if card_seen is None:
             if self._present_uid is not None:
-                self._left_uid, self._left_at = self._present_uid, self._clock.monotonic()
+                left_at = seen.left_at if seen.left_at is not None else self._clock.monotonic()
+                self._left_uid, self._left_at = self._present_uid, left_at
                 self._present_uid = None
             return
-        uid, sak = found
+        self._report(card_seen, now)
+
+    def _report(self, seen: Seen, now: float) -> None:
+        uid, sak = seen.uid, seen.sak
         card = CardRead(uid=uid, card_type=card_type_from_sak(sak))
         self._waiters.feed(card, now)
         if uid == self._present_uid:
@@ -337,8 +390,17 @@ class Pn532Reader:
             logger.debug("%s", detail)
 
     def _close(self) -> None:
-        clf, transport = self._clf, self._transport
-        self._clf = self._transport = None
+        clf, transport, detector = self._clf, self._transport, self._detector
+        self._clf = self._transport = self._detector = None
+        failures: tuple[type[BaseException], ...] = (
+            *(self._nfc.expected if self._nfc else (OSError,)),
+            DriverError,
+        )
+        if detector is not None:
+            try:
+                detector.close()
+            except failures as err:
+                logger.debug("aborting the wait on %s: %s", self._path, describe_error(err))
         close_frontend(self._nfc, clf, transport, self._path)
         with self._lock:
             self._connected = False

@@ -33,6 +33,16 @@ resets to 115200 on replug, and treats a command frame sent at a different speed
 (no ACK). That reproduces the real trap of a PN532 left at 921600 by a process that died or by a
 close that failed; :meth:`SimulatedPN532.set_chip_baud` puts the chip in that state directly.
 
+Waiting, as the chip does it: with RFConfiguration item 5 (MxRtyPassiveActivation) at 0xFF -
+its value after reset; nfcpy's open sets 0x01 - an InListPassiveTarget that finds no card is
+ACKed and then not answered at all; the answer goes out the moment a matching card is placed
+(:meth:`SimulatedPN532.place_card` wakes the I/O thread). An ACK from the host aborts the waiting
+command (no answer follows; :attr:`SimulatedPN532.abort_times`). A new command also aborts it
+(the user manual: any new command aborts the one in progress), but the project's driver always
+ACKs first, so such commands are counted (:attr:`SimulatedPN532.unaborted_commands`). With any other
+retry count the chip answers "no target" (``D5 4B 00``) at once. ``hang()`` loses a waiting
+command. :meth:`SimulatedPN532.wait_armed` waits until a command is waiting.
+
 CLI: ``main()`` (``station-agent pn532-sim``) starts a simulator, prints the path to configure,
 and reads commands from stdin: ``tap <UID hex> [sak] [atqa]``, ``remove``, ``hang``, ``unhang``,
 ``garble``, ``ungarble``, ``unplug``, ``replug``, ``status``, ``quit``.
@@ -98,6 +108,8 @@ FIRMWARE = bytes([0x32, 0x01, 0x06, 0x07])
 REG_CIU_RX_MODE = 0x6303
 REG_CIU_FIFO_DATA = 0x6339
 SENS_REQ = 0x26  # REQA, left in the CIU FIFO when no card answered
+RF_CFG_MAX_RETRIES = 0x05  # RFConfiguration item: MxRtyATR, MxRtyPSL, MxRtyPassiveActivation
+MX_RTY_FOREVER = 0xFF  # MxRtyPassiveActivation: retry until a card answers (the reset value)
 
 #: CIU register defaults after reset (only those nfcpy reads matter; the rest read as 0).
 _REGISTER_DEFAULTS = {
@@ -164,6 +176,8 @@ class _State:
     selected: bool = False  # a target was activated by the last InListPassiveTarget
     chip_baud: int = 115200  # the UART speed the chip listens at
     pending_baud: int | None = None  # SetSerialBaudrate answered, switching on the host's ACK
+    mx_rty_passive: int = MX_RTY_FOREVER  # RFConfiguration item 5, third byte (reset value)
+    waiting: bytes | None = None  # parameters of an InListPassiveTarget still waiting for a card
 
 
 class SimulatedPN532:
@@ -182,6 +196,8 @@ class SimulatedPN532:
         self._polls = 0
         self._unknown: Counter[int] = Counter()
         self._baud_mismatches = 0
+        self._aborts: list[float] = []  # monotonic times of ACKs that aborted a waiting command
+        self._unaborted = 0  # commands sent while a command was still waiting (host bug)
         self._master: int | None = None
         self._slave: int | None = None
         self._pty_path = ""
@@ -267,6 +283,7 @@ class SimulatedPN532:
             atqa = _default_atqa(len(uid), sak)
         with self._lock:
             self._state.card = SimCard(uid, sak & 0xFF, atqa & 0xFFFF)
+        self._wake()  # a waiting InListPassiveTarget answers now (from the I/O thread)
 
     def remove_card(self) -> None:
         with self._lock:
@@ -279,9 +296,11 @@ class SimulatedPN532:
             return self._state.card
 
     def hang(self) -> None:
-        """Stop answering anything (ACKs included); input is read and thrown away."""
+        """Stop answering anything (ACKs included); input is read and thrown away. A command
+        that was waiting for a card is lost (it never answers)."""
         with self._lock:
             self._state.hung = True
+            self._state.waiting = None
 
     def unhang(self) -> None:
         with self._lock:
@@ -332,7 +351,7 @@ class SimulatedPN532:
 
     @property
     def polls(self) -> int:
-        """InListPassiveTarget commands answered (one per sense of a 106A target)."""
+        """InListPassiveTarget commands received (a sense, an arm or a presence check)."""
         with self._lock:
             return self._polls
 
@@ -346,8 +365,31 @@ class SimulatedPN532:
         with self._lock:
             return dict(self._unknown)
 
+    @property
+    def waiting(self) -> bool:
+        """True while an InListPassiveTarget waits for a card (MxRtyPassiveActivation 0xFF)."""
+        with self._lock:
+            return self._state.waiting is not None
+
+    @property
+    def abort_times(self) -> list[float]:
+        """``time.monotonic()`` of every ACK that aborted a waiting command, oldest first."""
+        with self._lock:
+            return list(self._aborts)
+
+    @property
+    def unaborted_commands(self) -> int:
+        """Commands the host sent while another one was still waiting (it must ACK first)."""
+        with self._lock:
+            return self._unaborted
+
+    def wait_armed(self, timeout: float = 2.0) -> bool:
+        """Wait until an InListPassiveTarget is waiting for a card; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._state.waiting is not None, timeout)
+
     def wait_polls(self, count: int = 1, timeout: float = 2.0) -> bool:
-        """Wait until ``count`` more polls have been answered; False on timeout."""
+        """Wait until ``count`` more InListPassiveTarget commands came; False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
             target = self._polls + count
@@ -401,6 +443,7 @@ class SimulatedPN532:
             self._state.registers = dict(_REGISTER_DEFAULTS)
             self._state.selected = False
             self._state.chip_baud, self._state.pending_baud = 115200, None
+            self._state.mx_rty_passive, self._state.waiting = MX_RTY_FOREVER, None
         logger.info("PN532 simulator on %s -> %s", link, self._pty_path)
 
     def _unplug(self) -> None:
@@ -437,6 +480,8 @@ class SimulatedPN532:
             if self._wake_r in readable:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 64)
+            if master is not None and master == self._master:
+                self._serve_waiting(master)
             if master is None or master not in readable or master != self._master:
                 if parser.pending() and time.monotonic() - last_rx > _STALE_PARTIAL_S:
                     logger.warning("dropping stale partial frame %s", parser.pending().hex(" "))
@@ -459,6 +504,26 @@ class SimulatedPN532:
                 continue
             parser.feed(chunk)
             self._drain(parser, master)
+
+    def _serve_waiting(self, master: int) -> None:
+        """Answer a waiting InListPassiveTarget once a matching card is in the field."""
+        with self._lock:
+            st = self._state
+            if st.waiting is None or st.hung or not self._card_matches(st.waiting):
+                return
+            reply = self._in_list_passive_target(st.waiting)
+            st.waiting = None
+            self._cond.notify_all()
+            garbled = st.garbled
+        out = encode_response(CMD_IN_LIST_PASSIVE_TARGET, reply)
+        self._write(master, _garble(out) if garbled else out)
+
+    def _card_matches(self, data: bytes) -> bool:
+        card = self._state.card
+        if card is None or (len(data) > 1 and data[1] != 0):
+            return False
+        wanted = _strip_cascade_tags(bytes(data[2:]))
+        return not wanted or wanted == card.uid
 
     def _run_control(self) -> None:
         while True:
@@ -501,6 +566,10 @@ class SimulatedPN532:
             # baud rate change. Its speed is not checked: nfcpy reopens the port at the new
             # speed right after writing it, possibly before this thread reads it.
             with self._lock:
+                if frame.kind is FrameKind.ACK and self._state.waiting is not None:
+                    self._state.waiting = None  # the abort: no answer follows
+                    self._aborts.append(time.monotonic())
+                    self._cond.notify_all()
                 if frame.kind is FrameKind.ACK and self._state.pending_baud is not None:
                     self._state.chip_baud, self._state.pending_baud = self._state.pending_baud, None
                     logger.debug("chip UART now at %d baud", self._state.chip_baud)
@@ -523,9 +592,16 @@ class SimulatedPN532:
         code, data = frame.code, frame.data
         with self._lock:
             self._commands[code] += 1
+            if self._state.waiting is not None:  # the chip is busy; the host must ACK first
+                self._unaborted += 1
+                self._state.waiting = None
+                logger.warning("command 0x%02X sent while a command was waiting", code)
             if code == CMD_IN_LIST_PASSIVE_TARGET:
                 self._polls += 1
                 self._cond.notify_all()
+                if self._state.mx_rty_passive == MX_RTY_FOREVER and not self._card_matches(data):
+                    self._state.waiting = bytes(data)  # answers when a card comes, or never
+                    return [ACK]
             reply = self._respond(code, data)
             if reply is None:
                 self._unknown[code] += 1
@@ -539,9 +615,7 @@ class SimulatedPN532:
             )
             return [ACK, ERROR_FRAME]
         out = encode_response(code, reply)
-        if garbled:
-            out = out[:-2] + bytes([(out[-2] + 1) & 0xFF]) + out[-1:]
-        return [ACK, out]
+        return [ACK, _garble(out) if garbled else out]
 
     def _respond(self, code: int, data: bytes) -> bytes | None:
         st = self._state
@@ -578,6 +652,8 @@ class SimulatedPN532:
             if data[:1] == b"\x01":  # RF field on/off: deactivates any target
                 st.selected = False
                 st.registers[REG_CIU_RX_MODE] = st.registers.get(REG_CIU_RX_MODE, 0) | 0x80
+            if data[:1] == bytes([RF_CFG_MAX_RETRIES]) and len(data) >= 4:
+                st.mx_rty_passive = data[3]
             return b""
         if code == CMD_IN_LIST_PASSIVE_TARGET:
             return self._in_list_passive_target(data)
@@ -596,12 +672,7 @@ class SimulatedPN532:
         card = st.card
         st.selected = False
         st.registers[REG_CIU_RX_MODE] = st.registers.get(REG_CIU_RX_MODE, 0) | 0x80
-        brty = data[1] if len(data) > 1 else 0
-        if card is None or brty != 0:
-            st.registers[REG_CIU_FIFO_DATA] = SENS_REQ
-            return b"\x00"
-        wanted = _strip_cascade_tags(bytes(data[2:]))
-        if wanted and wanted != card.uid:
+        if card is None or not self._card_matches(data):
             st.registers[REG_CIU_FIFO_DATA] = SENS_REQ
             return b"\x00"
         st.selected = True
@@ -647,6 +718,11 @@ class SimulatedPN532:
                 return (mem + mem)[start : start + 16]
             return None  # e.g. the Ultralight-C AUTHENTICATE probe: no answer
         return None  # Mifare Classic: nfcpy has no Crypto1, nothing to exchange
+
+
+def _garble(frame: bytes) -> bytes:
+    """The frame with a wrong data checksum."""
+    return frame[:-2] + bytes([(frame[-2] + 1) & 0xFF]) + frame[-1:]
 
 
 def _host_baud(master: int) -> int | None:
@@ -703,7 +779,7 @@ def _status(sim: SimulatedPN532) -> str:
     )
     return (
         f"plugged={sim.plugged} pty={sim.pty_path} baud={sim.chip_baud} card={card_text} "
-        f"polls={sim.polls} "
+        f"polls={sim.polls} waiting={sim.waiting} aborts={len(sim.abort_times)} "
         f"commands={sim.commands_seen}"
     )
 

@@ -54,6 +54,7 @@ BUSY_NOTE = 25.0  # % of one core used by other processes: noted in the table
 BENCHES = (
     "tap",
     "pn532",
+    "pn532idle",
     "remote",
     "startup",
     "footprint",
@@ -82,6 +83,10 @@ def _runner(name: str) -> Callable[[bool], Result]:
         from tests.benchmarks.pn532 import run_pn532
 
         return run_pn532
+    if name == "pn532idle":
+        from tests.benchmarks.pn532_idle import run_pn532_idle
+
+        return run_pn532_idle
     if name == "startup":
         from tests.benchmarks.startup import run_startup
 
