@@ -443,14 +443,33 @@ def test_wait_mode_idle_reader_only_checks_liveness(
     reader = armed(make_reader, sim, Cards(), liveness_s=0.2)
     versions0 = sim.commands_seen["GetFirmwareVersion"]
     assert wait_until(lambda: int(str(reader.info()["liveness_checks"])) >= 3)
-    checks = int(str(reader.info()["liveness_checks"]))
-    polls, versions = sim.polls, sim.commands_seen["GetFirmwareVersion"] - versions0
-    # one arm at open, then one abort + GetFirmwareVersion + re-arm per check (one may be under way)
-    assert checks + 1 <= polls <= checks + 2, (checks, polls)
-    assert checks <= versions <= checks + 1 and checks <= len(sim.abort_times) <= checks + 1
-    assert sim.unaborted_commands == 0
     info = reader.info()
     assert info["mode"] == "wait" and info["liveness_s"] == 0.2 and info["connected"] is True
+
+    def snapshot() -> tuple[int, int, int, int] | None:
+        """The counters between two equal reads of the check count (read while the driver
+        runs, they would race it: a check finishing between the reads)."""
+        before = int(str(reader.info()["liveness_checks"]))
+        seen = (sim.polls, sim.commands_seen["GetFirmwareVersion"] - versions0)
+        aborts = len(sim.abort_times)
+        after = int(str(reader.info()["liveness_checks"]))
+        return (before, *seen, aborts) if before == after else None
+
+    taken: list[tuple[int, int, int, int]] = []
+
+    def consistent() -> bool:
+        snap = snapshot()
+        if snap is not None:
+            taken.append(snap)
+        return snap is not None
+
+    assert wait_until(consistent)
+    checks, polls, versions, aborts = taken[-1]
+    # one arm at open, then one abort + GetFirmwareVersion + re-arm per check (one may be under way)
+    assert checks + 1 <= polls <= checks + 2, (checks, polls)
+    assert checks <= versions <= checks + 1, (checks, versions)
+    assert checks <= aborts <= checks + 1, (checks, aborts)
+    assert sim.unaborted_commands == 0
 
 
 def test_wait_mode_stop_ends_the_wait_at_once_and_leaves_the_chip_idle(
