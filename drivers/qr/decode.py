@@ -330,7 +330,7 @@ def _opencv_with(name: str, gray: NDArray[np.uint8]) -> list[str]:
     det = _detector(name, factory)
     try:
         ok, texts, _points, _straight = det.detectAndDecodeMulti(gray)
-    except (cv2.error, UnicodeDecodeError):  # OpenCV returns bytes that are not UTF-8 so
+    except (cv2.error, UnicodeDecodeError):  # a payload that is not UTF-8 (Shift-JIS) raises
         return []
     if not ok:
         return []
