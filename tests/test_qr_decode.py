@@ -14,6 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import segno
 
 from agent.clock import FakeClock
 from agent.errors import DriverError
@@ -21,10 +22,17 @@ from drivers.display.qrcode import intercharge_payload
 from drivers.qr.base import QrReader
 from drivers.qr.camera import CameraQrReader
 from drivers.qr.debounce import Debouncer
-from drivers.qr.decode import decode_file, decode_image, decode_image_staged, ensure_available
+from drivers.qr.decode import (
+    ALL_STAGES,
+    decode_file,
+    decode_image,
+    decode_image_staged,
+    ensure_available,
+)
 from drivers.qr.files import FilesQrReader
 from drivers.qr.sim import SimQrReader
 from drivers.qr.synth import FRAME_CLASSES, make_frame, random_evse_id
+from drivers.qr.zbar import bytes_to_text
 
 # --------------------------------------------------------------------------- generated set
 
@@ -32,20 +40,12 @@ FRAMES_PER_CLASS = 20
 SEEDS = range(100, 100 + FRAMES_PER_CLASS)  # the benchmark measured seeds 0..59
 
 # Floors for the full pipeline, per class (20 frames of 640x480 each). Measured with
-# tests/benchmarks/qr_decode.py (60 frames per class) and on this very set: 100 % everywhere
-# except combined (98-100 %; 19/20 here). The floors leave room for 1-2 misses in clean classes
-# and 3 in the hard ones, so a new zbar/OpenCV release does not break CI for one frame, while a
-# lost fallback stage does: without the binarised retries, noisy drops to ~40 % and combined
-# to 0 %.
-PIPELINE_FLOORS = {
-    "clean": 0.95,
-    "rotated": 0.95,
-    "blurred": 0.90,
-    "low_contrast": 0.95,
-    "noisy": 0.90,
-    "small": 0.90,
-    "combined": 0.85,
-}
+# tests/benchmarks/qr_decode.py (60 frames per class) and on this very set: since zxing-cpp leads
+# the pipeline (issue 19) every class is at 100 % in both, except combined frame 112 here (19/20),
+# which no stage reads alone either (over 200 benchmark seeds, combined is at 198/200). So every
+# floor is what the pipeline reaches: 100 %, and 95 % for combined. Without its retries the
+# pipeline loses combined frames (zxing-cpp alone reads about a third of them).
+PIPELINE_FLOORS = {**dict.fromkeys(FRAME_CLASSES, 1.0), "combined": 0.95}
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +79,12 @@ def test_pipeline_success_rate_per_class(
 def test_fallbacks_are_what_rescue_the_hard_classes(
     frame_set: dict[str, list[tuple[str, np.ndarray]]],
 ) -> None:
-    """The set stays hard: plain pyzbar fails on combined frames, the pipeline does not."""
-    plain = _rate(frame_set["combined"], ("pyzbar",))
-    full = _rate(frame_set["combined"], None)
-    assert plain <= 0.2 and full - plain >= 0.6, (plain, full)
+    """The set stays hard: zxing-cpp and plain zbar alone fail on combined frames, the
+    pipeline's retries do not."""
+    combined = frame_set["combined"]
+    first = _rate(combined, ("zxing",))
+    assert first <= 0.6 and _rate(combined, ("pyzbar",)) <= 0.2, first
+    assert _rate(combined, None) - first >= 0.3
     assert _rate(frame_set["noisy"], ("pyzbar",)) < _rate(frame_set["noisy"], None)
 
 
@@ -121,13 +123,13 @@ def test_decode_image_accepts_gray_bgr_bgra_and_other_dtypes() -> None:
     with pytest.raises(ValueError):
         decode_image([[0, 1]])  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        decode_image(gray, stages=("zxing",))  # type: ignore[arg-type]
+        decode_image(gray, stages=("zxing-java",))  # type: ignore[arg-type]
 
 
 def test_each_stage_works_alone() -> None:
-    payload = intercharge_payload("+49*810*000*438")
+    payload = intercharge_payload("DE*AB7*E1")
     frame = make_frame(payload, "clean", 2)
-    for stage in ("pyzbar", "pyzbar_otsu", "pyzbar_adaptive", "opencv_aruco", "opencv"):
+    for stage in ALL_STAGES:
         found, which = decode_image_staged(frame, stages=(stage,))
         assert (found, which) == ([payload], stage)
 
@@ -153,7 +155,10 @@ def test_decode_file(tmp_path: Path) -> None:
         decode_file(tmp_path / "missing.png")
 
 
-@pytest.mark.parametrize(("module", "hint"), [("pyzbar", "libzbar0"), ("cv2", "station-agent[qr]")])
+@pytest.mark.parametrize(
+    ("module", "hint"),
+    [("pyzbar", "libzbar0"), ("cv2", "station-agent[qr]"), ("zxingcpp", "zxing-cpp")],
+)
 def test_missing_library_gives_driver_error(
     monkeypatch: pytest.MonkeyPatch, module: str, hint: str
 ) -> None:
@@ -166,6 +171,64 @@ def test_missing_library_gives_driver_error(
     assert "station-agent[qr]" in str(err.value)
     with pytest.raises(DriverError):
         decode_image(np.zeros((10, 10), np.uint8))
+
+
+# --------------------------------------------------------------------------- inverted, non-ASCII
+
+
+def _render(text: str, *, invert: bool = False, **make: Any) -> np.ndarray:
+    """``text`` as a QR code made by segno (``make``: segno's encoding/eci/mode), 6 px per module,
+    slightly out of focus; ``invert`` gives light modules on a dark ground (dark-mode screens)."""
+    qr = segno.make(text, micro=False, error="m", **make)
+    rows = [[bool(v) for v in row] for row in qr.matrix_iter(scale=1, border=4)]
+    img = np.where(np.array(rows, dtype=bool), 0, 255).astype(np.uint8)
+    if invert:
+        img = 255 - img
+    img = cv2.resize(img, None, fx=6, fy=6, interpolation=cv2.INTER_NEAREST)
+    return cv2.GaussianBlur(img, (0, 0), 1.0)
+
+
+def test_inverted_codes_are_read() -> None:
+    payload = intercharge_payload("DE*AB7*E840*6487")
+    screen = _render(payload, invert=True)
+    assert decode_image(screen) == [payload]
+    assert decode_image(cv2.cvtColor(screen, cv2.COLOR_GRAY2BGR)) == [payload]
+    # the pipeline before zxing-cpp (zbar, OpenCV) saw nothing in it
+    assert decode_image(screen, stages=("pyzbar", "pyzbar_adaptive", "opencv_aruco")) == []
+    # a dark-mode camera frame: the whole scene inverted
+    frame = 255 - make_frame(payload, "rotated", 4)
+    assert decode_image(frame) == [payload]
+
+
+NON_ASCII = [
+    # (text, segno arguments); the first two are zxing's photo set qrcode-2's payloads
+    ("*ﾃﾞｻﾞｲﾝQR*\r\nhttp://d-qr.net/ex/", {"encoding": "shift_jis"}),  # half-width katakana
+    ("MECARD:N:測試;;", {"encoding": "utf-8"}),  # UTF-8, no ECI
+    ("充電スタンド", {}),  # segno picks the Kanji mode (Shift-JIS)
+    ("Ladesäule Müller", {}),  # ISO-8859-1 bytes
+    ("Ladesäule €", {}),  # not ISO-8859-1: UTF-8
+]
+
+
+@pytest.mark.parametrize(("text", "make"), NON_ASCII)
+def test_non_ascii_payloads_come_out_as_the_right_text(text: str, make: dict[str, Any]) -> None:
+    img = _render(text, **make)
+    assert decode_image(img) == [text]
+    # the fallback decoder too: zbar's own charset guess turned the first two into Chinese
+    assert decode_image_staged(img, stages=("pyzbar",)) == ([text], "pyzbar")
+
+
+def test_eci_payloads_are_read_by_zxing() -> None:
+    text = "Ладе 1"
+    img = _render(text, encoding="cp1251", eci=True)
+    assert decode_image(img) == [text]
+
+
+def test_bytes_to_text_guesses_like_the_decoders() -> None:
+    assert bytes_to_text(b"*\xc3\xde\xbb\xde\xb2\xddQR*") == "*ﾃﾞｻﾞｲﾝQR*"
+    assert bytes_to_text("測試".encode()) == "測試"
+    assert bytes_to_text(b"M\xfcller \xff") == "Müller ÿ"  # neither UTF-8 nor Shift-JIS
+    assert bytes_to_text(b"\x01\x10AD:;;") == "\x01\x10AD:;;"
 
 
 # --------------------------------------------------------------------------- debounce

@@ -166,10 +166,10 @@ class QrRun:
         res.data["markdown"] = stdout[stdout.find("| frame") :].strip()
         frames = data["meta"]["frames_per_class"]
         for r in data["rows"]:
-            a, b = r["pyzbar"], r["pipeline"]
+            a, b = r["before"], r["pipeline"]
             res.row(
                 f"{r['resolution']} {r['class']} ({frames} frames)",
-                f"pyzbar {a['p50_ms']:.1f} ms / {a['success']:.0%}; pipeline "
+                f"before {a['p50_ms']:.1f} ms / {a['success']:.0%}; pipeline "
                 f"{b['p50_ms']:.1f} (p95 {b['p95_ms']:.1f}) ms / {b['success']:.0%}",
             )
         return res

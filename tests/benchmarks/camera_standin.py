@@ -1,7 +1,7 @@
 """Camera footprint stand-in: the camera driver is not wired into the daemon yet, so this process
-imports what it would (OpenCV, numpy, pyzbar through ``drivers.qr.decode``) and decodes 640x480
-BGR frames (``drivers.qr.synth``: half clean codes, half empty scenes) in a loop, as a camera
-driver scanning at ``--fps`` would. The parent reads its RSS and CPU from /proc.
+imports what it would (zxing-cpp, OpenCV, numpy, pyzbar through ``drivers.qr.decode``) and
+decodes 640x480 BGR frames (``drivers.qr.synth``: half clean codes, half empty scenes) in a
+loop, as a camera driver scanning at ``--fps`` would. The parent reads its RSS and CPU from /proc.
 
     python -m tests.benchmarks.camera_standin --seconds 10 [--fps 5] [--with-agent]
 

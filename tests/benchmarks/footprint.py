@@ -13,11 +13,11 @@ from ``/proc/<pid>/status`` at the end of the window (the maximum of 1 s samples
 too). The window starts once the daemon is connected (and the reader open) plus 1 s.
 
 Camera: the camera driver is not wired into the daemon yet, so a stand-in process
-(:mod:`tests.benchmarks.camera_standin`) imports OpenCV + pyzbar and decodes 640x480 frames with
-``drivers.qr.decode`` at 5 frames/s (``qr.scan_fps`` default); reported with and without the
-daemon's own modules imported in the same process. Its numbers are labelled "stand-in". The two
-stand-ins run during the idle window (their RSS and CPU are their own; at 5 frames/s they use
-under 10 % of a core), which keeps the run short.
+(:mod:`tests.benchmarks.camera_standin`) imports zxing-cpp, OpenCV and pyzbar and decodes 640x480
+frames with ``drivers.qr.decode`` at 5 frames/s (``qr.scan_fps`` default); reported with and
+without the daemon's own modules imported in the same process. Its numbers are labelled
+"stand-in". The two stand-ins run during the idle window (their RSS and CPU are their own; at 5
+frames/s they use under 10 % of a core), which keeps the run short.
 """
 
 from __future__ import annotations
