@@ -39,6 +39,7 @@ from agent.backend import (
 from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.errors import ProtocolError
+from agent.failover import BrokerLink
 from agent.link import Inbound, LinkChange, MqttLink
 from agent.messages import (
     AuthRequest,
@@ -213,7 +214,11 @@ class MqttBackend:
 
     @property
     def endpoint(self) -> str:
-        return self._config.mqtt.url
+        return self._link.url
+
+    def broker_link(self) -> BrokerLink:
+        """The broker node in use and the reconnect policy's state (status, ``stationctl``)."""
+        return self._link.broker_link()
 
     def start(self, sink: BackendSink) -> None:
         self._sink = sink
