@@ -55,6 +55,7 @@ from agent.messages import (
     parse_cdr_ack,
     parse_command,
 )
+from agent.retained import RetainedStatusGuard
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,9 @@ class MqttBackend:
         self._delivered: list[int] = []  # refs of acknowledged session events, not yet taken
         self._cdr_acks: list[str] = []  # session ids of acknowledged CDRs, not yet taken
         self._limiter = InboundLimiter(config.mqtt.inbound_limits(), clock.monotonic)
+        self._retained = RetainedStatusGuard(
+            republish=self._publish_status, read_back=lambda: self._link.resubscribe("status")
+        )
 
     # ---------------------------------------------------------------- port
     @property
@@ -268,7 +272,13 @@ class MqttBackend:
         return self._link.publish("cmd/res", dump(result))
 
     def status(self, status: StatusMessage) -> bool:
-        return self._link.publish("status", dump(status), retain=True)
+        payload = dump(status)
+        self._retained.published(payload)
+        return self._publish_status(payload)
+
+    def _publish_status(self, payload: bytes) -> bool:
+        """Retained; once acknowledged, the broker's copy is read back (:mod:`agent.retained`)."""
+        return self._link.publish("status", payload, retain=True, on_ack=self._retained.acked)
 
     def faults(self) -> dict[str, str]:
         if self._echo_seen or self._connected_at is None or not self.connected:
@@ -297,6 +307,7 @@ class MqttBackend:
             if item.connected:
                 self._connected_at = self._clock.monotonic()
                 self._echo_seen = False
+                self._retained.reconnected()
                 self._sink(LinkUp())
             else:
                 self._sink(LinkDown(item.reason))
@@ -305,6 +316,8 @@ class MqttBackend:
             return
         if item.suffix == "status":
             self._echo_seen = True
+            if item.retain:
+                self._retained.retained_copy(item.payload)
             return
         if item.retain and item.suffix == "cmd/req":
             self._refuse_retained(item.payload)

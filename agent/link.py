@@ -87,8 +87,8 @@ class MqttLink:
         )
         self._policy_lock = threading.Lock()
         self._retry_at: float | None = None  # monotonic time of the next attempt
-        self._connack = False  # the broker accepted the current connection
         self._stopping = False
+        self._attempt_open = False  # an attempt is under way: its failure is not yet handled
         self._root = root
         self._on_event: LinkCallback = lambda item: None
         self._client_id = client_id
@@ -123,6 +123,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_socket_open = self._on_socket_open
+        client.on_pre_connect = self._on_pre_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
@@ -178,10 +179,12 @@ class MqttLink:
         client.connect_async(host, port, keepalive=max(2, int(self._config.keepalive_s * 0.75)))
         self._retry_at = time.monotonic() + attempt.delay_s
 
-    def _reconnect(self, client: mqtt.Client, *, lost: bool) -> None:
-        """Choose the next node and delay (the connection was lost, or an attempt failed)."""
-        if self._stopping:
-            return
+    def _reconnect(self, client: mqtt.Client, *, lost: bool) -> bool:
+        """Choose the next node and delay (the connection was lost, or an attempt failed);
+        False when there is nothing to do."""
+        if self._stopping or not self._attempt_open:
+            return False  # stopping, or this attempt's end was handled (paho may report twice)
+        self._attempt_open = False
         with self._policy_lock:
             attempt = self._policy.lost() if lost else self._policy.failed()
         log.info(
@@ -190,6 +193,7 @@ class MqttLink:
             attempt.delay_s,
         )
         self._aim(client, attempt)
+        return True
 
     def stop(self, final_payload: bytes | None = None) -> None:
         client = self._client
@@ -228,12 +232,21 @@ class MqttLink:
         self._acks.sent(info.mid, on_ack)
         return True
 
+    def resubscribe(self, suffix: str) -> None:
+        """Subscribe to ``suffix`` again: the broker sends its retained message once more."""
+        client = self._client
+        if client is not None and self.connected:
+            client.subscribe(self.topic(suffix), qos=1)
+
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
     ) -> None:
         self._acks.acked(mid)
 
     # ---------------------------------------------------------------- paho callbacks
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        self._attempt_open = True
+
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         set_nodelay(sock)
 
@@ -243,9 +256,6 @@ class MqttLink:
         if getattr(reason_code, "is_failure", False):
             log.error("broker %s refused the connection: %s", self.url, reason_code)
             return
-        self._connack = True
-        with self._policy_lock:
-            self._policy.connected()
         self._failures = 0
         self._subscribed = [self.topic(s) for s in INBOUND]
         # the link counts as up once the broker has the subscription (SUBACK): a command sent
@@ -256,42 +266,52 @@ class MqttLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
         was = self._connected.is_set()
-        accepted, self._connack = self._connack, False
         self._connected.clear()
         self._acks.clear()  # unacknowledged messages are re-sent from the store
         if was:
             log.warning("disconnected from broker %s: %s", self.url, reason_code)
             self._on_event(LinkChange(False, str(reason_code)))
-        if accepted:
             self._reconnect(client, lost=True)
-        else:  # dropped before CONNACK (e.g. a TLS 1.3 certificate refusal)
+        else:  # dropped before CONNACK or SUBACK (e.g. a TLS 1.3 certificate refusal)
             self._on_connect_fail(client, userdata)
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
     ) -> None:
+        if self._connected.is_set():
+            return  # a re-subscription (reading a retained message back): granted at connect
         refused = [
             t
             for t, rc in zip(self._subscribed, reason_codes, strict=False)
             if getattr(rc, "is_failure", False)
         ]
         if refused:
+            # without its subscriptions the station would miss answers and commands: this
+            # attempt failed (a cluster node still electing its stream leaders refuses them)
             log.error(
-                "broker refused the subscription to %s: not authorised; the station's "
+                "broker %s refused the subscription to %s (not authorised, or the broker "
+                "could not create it); trying again. If it is not authorised: the station's "
                 "identity (certificate CN or username) must be station.id %r",
+                self.url,
                 ", ".join(refused),
                 self._client_id,
             )
-        if not self._connected.is_set():
-            self._connected.set()
-            log.info("connected to %s", self.url)
-            self._on_event(LinkChange(True))
+            self._acks.clear()
+            if self._reconnect(client, lost=False):  # closes this connection, waits, reconnects
+                self._failures += 1
+            return
+        with self._policy_lock:
+            self._policy.connected()
+        self._connected.set()
+        log.info("connected to %s", self.url)
+        self._on_event(LinkChange(True))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         """paho reports TLS refusals only as a lost socket: ask the broker why, once in a while."""
-        self._failures += 1
         url = self.url
-        self._reconnect(client, lost=False)
+        if not self._reconnect(client, lost=False):
+            return
+        self._failures += 1
         if self._ssl_context is None or (self._failures not in (1, 10) and self._failures % 60):
             log.warning("cannot connect to %s (attempt %d)", url, self._failures)
             return
