@@ -8,7 +8,13 @@ numbers, not by waiting.
 * When a connection is lost, the lost node goes to the back of the order and the others are
   tried in their configured order: the station fails over to the next node, and comes back to
   its preferred node only on a later failure (if the preferred node is up again by then).
-* A failed attempt moves on to the next node of that order (round and round).
+* A failed attempt moves on to the next node of that order (round and round), unless the node
+  answered (TCP connected) and then failed the attempt (dropped it before CONNACK or SUBACK,
+  refused a subscription): that node is alive but busy, and it gets ``SAME_NODE_TRIES``
+  attempts in all before the station moves on. Measured on NATS: a node still electing its
+  stream leaders takes seconds to refuse, and a station that hopped to another node meanwhile
+  made the two nodes fight over its session ("a remote connection has started with the same
+  client ID"), which kept both attempts failing.
 * Every reconnect waits a delay drawn with *full jitter*: uniformly between ``min_s`` and a cap
   that starts at ``2 * min_s`` and doubles with every failed attempt up to ``max_s``. All the
   stations a node carried lose it at the same moment; the jitter spreads their reconnects over
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 Uniform = Callable[[float, float], float]
+SAME_NODE_TRIES = 3  # attempts on a node that answers but fails them, before moving on
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +81,7 @@ class FailoverPolicy:
         self._order = list(range(nodes))  # the order of this round of attempts
         self._pos = 0
         self._failures = 0  # failed attempts since the last connection (or loss)
+        self._same = 0  # failed attempts in a row on the current node
         self.node = 0  # the node in use, or being tried
         self.last_delay_s: float | None = None  # the delay before the latest attempt
         self.failovers = 0  # times the station connected to another node than before
@@ -89,6 +97,7 @@ class FailoverPolicy:
             self.failovers += 1
         self._connected_node = self.node
         self._failures = 0
+        self._same = 0
 
     def lost(self) -> Attempt:
         """The connection to :attr:`node` was lost: the others first, in configured order."""
@@ -96,11 +105,16 @@ class FailoverPolicy:
         self._order = [i for i in range(self._n) if i != lost] + [lost]
         self._pos = 0
         self._failures = 0
+        self._same = 0
         return self._next()
 
-    def failed(self) -> Attempt:
-        """The attempt on :attr:`node` failed (refused, unreachable, dropped before CONNACK)."""
-        self._pos = (self._pos + 1) % self._n
+    def failed(self, *, answered: bool = False) -> Attempt:
+        """The attempt on :attr:`node` failed: unreachable, or (``answered``) it connected and
+        then dropped the attempt or refused a subscription."""
+        self._same += 1
+        if not answered or self._same >= SAME_NODE_TRIES:
+            self._pos = (self._pos + 1) % self._n
+            self._same = 0
         self._failures += 1
         return self._next()
 

@@ -179,14 +179,14 @@ class MqttLink:
         client.connect_async(host, port, keepalive=max(2, int(self._config.keepalive_s * 0.75)))
         self._retry_at = time.monotonic() + attempt.delay_s
 
-    def _reconnect(self, client: mqtt.Client, *, lost: bool) -> bool:
+    def _reconnect(self, client: mqtt.Client, *, lost: bool, answered: bool = False) -> bool:
         """Choose the next node and delay (the connection was lost, or an attempt failed);
         False when there is nothing to do."""
         if self._stopping or not self._attempt_open:
             return False  # stopping, or this attempt's end was handled (paho may report twice)
         self._attempt_open = False
         with self._policy_lock:
-            attempt = self._policy.lost() if lost else self._policy.failed()
+            attempt = self._policy.lost() if lost else self._policy.failed(answered=answered)
         log.info(
             "next attempt: %s in %.1f s",
             self._nodes[attempt.node],
@@ -273,7 +273,7 @@ class MqttLink:
             self._on_event(LinkChange(False, str(reason_code)))
             self._reconnect(client, lost=True)
         else:  # dropped before CONNACK or SUBACK (e.g. a TLS 1.3 certificate refusal)
-            self._on_connect_fail(client, userdata)
+            self._attempt_failed(client, answered=True)
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
@@ -297,7 +297,7 @@ class MqttLink:
                 self._client_id,
             )
             self._acks.clear()
-            if self._reconnect(client, lost=False):  # closes this connection, waits, reconnects
+            if self._reconnect(client, lost=False, answered=True):  # closes it, waits, retries
                 self._failures += 1
             return
         with self._policy_lock:
@@ -307,9 +307,13 @@ class MqttLink:
         self._on_event(LinkChange(True))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        """paho could not open the connection (refused, unreachable, TLS handshake failed)."""
+        self._attempt_failed(client, answered=False)
+
+    def _attempt_failed(self, client: mqtt.Client, *, answered: bool) -> None:
         """paho reports TLS refusals only as a lost socket: ask the broker why, once in a while."""
         url = self.url
-        if not self._reconnect(client, lost=False):
+        if not self._reconnect(client, lost=False, answered=answered):
             return
         self._failures += 1
         if self._ssl_context is None or (self._failures not in (1, 10) and self._failures % 60):

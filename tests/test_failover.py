@@ -163,3 +163,16 @@ def test_reconnect_bounds_are_checked() -> None:
         {"reconnect_min_s": 5.0, "reconnect_max_s": 2.0}
     )
     assert "mqtt.reconnect_min_s" in config_error({"reconnect_min_s": 0.0})
+
+
+def test_a_node_that_answers_but_fails_the_attempt_gets_a_few_tries_before_the_next() -> None:
+    """A busy node (connected, then dropped the attempt or refused a subscription) is tried
+    again: hopping between busy cluster nodes makes them fight over the station's session."""
+    p = FailoverPolicy(3, min_s=1, max_s=30, uniform=lambda a, b: a)
+    p.connected()
+    assert p.lost().node == 1
+    assert [p.failed(answered=True).node for _ in range(3)] == [1, 1, 2]
+    assert p.failed().node == 0  # unreachable: on at once
+    assert p.failed(answered=True).node == 0
+    p.connected()
+    assert p.node == 0 and p.failovers == 0  # back on the node it had: no failover

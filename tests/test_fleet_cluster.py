@@ -28,8 +28,10 @@ from agent.store import DB_NAME
 from tests.helpers import UID_A, Daemon, station_config, wait_until
 from tests.nats_cluster import INSTALL_HINT, NatsCluster, nats_binary
 
-STATIONS = 12  # the benchmark's quick form (CI) runs 30, the full one 200
-RECONNECT = {"reconnect_min_s": 0.5, "reconnect_max_s": 4.0}  # first window after a loss: 0.5-1 s
+STATIONS = 3  # one per node; the benchmark's quick form (CI) runs 30, the full one 200
+# the first window after a loss is 0.2-0.4 s; keepalive as in production (the tests' 5 s drops
+# links to surviving nodes too, whose read loop NATS blocks for 4 s per stream it cannot reach)
+RECONNECT = {"reconnect_min_s": 0.2, "reconnect_max_s": 2.0, "keepalive_s": 30}
 KILLED = 0  # node n1
 
 
@@ -114,7 +116,7 @@ def test_node_killed_every_station_fails_over_and_nothing_is_lost(
         # then moved on to its next node, as it should)
         before = {id(d): d.ctl("status")["link"] for d in stations}
         moved = [d for d in stations if before[id(d)]["url"] == urls[KILLED]]
-        assert len(moved) >= STATIONS // 6, "the killed node must carry stations"
+        assert moved, "the killed node must carry a station"
 
         # sessions running on every station
         list(pool.map(lambda d: d.ctl("sim.plug"), stations))
@@ -143,7 +145,7 @@ def test_node_killed_every_station_fails_over_and_nothing_is_lost(
             old = before[id(d)]
             if d in moved:
                 assert link["failovers"] > old["failovers"]
-                assert 0.5 <= link["reconnect_delay_s"] <= 4.0  # the jitter windows
+                assert 0.2 <= link["reconnect_delay_s"] <= 2.0  # inside the jitter windows
             else:  # untouched: no flapping towards anything
                 assert (link["url"], link["failovers"]) == (old["url"], old["failovers"])
         # the first choice after the loss: the first other node in the station's own list
@@ -176,17 +178,22 @@ def test_node_killed_every_station_fails_over_and_nothing_is_lost(
         assert all(ev == {"authorized", "started", "stopped"} for ev in events.values()), events
         assert set(backend.cdrs) == sessions
 
-        # the retained status is right on every surviving node
-        for url in urls[1:]:
+        # the retained status is right on every surviving node (a fresh subscriber's view)
+        own = {d.config["station"]["id"]: d.ctl("status") for d in stations}
+
+        def stale(url: str) -> list[str]:
             statuses = retained_statuses(url, prefix, STATIONS)
-            for d in stations:
-                sid = d.config["station"]["id"]
-                st = statuses[sid]
-                own = d.ctl("status")
-                assert st["online"] is True, (url, sid)
-                assert st["broker"]["url"] == own["link"]["url"], (url, sid)
-                assert st["outbox"]["pending"] == 0, (url, sid)
-                assert [e["state"] for e in st["evses"]] == ["finishing"], (url, sid)
+            return [
+                sid
+                for sid, st in own.items()
+                if statuses[sid]["online"] is not True
+                or statuses[sid]["broker"]["url"] != st["link"]["url"]
+                or statuses[sid]["outbox"]["pending"] != 0
+                or [e["state"] for e in statuses[sid]["evses"]] != ["finishing"]
+            ]
+
+        for url in urls[1:]:
+            wait_until(lambda u=url: not stale(u), 30, f"current retained statuses on {url}")
     finally:
         pool.shutdown()
         stoppers = [threading.Thread(target=d.stop) for d in stations]
