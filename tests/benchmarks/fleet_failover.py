@@ -177,7 +177,7 @@ def stale_statuses(view: dict[str, Any], own: dict[str, dict[str, Any]]) -> list
 
 def histogram(values: list[float], width: float = 1.0) -> dict[str, int]:
     counts = Counter(int(v // width) for v in values)
-    return {f"{b * width:.0f}-{(b + 1) * width:.0f} s": counts[b] for b in sorted(counts)}
+    return {f"{b * width:g}-{(b + 1) * width:g} s": counts[b] for b in sorted(counts)}
 
 
 def run_failover(quick: bool, n: int | None = None) -> Result:
@@ -242,7 +242,7 @@ def _scenario(
     log_at = {s.station_id: len(s.log()) for s in moved}
     t_kill = time.monotonic()
     cluster.kill(KILLED)
-    back = _wait_back(backend, moved, before, t_kill, timeout=180)
+    back = _wait_back(backend, moved, before, t_kill, timeout=300)
     t_all_back = max(back.values(), default=t_kill)
     time.sleep(interval)  # the load goes on for one more interval on the survivors (pacing)
     taps.stop()
