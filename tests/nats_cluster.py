@@ -142,6 +142,18 @@ class NatsCluster:
             node.proc.send_signal(signal.SIGKILL)
             node.proc.wait()
 
+    def restart(self, index: int, timeout: float = 60.0) -> None:
+        """Start a killed node again (same configuration and JetStream directory)."""
+        binary = nats_binary()
+        assert binary is not None
+        node = self.nodes[index]
+        with node.log_path.open("ab") as log:
+            node.proc = subprocess.Popen(
+                [binary, "-c", str(node.dir / "nats.conf")], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        self._wait(lambda: node.health() == "ok", deadline, f"{node.name} healthz after restart")
+
     def stream_leaders(self) -> dict[str, str]:
         """The node leading each MQTT stream (asked of a live node)."""
         node = next(n for n in self.nodes if n.alive)
