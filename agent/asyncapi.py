@@ -185,6 +185,13 @@ FIELD_DOCS: dict[str | tuple[str, str], str] = {
     "rating); without evse_id it is the station-wide limit.",
     "valid_until": "set_current_limit: when the limit lapses and the configured one applies "
     "again (optional, RFC 3339).",
+    # the broker node in use (mqtt.urls: a clustered broker)
+    "broker": "The broker node the station is connected to and its reconnect policy (optional).",
+    "url": "The node's URL.",
+    "node": "The node's position in mqtt.urls (1 = the preferred node).",
+    "nodes": "How many nodes mqtt.urls lists.",
+    "reconnect_delay_s": "The jittered delay before this connection, s (null on the first).",
+    "failovers": "How many times the station came back on another node since it started.",
     # signed metering (OCMF)
     "signed_meter_values": "The meter's signed records (OCMF), byte for byte as the meter "
     "signed them; left out for meters that do not sign.",

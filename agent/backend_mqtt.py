@@ -40,6 +40,7 @@ from agent.backend_watch import BackendWatch
 from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.errors import ProtocolError
+from agent.failover import BrokerLink
 from agent.link import Inbound, LinkChange, MqttLink
 from agent.messages import (
     AuthRequest,
@@ -56,6 +57,7 @@ from agent.messages import (
     parse_cdr_ack,
     parse_command,
 )
+from agent.retained import RetainedStatusGuard
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +215,9 @@ class MqttBackend:
             started=clock.now(),
             monotonic=clock.monotonic,
         )
+        self._retained = RetainedStatusGuard(
+            republish=self._publish_status, read_back=lambda: self._link.resubscribe("status")
+        )
 
     # ---------------------------------------------------------------- port
     @property
@@ -221,7 +226,11 @@ class MqttBackend:
 
     @property
     def endpoint(self) -> str:
-        return self._config.mqtt.url
+        return self._link.url
+
+    def broker_link(self) -> BrokerLink:
+        """The broker node in use and the reconnect policy's state (status, ``stationctl``)."""
+        return self._link.broker_link()
 
     def start(self, sink: BackendSink) -> None:
         self._sink = sink
@@ -277,7 +286,12 @@ class MqttBackend:
     def status(self, status: StatusMessage) -> bool:
         payload = dump(status)
         self._watch.published(payload)
-        return self._link.publish("status", payload, retain=True)
+        self._retained.published(payload)
+        return self._publish_status(payload)
+
+    def _publish_status(self, payload: bytes) -> bool:
+        """Retained; once acknowledged, the broker's copy is read back (:mod:`agent.retained`)."""
+        return self._link.publish("status", payload, retain=True, on_ack=self._retained.acked)
 
     def faults(self) -> dict[str, str]:
         return {**self._acl_faults(), **self._watch.faults()}
@@ -310,6 +324,7 @@ class MqttBackend:
                 self._connected_at = self._clock.monotonic()
                 self._watch.link_up()
                 self._echo_seen = False
+                self._retained.reconnected()
                 self._sink(LinkUp())
             else:
                 self._watch.link_down()
@@ -320,6 +335,8 @@ class MqttBackend:
         if item.suffix == "status":
             self._echo_seen = True
             self._watch.status_seen(item.payload)
+            if item.retain:
+                self._retained.retained_copy(item.payload)
             return
         self._watch.heard()  # anything from the backend: it answers
         if item.retain and item.suffix == "cmd/req":

@@ -33,7 +33,8 @@ def setup_logging(level: str) -> None:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if args.broker:
-        out.setdefault("mqtt", {})["url"] = args.broker
+        # one broker named on the command line replaces a cluster's nodes
+        out["mqtt"] = {"url": args.broker, "urls": None}
     if args.state_dir:
         out.setdefault("station", {})["state_dir"] = str(args.state_dir)
     if args.socket:
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the station daemon")
     r.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
-    r.add_argument("--broker", help="override mqtt.url")
+    r.add_argument("--broker", help="override mqtt.url (and mqtt.urls)")
     r.add_argument("--state-dir", type=Path, help="override station.state_dir")
     r.add_argument("--socket", type=Path, help="override station.control_socket")
     r.add_argument("--log-level", default="info")

@@ -102,13 +102,35 @@ class StationConfig(_Strict):
         return self
 
 
+def _check_url(v: str) -> str:
+    parts = urlsplit(v)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"{v!r}: scheme must be mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ValueError(f"{v!r}: no host")
+    try:
+        _ = parts.port
+    except ValueError as err:
+        raise ValueError(f"{v!r}: bad port") from err
+    return v
+
+
+def node_address(url: str) -> tuple[str, int]:
+    """Host and port of one broker URL (``mqtt://`` 1883, ``mqtts://`` 8883 by default)."""
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+
 class MqttConfig(_Strict):
     url: str = "mqtt://127.0.0.1:1883"
+    # the nodes of a clustered broker, preferred first (instead of `url`, never with it)
+    urls: list[str] | None = Field(default=None, min_length=1, max_length=16)
     topic_prefix: str = "stations"
     auth_timeout_s: float = Field(default=5.0, gt=0, le=120)
     keepalive_s: int = Field(default=30, ge=5, le=3600)
-    reconnect_min_s: float = Field(default=1.0, ge=1)
-    reconnect_max_s: float = Field(default=30.0, ge=1)
+    # reconnect delays: full jitter between these (the upper end doubles per failed attempt)
+    reconnect_min_s: float = Field(default=1.0, ge=0.1, le=3600)
+    reconnect_max_s: float = Field(default=30.0, ge=0.1, le=3600)
     cdr_retry_initial_s: float = Field(default=5.0, gt=0)
     cdr_retry_max_s: float = Field(default=300.0, gt=0)
     # P/meter while charging, at most this often (0: never); readings come every
@@ -166,16 +188,35 @@ class MqttConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"{v!r}: scheme must be mqtt:// or mqtts://")
-        if not parts.hostname:
-            raise ValueError(f"{v!r}: no host")
-        try:
-            _ = parts.port
-        except ValueError as err:
-            raise ValueError(f"{v!r}: bad port") from err
+        return _check_url(v)
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        for u in v:
+            _check_url(u)
+        if len({urlsplit(u).scheme for u in v}) > 1:
+            raise ValueError("all nodes must use the same scheme (mqtt:// or mqtts://)")
+        if len({node_address(u) for u in v}) < len(v):
+            raise ValueError("a node is listed twice")
         return v
+
+    @model_validator(mode="after")
+    def _one_way_to_the_broker(self) -> MqttConfig:
+        if self.urls is not None and "url" in self.model_fields_set:
+            raise ValueError(
+                "give either url (one broker) or urls (the nodes of a cluster), not both"
+            )
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must not be smaller than reconnect_min_s")
+        return self
+
+    @property
+    def nodes(self) -> list[str]:
+        """The broker URLs to try, preferred first: ``urls``, or the one ``url``."""
+        return list(self.urls) if self.urls is not None else [self.url]
 
     @field_validator("topic_prefix")
     @classmethod
@@ -186,16 +227,15 @@ class MqttConfig(_Strict):
 
     @property
     def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
+        return node_address(self.nodes[0])[0]
 
     @property
     def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        return node_address(self.nodes[0])[1]
 
     @property
     def tls(self) -> bool:
-        return urlsplit(self.url).scheme == "mqtts"
+        return urlsplit(self.nodes[0]).scheme == "mqtts"
 
 
 class BackendConfig(_Strict):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from agent import diagnostics, views
@@ -34,6 +34,7 @@ from agent.control_args import (
     resolve_evse,
 )
 from agent.control_web import WEB_COMMANDS
+from agent.failover import ReportsBrokerLink
 from agent.identifiers import normalize_uid
 from agent.inputs import QrSightings
 from drivers.pilot.sim import SimPilot
@@ -81,6 +82,8 @@ class Command(Generic[A]):
 def _status(ctl: Controller, args: NoArgs) -> dict[str, Any]:
     out = ctl.status().model_dump(mode="json")
     out["link"] = {"connected": ctl.backend.connected, "url": ctl.backend.endpoint}
+    if isinstance(ctl.backend, ReportsBrokerLink):  # node, delays: the MQTT adapter's failover
+        out["link"].update(asdict(ctl.backend.broker_link()))
     out["rfid"] = ctl.drivers.rfid.info()
     out["meter"] = views.meter_view(ctl.evses.values(), ctl.store)  # charging EVSEs, live
     return out

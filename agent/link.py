@@ -1,13 +1,18 @@
 """The MQTT link to the backend (paho-mqtt 2.x, callback API version 2).
 
-Transport only: it connects, keeps reconnecting with back-off, sets TCP_NODELAY on every socket,
-subscribes to the station's inbound topics, and hands every inbound message and every
-connection change to a callback. Interpreting messages is the controller's job.
+Transport only: it connects, keeps reconnecting, sets TCP_NODELAY on every socket, subscribes
+to the station's inbound topics, and hands every inbound message and every connection change to
+a callback. Interpreting messages is the controller's job.
+
+Reconnecting follows :class:`agent.failover.FailoverPolicy` (the nodes of a clustered broker in
+``mqtt.urls``, full-jitter delays); paho's own back-off has no jitter, so it is overruled: before
+paho waits, the link sets paho's delay to the policy's and points it at the policy's node.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import ssl
 import threading
@@ -19,8 +24,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import MqttConfig
+from agent.config import MqttConfig, node_address
 from agent.errors import BackendError
+from agent.failover import Attempt, BrokerLink, FailoverPolicy, Uniform
 from agent.tls import build_ssl_context, probe_tls, read_secret
 
 log = logging.getLogger(__name__)
@@ -69,8 +75,20 @@ class MqttLink:
         client_id: str,
         root: str,
         will_payload: bytes,
+        uniform: Uniform = random.uniform,
     ) -> None:
         self._config = config
+        self._nodes = config.nodes
+        self._policy = FailoverPolicy(
+            len(self._nodes),
+            min_s=config.reconnect_min_s,
+            max_s=config.reconnect_max_s,
+            uniform=uniform,
+        )
+        self._policy_lock = threading.Lock()
+        self._retry_at: float | None = None  # monotonic time of the next attempt
+        self._stopping = False
+        self._attempt_open = False  # an attempt is under way: its failure is not yet handled
         self._root = root
         self._on_event: LinkCallback = lambda item: None
         self._client_id = client_id
@@ -100,15 +118,12 @@ class MqttLink:
             protocol=mqtt.MQTTv311,
         )
         client.will_set(self.topic("status"), self._will, qos=1, retain=True)
-        client.reconnect_delay_set(
-            min_delay=max(1, round(cfg.reconnect_min_s)),
-            max_delay=max(1, round(cfg.reconnect_max_s)),
-        )
         client.max_queued_messages_set(0)  # unbounded in memory; the durable queue is SQLite
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_socket_open = self._on_socket_open
+        client.on_pre_connect = self._on_pre_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
@@ -127,17 +142,64 @@ class MqttLink:
         self._ssl_context = ctx
         self._client = client
         try:
-            # paho pings after `keepalive` idle seconds and gives up `keepalive` later: pinging
-            # at 0.75 x keepalive_s notices a dead link within 1.5 x keepalive_s
-            client.connect_async(cfg.host, cfg.port, keepalive=max(2, int(cfg.keepalive_s * 0.75)))
+            self._aim(client, Attempt(node=0, delay_s=0.0))
         except (OSError, ValueError) as err:
-            raise BackendError(f"cannot connect to {cfg.url}: {err}") from err
+            raise BackendError(f"cannot connect to {self.url}: {err}") from err
         client.loop_start()
+
+    @property
+    def url(self) -> str:
+        """The node in use, or being tried."""
+        return self._nodes[self._policy.node]
+
+    def broker_link(self) -> BrokerLink:
+        with self._policy_lock:
+            p = self._policy
+            retry_at = self._retry_at
+            return BrokerLink(
+                url=self._nodes[p.node],
+                node=p.node + 1,
+                nodes=p.nodes,
+                connected=self.connected,
+                reconnect_delay_s=None if p.last_delay_s is None else round(p.last_delay_s, 3),
+                next_attempt_in_s=None
+                if retry_at is None or self.connected
+                else round(max(0.0, retry_at - time.monotonic()), 3),
+                failovers=p.failovers,
+            )
+
+    def _aim(self, client: mqtt.Client, attempt: Attempt) -> None:
+        """Point paho at the attempt's node and make its next wait the attempt's delay (called
+        in paho's network thread, before it waits; paho doubles the delay only when it is
+        not set again, which this link always does)."""
+        host, port = node_address(self._nodes[attempt.node])
+        client.reconnect_delay_set(min_delay=attempt.delay_s, max_delay=attempt.delay_s)  # type: ignore[arg-type]
+        # paho pings after `keepalive` idle seconds and gives up `keepalive` later: pinging
+        # at 0.75 x keepalive_s notices a dead link within 1.5 x keepalive_s
+        client.connect_async(host, port, keepalive=max(2, int(self._config.keepalive_s * 0.75)))
+        self._retry_at = time.monotonic() + attempt.delay_s
+
+    def _reconnect(self, client: mqtt.Client, *, lost: bool, answered: bool = False) -> bool:
+        """Choose the next node and delay (the connection was lost, or an attempt failed);
+        False when there is nothing to do."""
+        if self._stopping or not self._attempt_open:
+            return False  # stopping, or this attempt's end was handled (paho may report twice)
+        self._attempt_open = False
+        with self._policy_lock:
+            attempt = self._policy.lost() if lost else self._policy.failed(answered=answered)
+        log.info(
+            "next attempt: %s in %.1f s",
+            self._nodes[attempt.node],
+            attempt.delay_s,
+        )
+        self._aim(client, attempt)
+        return True
 
     def stop(self, final_payload: bytes | None = None) -> None:
         client = self._client
         if client is None:
             return
+        self._stopping = True
         if final_payload is not None and self.connected:
             info = client.publish(self.topic("status"), final_payload, qos=1, retain=True)
             try:
@@ -170,12 +232,21 @@ class MqttLink:
         self._acks.sent(info.mid, on_ack)
         return True
 
+    def resubscribe(self, suffix: str) -> None:
+        """Subscribe to ``suffix`` again: the broker sends its retained message once more."""
+        client = self._client
+        if client is not None and self.connected:
+            client.subscribe(self.topic(suffix), qos=1)
+
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
     ) -> None:
         self._acks.acked(mid)
 
     # ---------------------------------------------------------------- paho callbacks
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        self._attempt_open = True
+
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         set_nodelay(sock)
 
@@ -183,7 +254,7 @@ class MqttLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
         if getattr(reason_code, "is_failure", False):
-            log.error("broker %s refused the connection: %s", self._config.url, reason_code)
+            log.error("broker %s refused the connection: %s", self.url, reason_code)
             return
         self._failures = 0
         self._subscribed = [self.topic(s) for s in INBOUND]
@@ -198,42 +269,62 @@ class MqttLink:
         self._connected.clear()
         self._acks.clear()  # unacknowledged messages are re-sent from the store
         if was:
-            log.warning("disconnected from broker: %s", reason_code)
+            log.warning("disconnected from broker %s: %s", self.url, reason_code)
             self._on_event(LinkChange(False, str(reason_code)))
-        else:  # dropped before CONNACK (e.g. a TLS 1.3 certificate refusal)
-            self._on_connect_fail(client, userdata)
+            self._reconnect(client, lost=True)
+        else:  # dropped before CONNACK or SUBACK (e.g. a TLS 1.3 certificate refusal)
+            self._attempt_failed(client, answered=True)
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
     ) -> None:
+        if self._connected.is_set():
+            return  # a re-subscription (reading a retained message back): granted at connect
         refused = [
             t
             for t, rc in zip(self._subscribed, reason_codes, strict=False)
             if getattr(rc, "is_failure", False)
         ]
         if refused:
+            # without its subscriptions the station would miss answers and commands: this
+            # attempt failed (a cluster node still electing its stream leaders refuses them)
             log.error(
-                "broker refused the subscription to %s: not authorised; the station's "
+                "broker %s refused the subscription to %s (not authorised, or the broker "
+                "could not create it); trying again. If it is not authorised: the station's "
                 "identity (certificate CN or username) must be station.id %r",
+                self.url,
                 ", ".join(refused),
                 self._client_id,
             )
-        if not self._connected.is_set():
-            self._connected.set()
-            log.info("connected to %s", self._config.url)
-            self._on_event(LinkChange(True))
+            self._acks.clear()
+            if self._reconnect(client, lost=False, answered=True):  # closes it, waits, retries
+                self._failures += 1
+            return
+        with self._policy_lock:
+            self._policy.connected()
+        self._connected.set()
+        log.info("connected to %s", self.url)
+        self._on_event(LinkChange(True))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        """paho could not open the connection (refused, unreachable, TLS handshake failed)."""
+        self._attempt_failed(client, answered=False)
+
+    def _attempt_failed(self, client: mqtt.Client, *, answered: bool) -> None:
         """paho reports TLS refusals only as a lost socket: ask the broker why, once in a while."""
+        url = self.url
+        if not self._reconnect(client, lost=False, answered=answered):
+            return
         self._failures += 1
         if self._ssl_context is None or (self._failures not in (1, 10) and self._failures % 60):
-            log.warning("cannot connect to %s (attempt %d)", self._config.url, self._failures)
+            log.warning("cannot connect to %s (attempt %d)", url, self._failures)
             return
         ctx = self._ssl_context
+        host, port = node_address(url)
 
         def probe() -> None:
             try:
-                probe_tls(self._config.host, self._config.port, ctx)
+                probe_tls(host, port, ctx)
             except BackendError as err:
                 log.error("%s", err)
 

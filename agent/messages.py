@@ -194,6 +194,17 @@ class OutboxStatus(BaseModel):
     oldest: Timestamp | None
 
 
+class BrokerStatus(BaseModel):
+    """The broker node the station is connected to (``mqtt.urls``: a cluster's nodes)."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str
+    node: int = Field(ge=1)  # position in the station's list, 1 = preferred
+    nodes: int = Field(ge=1)
+    reconnect_delay_s: float | None  # the jittered delay before this connection; null: first
+    failovers: int = Field(ge=0)  # times the station came back on another node than before
+
+
 class StatusMessage(_Out):
     station_id: str
     online: Literal[True] = True
@@ -206,6 +217,7 @@ class StatusMessage(_Out):
     # inbound backend messages dropped by the rate limit since start, per topic suffix
     # ("cmd/req": 1234); left out while nothing was dropped
     inbound_dropped: dict[str, Annotated[int, Field(ge=1)]] | None = None
+    broker: BrokerStatus | None = None  # the node in use; left out by backends without one
 
 
 class OfflineStatus(_Out):

@@ -16,7 +16,8 @@ from agent.backend import Backend
 from agent.clock import Clock, ClockCheck
 from agent.errors import DriverError, StoreError
 from agent.evse import EvseRuntime, StationDrivers
-from agent.messages import EvseState, EvseStatus, OutboxStatus, StatusMessage
+from agent.failover import ReportsBrokerLink
+from agent.messages import BrokerStatus, EvseState, EvseStatus, OutboxStatus, StatusMessage
 from agent.store import Store
 from drivers.display.base import EvseScreen
 from drivers.health import Health
@@ -67,6 +68,20 @@ def station_faults(
     return faults
 
 
+def broker_status(backend: object) -> BrokerStatus | None:
+    """The broker node in use, for backends that have one (the MQTT adapter)."""
+    if not isinstance(backend, ReportsBrokerLink):
+        return None
+    link = backend.broker_link()
+    return BrokerStatus(
+        url=link.url,
+        node=link.node,
+        nodes=link.nodes,
+        reconnect_delay_s=link.reconnect_delay_s,
+        failovers=link.failovers,
+    )
+
+
 def build_status(
     *,
     station_id: str,
@@ -76,6 +91,7 @@ def build_status(
     outbox: tuple[int, datetime | None],
     local_list_version: int,
     inbound_dropped: dict[str, int] | None = None,
+    broker: BrokerStatus | None = None,
 ) -> StatusMessage:
     pending, oldest = outbox
     return StatusMessage(
@@ -87,6 +103,7 @@ def build_status(
         outbox=OutboxStatus(pending=pending, oldest=oldest),
         local_list_version=local_list_version,
         inbound_dropped=inbound_dropped or None,  # left out while nothing was dropped
+        broker=broker,
     )
 
 
@@ -177,6 +194,7 @@ class Presenter:
             outbox=self._store.outbox_stats(),
             local_list_version=self._store.local_list_version(),
             inbound_dropped=self._backend.inbound_dropped(),
+            broker=broker_status(self._backend),
         )
 
     def _station_own_faults(self) -> dict[str, str]:

@@ -147,6 +147,8 @@ def _status_text(st: dict[str, Any]) -> str:
     ]
     if st.get("faults"):
         lines.append("faults: " + ", ".join(st["faults"]))
+    if link.get("nodes"):
+        lines.append(_broker_text(link))
     if st.get("inbound_dropped"):
         lines.append(
             "inbound dropped (rate limit): "
@@ -169,6 +171,19 @@ def _status_text(st: dict[str, Any]) -> str:
                 f"power {_num(power, '.1f')} kW"
             )
     return "\n".join(lines)
+
+
+def _broker_text(link: dict[str, Any]) -> str:
+    """The broker node in use and the reconnect policy (``mqtt.urls``: a cluster)."""
+    delay = link.get("reconnect_delay_s")
+    text = (
+        f"broker node {link['node']}/{link['nodes']} {link['url']}; last reconnect delay "
+        + (f"{delay:.1f} s" if delay is not None else "- (first connection)")
+        + f"; failovers {link.get('failovers', 0)}"
+    )
+    if not link.get("connected") and link.get("next_attempt_in_s") is not None:
+        text += f"; next attempt in {link['next_attempt_in_s']:.1f} s"
+    return text
 
 
 def _sessions_text(rows: list[dict[str, Any]]) -> str:

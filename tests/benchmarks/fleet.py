@@ -329,6 +329,7 @@ def run_fleet(quick: bool, sizes: list[int] | None = None) -> Result:
                 t.join()
             mosq.close()
     res.data = {"interval_s": interval, "phase_s": duration, "growth": growth, "phases": phases}
+    _failover(res, quick)
     for ph in phases:
         d = ph["tap_to_started_ms"]
         ow = ph["auth_req_one_way_ms"]
@@ -358,3 +359,17 @@ def run_fleet(quick: bool, sizes: list[int] | None = None) -> Result:
             "step: " + ", ".join(f"+{g['added']} in {g['seconds']} s" for g in growth),
         )
     return res
+
+
+def _failover(res: Result, quick: bool) -> None:
+    """The failover scenario on a clustered broker (tests/benchmarks/fleet_failover.py): its
+    rows join this result; anything it lost is this result's error (the run exits non-zero)."""
+    from tests.benchmarks.fleet_failover import run_failover
+
+    try:
+        sub = run_failover(quick)
+    except Exception as err:  # noqa: BLE001 - reported as the benchmark's error
+        res.error = f"fleet failover: {type(err).__name__}: {err}"
+        return
+    res.rows.extend(sub.rows)
+    res.data["failover"] = sub.data
