@@ -72,7 +72,27 @@ class Delivered:
     """Session events were acknowledged by the broker (``Backend.delivered()`` says which)."""
 
 
-BackendInput = LinkUp | LinkDown | AuthAnswer | CdrAcked | CommandIn | CommandUnreadable | Delivered
+@dataclass(frozen=True)
+class Deauthorize:
+    """The backend refused a running session's token after the fact (OCPP: a transaction start
+    answered with an id tag status other than Accepted, StopTransactionOnInvalidId): the
+    session stops with reason ``deauthorized``. Given again after a restart until the stop is
+    answered; a session the station no longer holds ignores it."""
+
+    session_id: str
+    status: str
+
+
+BackendInput = (
+    LinkUp
+    | LinkDown
+    | AuthAnswer
+    | CdrAcked
+    | CommandIn
+    | CommandUnreadable
+    | Delivered
+    | Deauthorize
+)
 BackendSink = Callable[[BackendInput], None]
 
 

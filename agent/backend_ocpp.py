@@ -26,6 +26,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from agent.backend import (
     BackendSink,
     CdrAcked,
     CommandIn,
+    Deauthorize,
     Delivered,
     LinkDown,
     LinkUp,
@@ -331,6 +333,7 @@ class OcppBackend:
         self.up_since = self._clock.now()
         self._up.set()
         self._sink(LinkUp())
+        self._refused_again()
         self._mark_status()
         await asyncio.gather(
             self._work(cp, self._jobs),
@@ -387,6 +390,24 @@ class OcppBackend:
                 continue
             if isinstance(job, _EventJob) and job.ref is not None:
                 self._ack_event(job.ref)
+
+    def deauthorize(self, session_id: str, status: str) -> None:
+        """The CSMS refused a running transaction's id tag (committed in ``ocpp.sqlite3``
+        before this): the station stops the session, reason DeAuthorized."""
+        log.warning("session %s: the CSMS answered its start with %s: stopping", session_id, status)
+        self._sink(Deauthorize(session_id, status))
+
+    def _refused_again(self) -> None:
+        """Refused transactions whose stop is not answered yet (a restart came between the
+        commit of the refusal and the stop): their deauthorisation goes to the station again;
+        one that stopped meanwhile ignores it."""
+        try:
+            refused = self._state.refused_open()
+        except (StoreError, sqlite3.Error) as err:
+            log.error("OCPP state: %s", err)
+            return
+        for session_id, status in refused:
+            self.deauthorize(session_id, status)
 
     # ---------------------------------------------------------------- authorisation
     async def _authorize(self, request: AuthRequest) -> None:

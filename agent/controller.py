@@ -30,6 +30,7 @@ from agent.backend import (
     CdrAcked,
     CommandIn,
     CommandUnreadable,
+    Deauthorize,
     Delivered,
     LinkDown,
     LinkUp,
@@ -61,6 +62,7 @@ from agent.routing import floating_move, holder_of
 from agent.session import (
     AdoptSession,
     ConnectionTimeout,
+    Deauthorized,
     Event,
     Evse,
     FaultKind,
@@ -94,6 +96,7 @@ Item = (
     | CommandIn
     | CommandUnreadable
     | Delivered
+    | Deauthorize
 )
 ControlHandler = Callable[["Controller", dict[str, Any]], Any]
 PURGE_EVERY_S = 3600.0  # retention purge and running-time checkpoint, hourly
@@ -166,6 +169,7 @@ class Controller:
             AuthAnswer: self._on_auth_answer,
             CdrAcked: lambda item: self.delivery.acknowledged(self.backend.acknowledged_cdrs()),
             CommandIn: self._on_command,
+            Deauthorize: lambda item: self._to_holder(item.session_id, Deauthorized),
             CommandUnreadable: lambda item: self.commands.reject_unstored(
                 item.command_id, item.reason
             ),
@@ -380,14 +384,14 @@ class Controller:
         move = floating_move([rt.state for rt in self.evses.values()])
         if move is None:
             return
-        log.info(
-            "floating session %s moves from %s to %s",
-            move.session.session_id,
-            move.source,
-            move.target,
-        )
+        sid, source, target = move.session.session_id, move.source, move.target
+        log.info("floating session %s moves from %s to %s", sid, source, target)
         self.dispatch(move.source, ReleaseSession(move.session.session_id))
         self.dispatch(move.target, AdoptSession(move.session))
+
+    def _to_holder(self, session_id: str, event: Callable[[str], Event]) -> None:
+        if (evse_id := self.sessions().get(session_id)) is not None:
+            self.dispatch(evse_id, event(session_id))
 
     def sessions(self) -> dict[str, str]:
         """Session ids the EVSEs hold now, with their EVSE."""

@@ -41,6 +41,7 @@ VARIABLES: dict[tuple[str, str], str] = {
     ("LocalAuthListCtrlr", "Enabled"): "LocalAuthListEnabled",
     ("TxCtrlr", "StopTxOnEVSideDisconnect"): "StopTransactionOnEVSideDisconnect",
     ("TxCtrlr", "EVConnectionTimeOut"): "ConnectionTimeOut",
+    ("TxCtrlr", "StopTxOnInvalidId"): "StopTransactionOnInvalidId",
 }
 SET_STATUS = {"Accepted": "Accepted", "Rejected": "Rejected", "NotSupported": "UnknownVariable"}
 

@@ -40,7 +40,7 @@ class OcppSettings:
             "AllowOfflineTxForUnknownId": _bool(policy == "accept_all"),
             "LocalPreAuthorize": _bool(config.auth.local_first),
             "StopTransactionOnEVSideDisconnect": "true",
-            "StopTransactionOnInvalidId": "false",
+            "StopTransactionOnInvalidId": "true",
             "ConnectionTimeOut": str(round(config.auth.connection_timeout_s)),
             "MeterValuesSampledData": ENERGY,
             "MeterValuesAlignedData": ENERGY,

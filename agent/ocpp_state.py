@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS tx (
     connector      INTEGER NOT NULL,
     stopped        INTEGER NOT NULL DEFAULT 0,
     started_at     TEXT NOT NULL,
-    seq            INTEGER NOT NULL DEFAULT 1  -- 2.0.1: the next TransactionEvent seqNo
+    seq            INTEGER NOT NULL DEFAULT 1, -- 2.0.1: the next TransactionEvent seqNo
+    refused        TEXT  -- the CSMS's idTag(Token)Info status when not Accepted: stop it
 );
 CREATE INDEX IF NOT EXISTS tx_by_id ON tx(transaction_id);
 CREATE TABLE IF NOT EXISTS settings (
@@ -70,6 +71,9 @@ class OcppState:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(tx)")}
+            if "refused" not in columns:  # a file from before the column
+                db.execute("ALTER TABLE tx ADD COLUMN refused TEXT")
         except sqlite3.Error as err:
             raise StoreError(f"{self._path}: cannot open: {err}") from err
         self._db = db
@@ -100,12 +104,29 @@ class OcppState:
         ).fetchone()
         return None if row is None else TxRow(**_tx_fields(row))
 
-    def started(self, session_id: str, transaction_id: str, connector: int, at: datetime) -> None:
+    def started(
+        self,
+        session_id: str,
+        transaction_id: str,
+        connector: int,
+        at: datetime,
+        refused: str | None = None,
+    ) -> None:
+        """The CSMS's answer to a transaction start, in one commit: its id and, when the id
+        tag's status was not Accepted, that status (the session is then stopped, DeAuthorized)."""
         self._write(
-            "INSERT OR REPLACE INTO tx (session_id, transaction_id, connector, started_at)"
-            " VALUES (?, ?, ?, ?)",
-            (session_id, transaction_id, connector, rfc3339(at)),
+            "INSERT OR REPLACE INTO tx (session_id, transaction_id, connector, started_at, refused)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (session_id, transaction_id, connector, rfc3339(at), refused),
         )
+
+    def refused_open(self) -> list[tuple[str, str]]:
+        """(session id, status) of the transactions the CSMS refused whose stop is not answered
+        yet: their deauthorisation is handed to the station again after a restart."""
+        rows = self.db.execute(
+            "SELECT session_id, refused FROM tx WHERE stopped=0 AND refused IS NOT NULL"
+        ).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
 
     def stopped(self, session_id: str) -> None:
         self._write("UPDATE tx SET stopped=1 WHERE session_id=?", (session_id,))

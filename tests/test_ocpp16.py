@@ -413,3 +413,34 @@ def test_a_silent_csms_is_noticed_by_ping_and_the_station_reconnects(tmp_path, c
         assert len(csms.calls("BootNotification")) > boots
     finally:
         proxy.close()
+
+
+def test_a_start_answered_invalid_stops_the_session_deauthorized(tmp_path, daemons):
+    """StopTransactionOnInvalidId (true): the CSMS accepts the Authorize, then answers the
+    StartTransaction with idTagInfo Invalid: the station stops the session (DeAuthorized)."""
+    from ocpp_csms import AuthorizationStatus
+
+    answers = [AuthorizationStatus.ACCEPTED, AuthorizationStatus.INVALID]
+
+    async def authorize(cp: Any, id_tag: str) -> AuthorizationStatus:
+        return answers.pop(0) if answers else AuthorizationStatus.INVALID
+
+    server = Csms(authorize=authorize).start()
+    try:
+        d = ocpp_daemon(tmp_path, server, daemons).start()
+        d.ctl("sim.plug")
+        d.ctl("sim.tap", uid=UID_A)
+        stop = wait_until(lambda: server.calls("StopTransaction"), 15, "StopTransaction")[0]
+        (txid,) = server.tx_ids()
+        assert stop["transactionId"] == txid and stop["reason"] == "DeAuthorized"
+        assert server.results("StartTransaction")[0]["idTagInfo"]["status"] == "Invalid"
+        d.wait_state("finishing")
+        assert d.ctl("sessions")[0]["stop_reason"] == "deauthorized"
+        assert not d.ctl("status")["evses"][0]["relay_closed"]
+        wait_until(lambda: d.ctl("outbox")["pending"] == 0, 10, "CDR settled")
+        assert "the CSMS answered its start with Invalid: stopping" in d.log()
+        config = server.run(server.cp(ST).async_get_configuration(["StopTransactionOnInvalidId"]))
+        assert config.values["StopTransactionOnInvalidId"].value == "true"
+        assert check_frames(server.frames) > 0
+    finally:
+        server.close()

@@ -244,3 +244,39 @@ def test_signing_meter_records_ride_on_started_and_ended(tmp_path, daemons):
         assert check_frames(csms.frames, "2.0.1") > 5  # signedMeterValue within its limits
     finally:
         csms.close()
+
+
+def test_a_started_answered_invalid_ends_the_transaction_deauthorized(tmp_path, daemons):
+    """TxCtrlr.StopTxOnInvalidId: a TransactionEvent Started answered with idTokenInfo Invalid
+    ends the transaction (stoppedReason DeAuthorized, triggerReason Deauthorized)."""
+    csms = Csms201()
+    csms.started_status = "Invalid"
+    csms.start()
+    try:
+        d = daemon201(tmp_path, csms, daemons).start()
+        d.ctl("sim.plug")
+        d.ctl("sim.tap", uid=UID_A)
+        sid = wait_until(lambda: events(csms, "Started"), 10, "Started")[0]
+        ended = wait_until(lambda: events(csms, "Ended"), 15, "Ended")[0]
+        info = ended["transactionInfo"]
+        assert info["transactionId"] == sid["transactionInfo"]["transactionId"]
+        assert info["stoppedReason"] == "DeAuthorized"
+        assert ended["triggerReason"] == "Deauthorized"
+        d.wait_state("finishing")
+        assert d.ctl("sessions")[0]["stop_reason"] == "deauthorized"
+        answer = csms.run(
+            csms.cps[ST].call(
+                call.GetVariables(
+                    get_variable_data=[
+                        {
+                            "component": {"name": "TxCtrlr"},
+                            "variable": {"name": "StopTxOnInvalidId"},
+                        }
+                    ]
+                )
+            )
+        )
+        assert answer.get_variable_result[0]["attribute_value"] == "true"
+        assert check_frames(csms.frames, "2.0.1") > 0
+    finally:
+        csms.close()

@@ -176,7 +176,7 @@ def test_a_repeated_event_never_repeats_the_ocpp_message(stores):
         meter_kwh=12.3456,
     )
     clock = type("C", (), {"now": staticmethod(lambda: NOW)})()
-    tx = Transactions16(state, view, clock, lambda evse_id: 1)  # type: ignore[arg-type]
+    tx = Transactions16(state, view, clock, lambda evse_id: 1, lambda sid, status: None)  # type: ignore[arg-type]
     cp = FakeCp()
     for _ in range(2):  # the acknowledgement was lost: the core sends the event again
         asyncio.run(tx.message(cp, event(SessionEventKind.STARTED)))
@@ -210,7 +210,7 @@ def test_a_stop_without_a_start_sends_the_start_first(stores):
     )
     store.end_session(SID, end=NOW, reason="remote", meter_stop_kwh=2.5)
     clock = type("C", (), {"now": staticmethod(lambda: NOW)})()
-    tx = Transactions16(state, view, clock, lambda evse_id: 1)  # type: ignore[arg-type]
+    tx = Transactions16(state, view, clock, lambda evse_id: 1, lambda sid, status: None)  # type: ignore[arg-type]
     cp = FakeCp()
     asyncio.run(tx.message(cp, event(SessionEventKind.STOPPED, "remote")))
     start, stop = cp.calls
@@ -268,7 +268,7 @@ def test_stop_transaction_carries_the_stored_records(stores, start, stop, error,
     )
     _signed_row(store, start, stop, error)
     clock = type("C", (), {"now": staticmethod(lambda: NOW)})()
-    tx = Transactions16(state, view, clock, lambda evse_id: 1)  # type: ignore[arg-type]
+    tx = Transactions16(state, view, clock, lambda evse_id: 1, lambda sid, status: None)  # type: ignore[arg-type]
     cp = FakeCp()
     asyncio.run(tx.message(cp, event(SessionEventKind.STARTED)))
     store.end_session(SID, end=NOW, reason="local", meter_stop_kwh=2.0)
@@ -302,3 +302,27 @@ def test_configuration_keys(tmp_path, stores):
     assert settings.change("HeartbeatInterval", "abc") == "Rejected"
     assert settings.change("HeartbeatInterval", "30") == "Accepted"
     assert OcppSettings(cfg, state).heartbeat_interval() == 30  # kept across restarts
+
+
+def test_a_refused_start_is_kept_until_its_stop_is_answered(tmp_path):
+    """The refusal is committed with the transaction id: a restart between the commit and the
+    stop hands the deauthorisation to the station again; a file from before the column opens."""
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "ocpp.sqlite3")
+    old.execute(
+        "CREATE TABLE tx (session_id TEXT PRIMARY KEY, transaction_id TEXT NOT NULL,"
+        " connector INTEGER NOT NULL, stopped INTEGER NOT NULL DEFAULT 0,"
+        " started_at TEXT NOT NULL, seq INTEGER NOT NULL DEFAULT 1)"
+    )
+    old.close()
+    state = OcppState(tmp_path)
+    state.open()
+    state.started("s-ok", "1", 1, NOW)
+    state.started("s-bad", "2", 1, NOW, "Invalid")
+    state.close()
+    state.open()  # after a restart
+    assert state.refused_open() == [("s-bad", "Invalid")]
+    state.stopped("s-bad")
+    assert state.refused_open() == []
+    state.close()
