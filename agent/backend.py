@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 from agent.messages import (
@@ -83,6 +84,21 @@ class Deauthorize:
     status: str
 
 
+class ResetKind(StrEnum):
+    SOFT = "soft"  # OCPP 1.6 Reset Soft
+    HARD = "hard"  # OCPP 1.6 Reset Hard, 2.0.1 Reset Immediate
+    ON_IDLE = "on_idle"  # OCPP 2.0.1 Reset OnIdle: once no session is running
+
+
+@dataclass(frozen=True)
+class ResetRequested:
+    """The backend resets the station (:mod:`agent.reset`): answered through
+    ``Backend.command_result`` under ``command_id`` once the decision is committed."""
+
+    command_id: str
+    kind: ResetKind
+
+
 BackendInput = (
     LinkUp
     | LinkDown
@@ -92,6 +108,7 @@ BackendInput = (
     | CommandUnreadable
     | Delivered
     | Deauthorize
+    | ResetRequested
 )
 BackendSink = Callable[[BackendInput], None]
 

@@ -46,6 +46,8 @@ from agent.backend import (
     Delivered,
     LinkDown,
     LinkUp,
+    ResetKind,
+    ResetRequested,
 )
 from agent.backend_mqtt import InboundLimiter
 from agent.clock import Clock
@@ -57,6 +59,7 @@ from agent.messages import (
     AuthResponse,
     Cdr,
     CommandResponse,
+    CommandStatus,
     SessionEvent,
     StatusMessage,
     token_for_record,
@@ -248,18 +251,32 @@ class OcppBackend:
 
     async def run_command(self, command: AnyCommand, action: str) -> CommandResponse | None:
         """Hand a command to the core and wait for its answer (committed first, as for MQTT)."""
+        body = json.dumps([action, command.model_dump(mode="json")], sort_keys=True)
+        item = CommandIn(command, hashlib.sha256(body.encode()).hexdigest())
+        return await self._ask(command.command_id, item, action)
+
+    async def run_reset(self, kind: ResetKind, call_id: str) -> bool:
+        """Hand a reset to the core (:mod:`agent.reset`); True once it committed the decision."""
+        answer = await self._ask(call_id, ResetRequested(call_id, kind), "Reset")
+        return answer is not None and answer.status is CommandStatus.ACCEPTED
+
+    def transactions_running(self) -> bool:
+        return bool(self._view.charging())
+
+    async def _ask(
+        self, command_id: str, item: CommandIn | ResetRequested, action: str
+    ) -> CommandResponse | None:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[CommandResponse] = loop.create_future()
-        self._waiting[command.command_id] = fut
-        body = json.dumps([action, command.model_dump(mode="json")], sort_keys=True)
-        self._sink(CommandIn(command, hashlib.sha256(body.encode()).hexdigest()))
+        self._waiting[command_id] = fut
+        self._sink(item)
         try:
             return await asyncio.wait_for(fut, COMMAND_WAIT_S)
         except TimeoutError:
-            log.error("%s %s: the station did not answer in time", action, command.command_id)
+            log.error("%s %s: the station did not answer in time", action, command_id)
             return None
         finally:
-            self._waiting.pop(command.command_id, None)
+            self._waiting.pop(command_id, None)
 
     def _resolve(self, result: CommandResponse) -> None:
         fut = self._waiting.pop(result.command_id, None)

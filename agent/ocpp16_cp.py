@@ -20,6 +20,7 @@ from ocpp.exceptions import PropertyConstraintViolationError
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call_result
 
+from agent.backend import ResetKind
 from agent.messages import (
     AnyCommand,
     CommandResponse,
@@ -64,6 +65,10 @@ class Station(Protocol):
     def trigger(self, message: str, connector: int | None) -> None: ...
 
     def admit(self, raw: str) -> bool: ...
+
+    async def run_reset(self, kind: ResetKind, call_id: str) -> bool: ...
+
+    def transactions_running(self) -> bool: ...
 
 
 def _accepted(answer: CommandResponse | None) -> bool:
@@ -205,9 +210,12 @@ class StationCp16(ChargePoint):  # type: ignore[misc]
         return call_result.TriggerMessage(status="Accepted")
 
     @handles("Reset")
-    def on_reset(self, type: str) -> call_result.Reset:
-        log.warning("Reset (%s) refused: the agent is restarted by its service manager", type)
-        return call_result.Reset(status="Rejected")
+    async def on_reset(self, type: str, call_unique_id: str) -> call_result.Reset:
+        """Accepted once the station committed the reset (:mod:`agent.reset`): its sessions
+        end (SoftReset / HardReset), then the agent exits and systemd restarts it."""
+        kind = ResetKind.SOFT if type == "Soft" else ResetKind.HARD
+        ok = await self._station.run_reset(kind, call_unique_id)
+        return call_result.Reset(status="Accepted" if ok else "Rejected")
 
     @handles("UnlockConnector")
     def on_unlock_connector(self, connector_id: int) -> call_result.UnlockConnector:

@@ -49,6 +49,8 @@ STOP_201: dict[str, tuple[str, str]] = {
     "ev_disconnected": ("EVCommunicationLost", "EVDisconnected"),
     "power_loss": ("AbnormalCondition", "PowerLoss"),
     "deauthorized": ("Deauthorized", "DeAuthorized"),
+    "soft_reset": ("ResetCommand", "ImmediateReset"),
+    "hard_reset": ("ResetCommand", "ImmediateReset"),
     "fault": ("AbnormalCondition", "Other"),
     "other": ("AbnormalCondition", "Other"),
 }

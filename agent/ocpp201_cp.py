@@ -13,6 +13,7 @@ from ocpp.exceptions import PropertyConstraintViolationError
 from ocpp.v201 import ChargePoint, call_result
 from pydantic import ValidationError
 
+from agent.backend import ResetKind
 from agent.messages import (
     CommandResponse,
     CommandStatus,
@@ -201,9 +202,20 @@ class StationCp201(ChargePoint):  # type: ignore[misc]
         return call_result.TriggerMessage(status="Accepted")
 
     @handles("Reset")
-    def on_reset(self, type: str, **_: Any) -> call_result.Reset:
-        log.warning("Reset (%s) refused: the agent is restarted by its service manager", type)
-        return call_result.Reset(status="Rejected")
+    async def on_reset(
+        self, type: str, call_unique_id: str, evse_id: int | None = None
+    ) -> call_result.Reset:
+        """Immediate: running transactions end (ImmediateReset), then the agent restarts;
+        OnIdle: once they have ended (Scheduled while any runs). Only the whole station."""
+        if evse_id is not None:
+            self._evse(evse_id)
+            log.warning("Reset of EVSE %d refused: only the whole station restarts", evse_id)
+            return call_result.Reset(status="Rejected")
+        kind = ResetKind.ON_IDLE if type == "OnIdle" else ResetKind.HARD
+        busy = kind is ResetKind.ON_IDLE and self._station.transactions_running()
+        if not await self._station.run_reset(kind, call_unique_id):
+            return call_result.Reset(status="Rejected")
+        return call_result.Reset(status="Scheduled" if busy else "Accepted")
 
     @handles("DataTransfer")
     def on_data_transfer(self, vendor_id: str, **_: Any) -> call_result.DataTransfer:

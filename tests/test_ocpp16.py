@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ocpp_csms import CsmsError
+from ocpp_csms import CsmsError, ResetType
 
 from agent.failpoints import ENV
 from drivers.meter.ocmf import parse
@@ -266,7 +266,7 @@ def test_csms_calls_answered_or_refused_with_the_right_callerror(tmp_path, csms,
     assert ask("UnlockConnector", {"connectorId": 9})[2] == "PropertyConstraintViolation"
     assert ask("UnlockConnector", {"connectorId": 2})[2] == {"status": "NotSupported"}
     assert ask("DataTransfer", {"vendorId": "x"})[2] == {"status": "Rejected"}
-    assert ask("Reset", {"type": "Soft"})[2] == {"status": "Rejected"}
+    assert ask("Reset", {"type": "Sideways"})[0] == 4  # not a reset type: no reset
     # without a connector and with two EVSEs the station cannot choose
     assert ask("RemoteStartTransaction", {"idTag": UID_A})[2] == {"status": "Rejected"}
 
@@ -444,3 +444,48 @@ def test_a_start_answered_invalid_stops_the_session_deauthorized(tmp_path, daemo
         assert check_frames(server.frames) > 0
     finally:
         server.close()
+
+
+def test_reset_ends_the_session_and_restarts_once_even_after_a_kill(tmp_path, csms, daemons):
+    """Reset Soft killed right after its commit (before the answer): the restart settles the
+    session with SoftReset and does not reset again. Reset Hard: answered Accepted, the
+    session ends (HardReset, StopTransaction answered), the relay opens, the daemon exits with
+    the status systemd restarts (Restart=always; only 78 is spared)."""
+    unit = (Path(__file__).parents[1] / "systemd" / "station-agent.service").read_text()
+    assert "Restart=always" in unit and "RestartPreventExitStatus=78" in unit
+    d = ocpp_daemon(tmp_path, csms, daemons)
+    d.env[ENV] = "reset_committed"
+    d.start()
+    d.ctl("sim.plug")
+    d.ctl("sim.tap", uid=UID_A)
+    d.wait_state("charging")
+    wait_until(csms.tx_ids, 10, "StartTransaction")
+    with pytest.raises(CsmsError):  # the socket drops: killed before the answer
+        csms.run(csms.cp(ST).async_reset(ResetType.SOFT))
+    proc = d.proc
+    assert proc is not None
+    wait_until(lambda: proc.poll() is not None, 10, "kill -9 at reset_committed")
+    d.proc = None
+    d.env.pop(ENV)
+    d.start()
+    stop = wait_until(lambda: csms.calls("StopTransaction"), 15, "StopTransaction")[0]
+    assert stop["reason"] == "SoftReset" and stop["transactionId"] == csms.tx_ids()[0]
+    assert d.log().count("restarted for the soft reset") == 1
+    assert d.evse()["state"] == "preparing"  # the car is still in: not resumed
+    assert d.ctl("sessions")[0]["stop_reason"] == "soft_reset"
+    wait_until(lambda: d.ctl("outbox")["pending"] == 0, 10, "CDR settled")
+    assert d.proc is not None and d.proc.poll() is None  # the restart was the reset: no other
+
+    d.ctl("sim.tap", uid=UID_B)
+    d.wait_state("charging")
+    wait_until(lambda: len(csms.tx_ids()) == 2, 10, "second StartTransaction")
+    assert csms.run(csms.cp(ST).async_reset(ResetType.HARD)) == "Accepted"
+    proc = d.proc
+    assert proc is not None
+    wait_until(lambda: proc.poll() is not None, 15, "exit after the reset")
+    assert proc.returncode == 75
+    stops = csms.calls("StopTransaction")
+    assert len(stops) == 2 and stops[1]["reason"] == "HardReset"
+    assert stops[1]["transactionId"] == csms.tx_ids()[1]
+    assert d.relay_log()[-1] == "open"
+    assert "reset: sessions ended, 0 event(s) still queued: exiting with status 75" in d.log()

@@ -153,9 +153,8 @@ def test_mutual_tls_charge_by_card_and_remote_start_stop(tmp_path, pki, daemons)
         assert csms.raw_call(ST, [2, "x3", "DataTransfer", {"vendorId": "v"}])[2] == {
             "status": "Rejected"
         }
-        assert csms.raw_call(ST, [2, "x4", "Reset", {"type": "Immediate"}])[2] == {
-            "status": "Rejected"
-        }
+        reset_one = [2, "x4", "Reset", {"type": "Immediate", "evseId": 1}]
+        assert csms.raw_call(ST, reset_one)[2] == {"status": "Rejected"}  # only the station
         res = csms.call(ST, call.ChangeAvailability(operational_status="Inoperative"))
         assert res.status == "Accepted"
         wait_until(
@@ -246,9 +245,11 @@ def test_signing_meter_records_ride_on_started_and_ended(tmp_path, daemons):
         csms.close()
 
 
-def test_a_started_answered_invalid_ends_the_transaction_deauthorized(tmp_path, daemons):
+def test_started_refused_is_deauthorized_and_reset_on_idle_waits(tmp_path, daemons):
     """TxCtrlr.StopTxOnInvalidId: a TransactionEvent Started answered with idTokenInfo Invalid
-    ends the transaction (stoppedReason DeAuthorized, triggerReason Deauthorized)."""
+    ends the transaction (stoppedReason DeAuthorized, triggerReason Deauthorized). Then Reset
+    OnIdle with a transaction running: Scheduled, committed; the session goes on until the
+    card stops it, then the agent exits for its restart (status 75)."""
     csms = Csms201()
     csms.started_status = "Invalid"
     csms.start()
@@ -264,19 +265,24 @@ def test_a_started_answered_invalid_ends_the_transaction_deauthorized(tmp_path, 
         assert ended["triggerReason"] == "Deauthorized"
         d.wait_state("finishing")
         assert d.ctl("sessions")[0]["stop_reason"] == "deauthorized"
-        answer = csms.run(
-            csms.cps[ST].call(
-                call.GetVariables(
-                    get_variable_data=[
-                        {
-                            "component": {"name": "TxCtrlr"},
-                            "variable": {"name": "StopTxOnInvalidId"},
-                        }
-                    ]
-                )
-            )
-        )
+        variable = {"component": {"name": "TxCtrlr"}, "variable": {"name": "StopTxOnInvalidId"}}
+        answer = csms.call(ST, call.GetVariables(get_variable_data=[variable]))
         assert answer.get_variable_result[0]["attribute_value"] == "true"
+
+        csms.cps[ST].started_status = "Accepted"
+        d.ctl("sim.tap", uid=UID_A)
+        d.wait_state("charging")
+        wait_until(lambda: len(events(csms, "Started")) == 2, 10, "second Started")
+        assert csms.call(ST, call.Reset(type="OnIdle")).status == "Scheduled"
+        assert "reset (on_idle) accepted: 1 session(s) to end" in d.log()
+        assert d.evse()["state"] == "charging"  # OnIdle: the session goes on
+        d.ctl("sim.tap", uid=UID_A)
+        wait_until(lambda: len(events(csms, "Ended")) == 2, 10, "second Ended")
+        assert events(csms, "Ended")[1]["transactionInfo"]["stoppedReason"] == "Local"
+        proc = d.proc
+        assert proc is not None
+        wait_until(lambda: proc.poll() is not None, 15, "exit for the restart")
+        assert proc.returncode == 75
         assert check_frames(csms.frames, "2.0.1") > 0
     finally:
         csms.close()

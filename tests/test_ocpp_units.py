@@ -103,6 +103,8 @@ def test_status_and_stop_reason_mapping():
         StopReason.EV_DISCONNECTED: "EVDisconnected",
         StopReason.POWER_LOSS: "PowerLoss",
         StopReason.DEAUTHORIZED: "DeAuthorized",
+        StopReason.SOFT_RESET: "SoftReset",
+        StopReason.HARD_RESET: "HardReset",
         StopReason.FAULT: "Other",
         StopReason.OTHER: "Other",
     }
