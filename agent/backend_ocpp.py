@@ -68,6 +68,7 @@ from agent.ocpp16 import Dialect16
 from agent.ocpp_config import OcppSettings
 from agent.ocpp_link import OcppLink, summarise
 from agent.ocpp_meter import MeterValuesTask
+from agent.ocpp_profiles import ChargingProfiles
 from agent.ocpp_state import OcppState, StationView, TxRow
 from agent.ocpp_tx import masked
 from agent.store import DB_NAME
@@ -155,6 +156,9 @@ class OcppBackend:
         self._limiter = InboundLimiter(limits, clock.monotonic)
         self.dialect: Dialect = _dialect(subprotocol, self)
         self._triggered: set[asyncio.Future[Any]] = set()
+        self.profiles = ChargingProfiles(
+            config, self._state, self._view, clock.now, self.run_command
+        )
 
     # ---------------------------------------------------------------- port (loop thread)
     @property
@@ -169,6 +173,7 @@ class OcppBackend:
         self._sink = sink
         self._state.open()
         self._link.start(self._serve)
+        self._link.submit(self._limits())
 
     def stop(self) -> None:
         self._link.stop()
@@ -373,6 +378,28 @@ class OcppBackend:
             wait = max(1, interval)
             log.warning("BootNotification %s: next one in %d s", status, wait)
             await asyncio.sleep(wait)
+
+    async def _limits(self) -> None:
+        """Charging profiles re-evaluated every second, online or not: the next schedule
+        period goes to the station when one ends, a TxProfile is dropped with its
+        transaction (:mod:`agent.ocpp_profiles`)."""
+        while True:
+            try:
+                await self.profiles.apply()
+            except (StoreError, sqlite3.Error) as err:
+                log.error("charging profiles: %s", err)
+            await asyncio.sleep(1.0)
+
+    async def set_charging_profile(self, connector: int, raw: dict[str, Any]) -> str:
+        return await self.profiles.set(connector, raw)
+
+    async def clear_charging_profile(self, criteria: dict[str, Any]) -> str:
+        return await self.profiles.clear(
+            criteria.get("id"),
+            criteria.get("connector_id"),
+            criteria.get("charging_profile_purpose"),
+            criteria.get("stack_level"),
+        )
 
     async def _heartbeat(self, cp: Any) -> None:
         while True:

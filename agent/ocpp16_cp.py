@@ -70,6 +70,10 @@ class Station(Protocol):
 
     def transactions_running(self) -> bool: ...
 
+    async def set_charging_profile(self, connector: int, raw: dict[str, Any]) -> str: ...
+
+    async def clear_charging_profile(self, criteria: dict[str, Any]) -> str: ...
+
 
 def _accepted(answer: CommandResponse | None) -> bool:
     return answer is not None and answer.status is CommandStatus.ACCEPTED
@@ -208,6 +212,22 @@ class StationCp16(ChargePoint):  # type: ignore[misc]
             return call_result.TriggerMessage(status="NotImplemented")
         self._station.trigger(requested_message, connector_id)
         return call_result.TriggerMessage(status="Accepted")
+
+    @handles("SetChargingProfile")
+    async def on_set_charging_profile(
+        self, connector_id: int, cs_charging_profiles: dict[str, Any], **_: Any
+    ) -> call_result.SetChargingProfile:
+        """Onto the station's current limits (:mod:`agent.ocpp_profiles`), committed first."""
+        if connector_id != 0:
+            self._evse(connector_id)
+        status = await self._station.set_charging_profile(connector_id, cs_charging_profiles)
+        return call_result.SetChargingProfile(status=status)
+
+    @handles("ClearChargingProfile")
+    async def on_clear_charging_profile(self, **criteria: Any) -> call_result.ClearChargingProfile:
+        criteria.pop("call_unique_id", None)
+        status = await self._station.clear_charging_profile(criteria)
+        return call_result.ClearChargingProfile(status=status)
 
     @handles("Reset")
     async def on_reset(self, type: str, call_unique_id: str) -> call_result.Reset:

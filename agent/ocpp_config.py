@@ -47,7 +47,7 @@ class OcppSettings:
             "WebSocketPingInterval": str(round(ocpp.ping_interval_s)),
             "LocalAuthListMaxLength": "10000",
             "SendLocalListMaxLength": "10000",
-            "SupportedFeatureProfiles": "Core,LocalAuthListManagement,RemoteTrigger",
+            "SupportedFeatureProfiles": "Core,LocalAuthListManagement,RemoteTrigger,SmartCharging",
         }
         self._state = state
         self._csms_heartbeat: int | None = None

@@ -38,6 +38,13 @@ CREATE TABLE IF NOT EXISTS tx (
     refused        TEXT  -- the CSMS's idTag(Token)Info status when not Accepted: stop it
 );
 CREATE INDEX IF NOT EXISTS tx_by_id ON tx(transaction_id);
+CREATE TABLE IF NOT EXISTS profiles (  -- 1.6 charging profiles (agent.ocpp_profiles)
+    id          INTEGER PRIMARY KEY,
+    connector   INTEGER NOT NULL,
+    purpose     TEXT NOT NULL,
+    stack_level INTEGER NOT NULL,
+    body        TEXT NOT NULL  -- the csChargingProfiles as received (snake_case JSON)
+);
 CREATE TABLE IF NOT EXISTS settings (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -144,6 +151,61 @@ class OcppState:
             "SELECT session_id, transaction_id, connector, stopped FROM tx WHERE stopped=0"
         ).fetchall()
         return [TxRow(**_tx_fields(r)) for r in rows]
+
+    def save_profile(
+        self, profile_id: int, connector: int, purpose: str, stack_level: int, body: str
+    ) -> None:
+        """A profile replaces the one with its id and the one with its connector, purpose and
+        stack level (OCPP 1.6), in one commit."""
+        try:
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.execute(
+                    "DELETE FROM profiles WHERE id=? OR (connector=? AND purpose=? AND"
+                    " stack_level=?)",
+                    (profile_id, connector, purpose, stack_level),
+                )
+                self.db.execute(
+                    "INSERT INTO profiles (id, connector, purpose, stack_level, body)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (profile_id, connector, purpose, stack_level, body),
+                )
+        except sqlite3.Error as err:
+            raise StoreError(f"{self._path}: cannot write: {err}") from err
+
+    def delete_profiles(
+        self,
+        *,
+        profile_id: int | None = None,
+        connector: int | None = None,
+        purpose: str | None = None,
+        stack_level: int | None = None,
+    ) -> int:
+        """ClearChargingProfile: by id, else by the criteria given (none: all); how many."""
+        params: tuple[int | str, ...]
+        if profile_id is not None:
+            where, params = "id=?", (profile_id,)
+        else:
+            conds = [
+                (col, val)
+                for col, val in (
+                    ("connector", connector),
+                    ("purpose", purpose),
+                    ("stack_level", stack_level),
+                )
+                if val is not None
+            ]
+            where = " AND ".join(f"{col}=?" for col, _ in conds) or "1"
+            params = tuple(val for _, val in conds)
+        try:
+            cur = self.db.execute(f"DELETE FROM profiles WHERE {where}", params)
+        except sqlite3.Error as err:
+            raise StoreError(f"{self._path}: cannot write: {err}") from err
+        return int(cur.rowcount)
+
+    def profiles(self) -> list[tuple[int, str]]:
+        rows = self.db.execute("SELECT connector, body FROM profiles ORDER BY id").fetchall()
+        return [(int(r[0]), str(r[1])) for r in rows]
 
     def setting(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()

@@ -489,3 +489,68 @@ def test_reset_ends_the_session_and_restarts_once_even_after_a_kill(tmp_path, cs
     assert stops[1]["transactionId"] == csms.tx_ids()[1]
     assert d.relay_log()[-1] == "open"
     assert "reset: sessions ended, 0 event(s) still queued: exiting with status 75" in d.log()
+
+
+def _profile(pid: int, purpose: str, stack: int, periods: list[tuple[int, float]], **kw: Any):
+    unit = kw.pop("unit", "A")
+    return {
+        "chargingProfileId": pid,
+        "stackLevel": stack,
+        "chargingProfilePurpose": purpose,
+        "chargingProfileKind": kw.pop("kind", "Absolute"),
+        **kw,
+        "chargingSchedule": {
+            "chargingRateUnit": unit,
+            "chargingSchedulePeriod": [{"startPeriod": s, "limit": v} for s, v in periods],
+        },
+    }
+
+
+def test_charging_profiles_become_the_current_limits(tmp_path, csms, daemons):
+    """SetChargingProfile onto the current control: TxDefault -> the EVSE limit, TxProfile (in
+    W, two periods) -> the running transaction's limit, period by period, dropped with it;
+    ChargePointMax -> the station limit; ClearChargingProfile; refusals."""
+    d = ocpp_daemon(tmp_path, csms, daemons, evses=2)
+    d.config["evse"][0].update(pilot={"driver": "sim", "car_max_a": 32.0}, max_current_a=16)
+    d.start()
+    n = iter(range(100))
+
+    def ask(action: str, payload: dict[str, Any]) -> Any:
+        return csms.raw_call(ST, [2, f"sc{next(n)}", action, payload])[2]
+
+    def limit() -> tuple[Any, Any, Any]:
+        e = d.evse()
+        return e["limit_a"], e["limit_source"], e["offered_a"]
+
+    def set_profile(connector: int, profile: dict[str, Any]) -> Any:
+        return ask("SetChargingProfile", {"connectorId": connector, "csChargingProfiles": profile})
+
+    default = _profile(1, "TxDefaultProfile", 0, [(0, 10)])
+    assert set_profile(1, default) == {"status": "Accepted"}
+    assert limit()[:2] == (10, "evse")  # committed before the answer
+    assert set_profile(2, _profile(2, "TxDefaultProfile", 0, [(0, 10)])) == {
+        "status": "Rejected"  # no control pilot on connector 2
+    }
+    recurring = _profile(3, "TxDefaultProfile", 1, [(0, 8)], kind="Recurring")
+    assert set_profile(1, {**recurring, "recurrencyKind": "Daily"}) == {"status": "Rejected"}
+    tx = _profile(4, "TxProfile", 1, [(0, 4140), (2, 5520)], unit="W")  # 6 A, then 8 A (3 ph.)
+    assert set_profile(1, tx) == {"status": "Rejected"}  # no transaction runs
+
+    d.ctl("sim.plug", evse_id=d.evse()["evse_id"])
+    d.ctl("sim.tap", uid=UID_A)
+    d.wait_state("charging")
+    wait_until(lambda: limit() == (10, "evse", 10), 10, "10 A offered (TxDefault)")
+    wait_until(csms.tx_ids, 10, "StartTransaction")
+    assert set_profile(1, tx) == {"status": "Accepted"}
+    assert limit()[:2] == (6, "evse")
+    wait_until(lambda: limit()[0] == 8, 10, "the second period (8 A) sent when the first ended")
+    cp_max = _profile(5, "ChargePointMaxProfile", 0, [(0, 7)])
+    assert set_profile(0, cp_max) == {"status": "Accepted"}
+    assert limit()[:2] == (7, "station")
+    assert ask("ClearChargingProfile", {"id": 5}) == {"status": "Accepted"}
+    assert limit()[:2] == (8, "evse")
+    assert ask("ClearChargingProfile", {"id": 99}) == {"status": "Unknown"}
+
+    d.ctl("sim.tap", uid=UID_A)  # the transaction ends: its TxProfile goes with it
+    wait_until(lambda: limit()[:2] == (10, "evse"), 10, "back to the TxDefault limit")
+    assert "TxProfile 4 dropped: its transaction ended" in d.log()
