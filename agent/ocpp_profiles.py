@@ -172,7 +172,7 @@ class ChargingProfiles:
             if running is None:
                 log.warning("TxProfile refused: no transaction runs on connector %d", connector)
                 return "Rejected"
-            raw = {**raw, "transaction_id": int(running[1])}  # bound to it: dropped with it
+            raw = {**raw, "transaction_id": running[1]}  # bound to it: dropped with it
         sched = raw.get("charging_schedule") or {}
         if profile.kind == "Absolute" and sched.get("start_schedule") is None:
             start = self._now().isoformat()  # no start given: it starts now, once

@@ -328,3 +328,52 @@ def test_a_refused_start_is_kept_until_its_stop_is_answered(tmp_path):
     state.stopped("s-bad")
     assert state.refused_open() == []
     state.close()
+
+
+def _raw(periods: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
+    sched = {"charging_rate_unit": kw.pop("unit", "A"), "charging_schedule_period": periods}
+    sched.update(kw.pop("schedule", {}))
+    return {
+        "charging_profile_id": 1,
+        "stack_level": 0,
+        "charging_profile_purpose": kw.pop("purpose", "TxDefaultProfile"),
+        "charging_profile_kind": kw.pop("kind", "Absolute"),
+        "charging_schedule": sched,
+        **kw,
+    }
+
+
+def test_the_period_in_force_and_its_end():
+    from datetime import timedelta
+
+    from agent.ocpp_profiles import Profile, in_force, parse
+
+    t0 = NOW
+    sec = lambda s: t0 + timedelta(seconds=s)  # noqa: E731
+    periods = [
+        {"start_period": 0, "limit": 11040},
+        {"start_period": 60, "limit": 4600, "number_phases": 1},
+    ]
+    p = parse(
+        _raw(periods, unit="W", schedule={"start_schedule": t0.isoformat(), "duration": 100}), 1
+    )
+    assert isinstance(p, Profile)
+    assert in_force(p, sec(-1), None, 3) is None  # not started yet
+    assert in_force(p, sec(10), None, 3) == (16.0, sec(60))  # 11040 W / (230 V x 3)
+    assert in_force(p, sec(70), None, 3) == (20.0, sec(100))  # 4600 W / 230 V, 1 phase; duration
+    assert in_force(p, sec(100), None, 3) is None
+    rel = parse(
+        _raw([{"start_period": 0, "limit": 8}], kind="Relative", valid_to=sec(30).isoformat()), 1
+    )
+    assert isinstance(rel, Profile)
+    assert in_force(rel, sec(5), None, 3) is None  # Relative without a transaction start
+    assert in_force(rel, sec(5), t0, 3) == (8.0, sec(30))  # validTo ends it
+    assert in_force(rel, sec(30), t0, 3) is None
+    refused = [
+        parse(_raw(periods, kind="Recurring"), 1),
+        parse(_raw([{"start_period": 5, "limit": 8}]), 1),
+        parse(_raw(periods, unit="VA"), 1),
+        parse(_raw(periods, purpose="ChargePointMaxProfile"), 1),
+        parse(_raw(periods, purpose="TxProfile"), 0),
+    ]
+    assert all(isinstance(r, str) for r in refused), refused
