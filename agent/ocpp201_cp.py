@@ -26,6 +26,7 @@ from agent.messages import (
 from agent.ocpp16_cp import TRIGGERS, Station, handles
 from agent.ocpp_link import FrameLog
 from agent.ocpp_map import list_entry
+from agent.ocpp_profiles import PURPOSES_201, from_201
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,38 @@ class StationCp201(ChargePoint):  # type: ignore[misc]
             return call_result.TriggerMessage(status="NotImplemented")
         self._station.trigger(requested_message, n)
         return call_result.TriggerMessage(status="Accepted")
+
+    @handles("SetChargingProfile")
+    async def on_set_charging_profile(
+        self, evse_id: int, charging_profile: dict[str, Any], **_: Any
+    ) -> call_result.SetChargingProfile:
+        """Onto the station's current limits, as in 1.6 (:mod:`agent.ocpp_profiles`)."""
+        if evse_id != 0:
+            self._evse(evse_id)
+        raw = from_201(charging_profile)
+        if isinstance(raw, str):
+            log.warning("SetChargingProfile refused: %s", raw)
+            return call_result.SetChargingProfile(status="Rejected")
+        status = await self._station.set_charging_profile(evse_id, raw)
+        return call_result.SetChargingProfile(status=status)
+
+    @handles("ClearChargingProfile")
+    async def on_clear_charging_profile(
+        self,
+        charging_profile_id: int | None = None,
+        charging_profile_criteria: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> call_result.ClearChargingProfile:
+        crit = charging_profile_criteria or {}
+        purpose = crit.get("charging_profile_purpose")
+        criteria = {
+            "id": charging_profile_id,
+            "connector_id": crit.get("evse_id"),
+            "charging_profile_purpose": PURPOSES_201.get(purpose, purpose) if purpose else None,
+            "stack_level": crit.get("stack_level"),
+        }
+        status = await self._station.clear_charging_profile(criteria)
+        return call_result.ClearChargingProfile(status=status)
 
     @handles("Reset")
     async def on_reset(

@@ -78,6 +78,8 @@ def parse(raw: dict[str, Any], connector: int) -> Profile | str:
     sched = raw.get("charging_schedule") or {}
     kind = str(raw.get("charging_profile_kind"))
     purpose = str(raw.get("charging_profile_purpose"))
+    if purpose not in (CHARGE_POINT_MAX, TX_DEFAULT, TX):
+        return f"purpose {purpose} is not supported"
     if kind not in ("Absolute", "Relative"):
         return f"{kind} schedules are not supported"
     if purpose == CHARGE_POINT_MAX and (connector != STATION or kind != "Absolute"):
@@ -132,6 +134,25 @@ def in_force(
     _, limit, n = current
     amps = limit if p.unit == "A" else limit / (NOMINAL_V * (n or phases))
     return amps, min(ends) if ends else None
+
+
+PURPOSES_201 = {"ChargingStationMaxProfile": CHARGE_POINT_MAX}
+
+
+def from_201(profile: dict[str, Any]) -> dict[str, Any] | str:
+    """A 2.0.1 ChargingProfile (snake_case) in the 1.6 shape :func:`parse` reads, or why the
+    station cannot honour it (several schedules, an external-constraints purpose)."""
+    schedules = profile.get("charging_schedule") or []
+    if len(schedules) != 1:
+        return f"{len(schedules)} charging schedules (one is supported)"
+    purpose = str(profile.get("charging_profile_purpose"))
+    out = {k: v for k, v in profile.items() if k not in ("id", "charging_schedule")}
+    out.update(
+        charging_profile_id=profile.get("id"),
+        charging_profile_purpose=PURPOSES_201.get(purpose, purpose),
+        charging_schedule=schedules[0],
+    )
+    return out
 
 
 class ChargingProfiles:

@@ -245,6 +245,50 @@ def test_signing_meter_records_ride_on_started_and_ended(tmp_path, daemons):
         csms.close()
 
 
+def _profile201(pid: int, purpose: str, limit: float) -> dict[str, Any]:
+    period = {"startPeriod": 0, "limit": limit}
+    schedule = {"id": pid, "chargingRateUnit": "A", "chargingSchedulePeriod": [period]}
+    return {
+        "id": pid,
+        "stackLevel": 0,
+        "chargingProfilePurpose": purpose,
+        "chargingProfileKind": "Absolute",
+        "chargingSchedule": [schedule],
+    }
+
+
+def _charging_profiles_201(csms: Csms201, d: Daemon) -> None:
+    """2.0.1 SetChargingProfile onto the current limits, as in 1.6 (committed first)."""
+
+    def ask(action: str, payload: dict[str, Any]) -> Any:
+        return csms.raw_call(ST, [2, f"p{action}{len(csms.frames)}", action, payload])[2]
+
+    def limit() -> tuple[Any, Any]:
+        return d.evse()["limit_a"], d.evse()["limit_source"]
+
+    default = _profile201(1, "TxDefaultProfile", 10)
+    assert ask("SetChargingProfile", {"evseId": 1, "chargingProfile": default}) == {
+        "status": "Accepted"
+    }
+    assert limit() == (10, "evse")
+    station = _profile201(2, "ChargingStationMaxProfile", 7)
+    assert ask("SetChargingProfile", {"evseId": 0, "chargingProfile": station}) == {
+        "status": "Accepted"
+    }
+    assert limit() == (7, "station")
+    tx = _profile201(3, "TxProfile", 8)
+    assert ask("SetChargingProfile", {"evseId": 1, "chargingProfile": tx}) == {
+        "status": "Rejected"  # no transaction runs
+    }
+    criteria = {"chargingProfilePurpose": "ChargingStationMaxProfile"}
+    assert ask("ClearChargingProfile", {"chargingProfileCriteria": criteria}) == {
+        "status": "Accepted"
+    }
+    assert ask("ClearChargingProfile", {"chargingProfileId": 1}) == {"status": "Accepted"}
+    assert limit() == (16, "evse")  # the configured limit again
+    assert ask("ClearChargingProfile", {"chargingProfileId": 1}) == {"status": "Unknown"}
+
+
 def test_started_refused_is_deauthorized_and_reset_on_idle_waits(tmp_path, daemons):
     """TxCtrlr.StopTxOnInvalidId: a TransactionEvent Started answered with idTokenInfo Invalid
     ends the transaction (stoppedReason DeAuthorized, triggerReason Deauthorized). Then Reset
@@ -254,7 +298,10 @@ def test_started_refused_is_deauthorized_and_reset_on_idle_waits(tmp_path, daemo
     csms.started_status = "Invalid"
     csms.start()
     try:
-        d = daemon201(tmp_path, csms, daemons).start()
+        d = daemon201(tmp_path, csms, daemons)
+        d.config["evse"][0].update(pilot={"driver": "sim", "car_max_a": 32.0}, max_current_a=16)
+        d.start()
+        _charging_profiles_201(csms, d)
         d.ctl("sim.plug")
         d.ctl("sim.tap", uid=UID_A)
         sid = wait_until(lambda: events(csms, "Started"), 10, "Started")[0]
