@@ -23,6 +23,7 @@ and answers commands as it does for MQTT; this adapter translates.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -156,6 +157,7 @@ class OcppBackend:
         self._limiter = InboundLimiter(limits, clock.monotonic)
         self.dialect: Dialect = _dialect(subprotocol, self)
         self._triggered: set[asyncio.Future[Any]] = set()
+        self._limits_task: concurrent.futures.Future[None] | None = None
         self.profiles = ChargingProfiles(
             config, self._state, self._view, clock.now, self.run_command
         )
@@ -173,9 +175,11 @@ class OcppBackend:
         self._sink = sink
         self._state.open()
         self._link.start(self._serve)
-        self._link.submit(self._limits())
+        self._limits_task = self._link.submit(self._limits())
 
     def stop(self) -> None:
+        if self._limits_task is not None:
+            self._limits_task.cancel()  # ends before the link's loop does (scheduled first)
         self._link.stop()
         self._state.close()
         self._view.close()
@@ -380,15 +384,15 @@ class OcppBackend:
             await asyncio.sleep(wait)
 
     async def _limits(self) -> None:
-        """Charging profiles re-evaluated every second, online or not: the next schedule
-        period goes to the station when one ends, a TxProfile is dropped with its
-        transaction (:mod:`agent.ocpp_profiles`)."""
+        """Charging profiles re-evaluated every second and at each period's end, online or
+        not: the next schedule period goes to the station when one ends, a TxProfile is
+        dropped with its transaction (:mod:`agent.ocpp_profiles`)."""
         while True:
             try:
                 await self.profiles.apply()
             except (StoreError, sqlite3.Error) as err:
                 log.error("charging profiles: %s", err)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.profiles.next_change_s())
 
     async def set_charging_profile(self, connector: int, raw: dict[str, Any]) -> str:
         return await self.profiles.set(connector, raw)

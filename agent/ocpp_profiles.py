@@ -12,7 +12,9 @@ understands, so that a limit is committed by the core before SetChargingProfile 
 Within a purpose the highest ``stackLevel`` in force wins; the arbiter takes the lowest of the
 EVSE and station limits. The limit is the schedule period in force (amperes; watts divided by
 230 V x the period's ``numberPhases``, default the EVSE's phases), sent with its end (the next
-period, the schedule's ``duration``, the profile's ``validTo``) as ``valid_until``; a limit
+period, the schedule's ``duration``, the profile's ``validTo``) + :data:`OVERLAP_S` as
+``valid_until``: the next period is sent right at the boundary and replaces it, so the
+configured limit never shows through in between (and a limit still lapses if it cannot be); a limit
 between 0 and 6 A becomes 0 (the car pauses), one above the EVSE's rating or the connection's
 ``grid_limit_a`` is capped there. Profiles are re-evaluated every second: the next period is
 sent when one ends. No profile in force: the configured limit is sent again (no expiry).
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 
 NOMINAL_V = 230.0
 STATION = 0  # the scope of the station limit (connector 0)
+OVERLAP_S = 2.0  # a limit's valid_until is its period's end + this: no gap at the boundary
 NO_STATION_LIMIT_A = 10000.0  # what "no station-wide limit" is as a station limit
 CHARGE_POINT_MAX = "ChargePointMaxProfile"
 TX_DEFAULT = "TxDefaultProfile"
@@ -255,6 +258,14 @@ class ChargingProfiles:
                 log.error("current limit %s refused: %s", cmd.limit_a, answer and answer.reason)
         return ok
 
+    def next_change_s(self, most: float = 1.0) -> float:
+        """Seconds until the end of the first period the station has now (at most ``most``):
+        the next one is sent right at the boundary."""
+        now = self._now()
+        ends = [w[1] for w in self._sent.values() if w is not None and w[1] is not None]
+        soonest = min(((e - now).total_seconds() for e in ends), default=most)
+        return min(most, max(0.01, soonest))
+
     def desired(self) -> dict[int, Desired]:
         now = self._now()
         profiles = self._profiles()
@@ -309,7 +320,7 @@ class ChargingProfiles:
             command_id=f"ocpp-profile-{uuid.uuid4()}",
             limit_a=amps,
             evse_id=None if scope == STATION else self._evses[scope - 1],
-            valid_until=until,
+            valid_until=None if until is None else until + timedelta(seconds=OVERLAP_S),
         )
 
     def _profiles(self) -> list[Profile]:

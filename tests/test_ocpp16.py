@@ -533,7 +533,7 @@ def test_charging_profiles_become_the_current_limits(tmp_path, csms, daemons):
     }
     recurring = _profile(3, "TxDefaultProfile", 1, [(0, 8)], kind="Recurring")
     assert set_profile(1, {**recurring, "recurrencyKind": "Daily"}) == {"status": "Rejected"}
-    tx = _profile(4, "TxProfile", 1, [(0, 4140), (2, 5520)], unit="W")  # 6 A, then 8 A (3 ph.)
+    tx = _profile(4, "TxProfile", 1, [(0, 4140), (1, 5520)], unit="W")  # 6 A, then 8 A (3 ph.)
     assert set_profile(1, tx) == {"status": "Rejected"}  # no transaction runs
 
     d.ctl("sim.plug", evse_id=d.evse()["evse_id"])
