@@ -175,7 +175,7 @@ class OcppBackend:
         self._sink = sink
         self._state.open()
         self._link.start(self._serve)
-        self._limits_task = self._link.submit(self._limits())
+        self._limits_task = self._link.submit(self.profiles.run())
 
     def stop(self) -> None:
         if self._limits_task is not None:
@@ -382,28 +382,6 @@ class OcppBackend:
             wait = max(1, interval)
             log.warning("BootNotification %s: next one in %d s", status, wait)
             await asyncio.sleep(wait)
-
-    async def _limits(self) -> None:
-        """Charging profiles re-evaluated every second and at each period's end, online or
-        not: the next schedule period goes to the station when one ends, a TxProfile is
-        dropped with its transaction (:mod:`agent.ocpp_profiles`)."""
-        while True:
-            try:
-                await self.profiles.apply()
-            except (StoreError, sqlite3.Error) as err:
-                log.error("charging profiles: %s", err)
-            await asyncio.sleep(self.profiles.next_change_s())
-
-    async def set_charging_profile(self, connector: int, raw: dict[str, Any]) -> str:
-        return await self.profiles.set(connector, raw)
-
-    async def clear_charging_profile(self, criteria: dict[str, Any]) -> str:
-        return await self.profiles.clear(
-            criteria.get("id"),
-            criteria.get("connector_id"),
-            criteria.get("charging_profile_purpose"),
-            criteria.get("stack_level"),
-        )
 
     async def _heartbeat(self, cp: Any) -> None:
         while True:

@@ -33,6 +33,7 @@ from agent.messages import (
 )
 from agent.ocpp_link import FrameLog
 from agent.ocpp_map import list_entry
+from agent.ocpp_profiles import ChargingProfiles
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,8 @@ class Station(Protocol):
 
     def transactions_running(self) -> bool: ...
 
-    async def set_charging_profile(self, connector: int, raw: dict[str, Any]) -> str: ...
-
-    async def clear_charging_profile(self, criteria: dict[str, Any]) -> str: ...
+    @property
+    def profiles(self) -> ChargingProfiles: ...
 
 
 def _accepted(answer: CommandResponse | None) -> bool:
@@ -220,13 +220,13 @@ class StationCp16(ChargePoint):  # type: ignore[misc]
         """Onto the station's current limits (:mod:`agent.ocpp_profiles`), committed first."""
         if connector_id != 0:
             self._evse(connector_id)
-        status = await self._station.set_charging_profile(connector_id, cs_charging_profiles)
+        status = await self._station.profiles.set(connector_id, cs_charging_profiles)
         return call_result.SetChargingProfile(status=status)
 
     @handles("ClearChargingProfile")
     async def on_clear_charging_profile(self, **criteria: Any) -> call_result.ClearChargingProfile:
         criteria.pop("call_unique_id", None)
-        status = await self._station.clear_charging_profile(criteria)
+        status = await self._station.profiles.clear(criteria)
         return call_result.ClearChargingProfile(status=status)
 
     @handles("Reset")

@@ -213,7 +213,7 @@ class StationCp201(ChargePoint):  # type: ignore[misc]
         if isinstance(raw, str):
             log.warning("SetChargingProfile refused: %s", raw)
             return call_result.SetChargingProfile(status="Rejected")
-        status = await self._station.set_charging_profile(evse_id, raw)
+        status = await self._station.profiles.set(evse_id, raw)
         return call_result.SetChargingProfile(status=status)
 
     @handles("ClearChargingProfile")
@@ -231,7 +231,7 @@ class StationCp201(ChargePoint):  # type: ignore[misc]
             "charging_profile_purpose": PURPOSES_201.get(purpose, purpose) if purpose else None,
             "stack_level": crit.get("stack_level"),
         }
-        status = await self._station.clear_charging_profile(criteria)
+        status = await self._station.profiles.clear(criteria)
         return call_result.ClearChargingProfile(status=status)
 
     @handles("Reset")

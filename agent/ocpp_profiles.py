@@ -30,6 +30,7 @@ import asyncio
 import json
 import logging
 import math
+import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from agent.config import AgentConfig
+from agent.errors import StoreError
 from agent.messages import CommandResponse, CommandStatus, SetCurrentLimit
 from agent.ocpp_state import OcppState, StationView
 from drivers.pilot.base import MIN_CURRENT_A
@@ -179,6 +181,17 @@ class ChargingProfiles:
         self._sent: dict[int, Desired] = {}
         self._lock = asyncio.Lock()  # one evaluation at a time (the CSMS's calls, the ticks)
 
+    async def run(self) -> None:
+        """Re-evaluated every second and at each period's end, online or not: the next
+        schedule period goes to the station when one ends, a TxProfile is dropped with its
+        transaction."""
+        while True:
+            try:
+                await self.apply()
+            except (StoreError, sqlite3.Error) as err:
+                log.error("charging profiles: %s", err)
+            await asyncio.sleep(self.next_change_s())
+
     # ------------------------------------------------------------------ CSMS calls
     async def set(self, connector: int, raw: dict[str, Any]) -> str:
         if connector != STATION and connector not in self._pilots:
@@ -217,13 +230,11 @@ class ChargingProfiles:
         )
         return "Accepted"
 
-    async def clear(
-        self,
-        profile_id: int | None,
-        connector: int | None,
-        purpose: str | None,
-        stack_level: int | None,
-    ) -> str:
+    async def clear(self, criteria: dict[str, Any]) -> str:
+        """ClearChargingProfile (1.6 names, snake_case): by ``id``, else by ``connector_id``,
+        ``charging_profile_purpose``, ``stack_level``."""
+        profile_id, connector = criteria.get("id"), criteria.get("connector_id")
+        purpose, stack_level = criteria.get("charging_profile_purpose"), criteria.get("stack_level")
         removed = self._state.delete_profiles(
             profile_id=profile_id, connector=connector, purpose=purpose, stack_level=stack_level
         )
