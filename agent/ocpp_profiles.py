@@ -17,7 +17,8 @@ period, the schedule's ``duration``, the profile's ``validTo``) + :data:`OVERLAP
 configured limit never shows through in between (and a limit still lapses if it cannot be); a limit
 between 0 and 6 A becomes 0 (the car pauses), one above the EVSE's rating or the connection's
 ``grid_limit_a`` is capped there. Profiles are re-evaluated every second: the next period is
-sent when one ends. No profile in force: the configured limit is sent again (no expiry).
+sent when one ends. No profile in force: the configured value is sent, lapsing
+:data:`OVERLAP_S` later, after which the configured limit itself applies (nothing is kept).
 
 Refused (``Rejected``): a connector without a control pilot, ``Recurring`` schedules, a
 ``Relative`` ChargePointMax profile, a TxProfile without a running transaction on its
@@ -321,7 +322,8 @@ class ChargingProfiles:
             cap = self._config.station.grid_limit_a or NO_STATION_LIMIT_A
         else:
             cap = self._config.evse[scope - 1].max_current_a
-        amps, until = (cap, None) if want is None else want
+        # nothing in force: the configured value, lapsing OVERLAP_S from now (nothing stays)
+        amps, until = (cap, self._now()) if want is None else want
         amps = min(math.floor(amps * 10) / 10, cap)
         if 0 < amps < MIN_CURRENT_A:
             amps = 0.0  # the car cannot charge below 6 A: it pauses
