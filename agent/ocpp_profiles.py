@@ -47,6 +47,9 @@ from drivers.pilot.base import MIN_CURRENT_A
 log = logging.getLogger(__name__)
 
 NOMINAL_V = 230.0
+MAX_STACK_LEVEL = 10  # ChargeProfileMaxStackLevel
+MAX_PERIODS = 24  # ChargingScheduleMaxPeriods
+MAX_PROFILES = 32  # MaxChargingProfilesInstalled
 STATION = 0  # the scope of the station limit (connector 0)
 OVERLAP_S = 2.0  # a limit's valid_until is its period's end + this: no gap at the boundary
 NO_STATION_LIMIT_A = 10000.0  # what "no station-wide limit" is as a station limit
@@ -101,6 +104,10 @@ def parse(raw: dict[str, Any], connector: int) -> Profile | str:
     )
     if not periods or periods[0][0] != 0:
         return "the first schedule period must start at 0"
+    if len(periods) > MAX_PERIODS:
+        return f"{len(periods)} schedule periods (at most {MAX_PERIODS})"
+    if not 0 <= int(raw["stack_level"]) <= MAX_STACK_LEVEL:
+        return f"stackLevel {raw['stack_level']} (at most {MAX_STACK_LEVEL})"
     tx = raw.get("transaction_id")
     return Profile(
         id=int(raw["charging_profile_id"]),
@@ -211,6 +218,9 @@ class ChargingProfiles:
                 log.warning("TxProfile refused: no transaction runs on connector %d", connector)
                 return "Rejected"
             raw = {**raw, "transaction_id": running[1]}  # bound to it: dropped with it
+        if len(self._state.profiles()) >= MAX_PROFILES and not self._replaces(profile):
+            log.warning("SetChargingProfile refused: %d profiles installed", MAX_PROFILES)
+            return "Rejected"
         sched = raw.get("charging_schedule") or {}
         if profile.kind == "Absolute" and sched.get("start_schedule") is None:
             start = self._now().isoformat()  # no start given: it starts now, once
@@ -343,6 +353,14 @@ class ChargingProfiles:
             if isinstance(parsed, Profile):
                 out.append(parsed)
         return out
+
+    def _replaces(self, new: Profile) -> bool:
+        return any(
+            p.id == new.id
+            or (p.connector, p.purpose, p.stack_level)
+            == (new.connector, new.purpose, new.stack_level)
+            for p in self._profiles()
+        )
 
     def _tx_of(self, p: Profile) -> tuple[str, str] | None:
         """(session id, transaction id) of the running transaction a TxProfile belongs to (its

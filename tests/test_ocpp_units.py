@@ -375,5 +375,7 @@ def test_the_period_in_force_and_its_end():
         parse(_raw(periods, unit="VA"), 1),
         parse(_raw(periods, purpose="ChargePointMaxProfile"), 1),
         parse(_raw(periods, purpose="TxProfile"), 0),
+        parse(_raw(periods, stack_level=11), 1),
+        parse(_raw([{"start_period": i, "limit": 8} for i in range(25)]), 1),
     ]
     assert all(isinstance(r, str) for r in refused), refused
