@@ -379,3 +379,11 @@ def test_the_period_in_force_and_its_end():
         parse(_raw([{"start_period": i, "limit": 8} for i in range(25)]), 1),
     ]
     assert all(isinstance(r, str) for r in refused), refused
+
+
+def test_every_stop_reason_has_a_201_ended_reason():
+    """A reset's stop goes out as ImmediateReset (triggerReason ResetCommand) in 2.0.1."""
+    from agent.ocpp201 import STOP_201
+
+    assert {r.value for r in StopReason} <= set(STOP_201)
+    assert STOP_201["soft_reset"] == STOP_201["hard_reset"] == ("ResetCommand", "ImmediateReset")
