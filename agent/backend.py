@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 from agent.messages import (
@@ -72,7 +73,43 @@ class Delivered:
     """Session events were acknowledged by the broker (``Backend.delivered()`` says which)."""
 
 
-BackendInput = LinkUp | LinkDown | AuthAnswer | CdrAcked | CommandIn | CommandUnreadable | Delivered
+@dataclass(frozen=True)
+class Deauthorize:
+    """The backend refused a running session's token after the fact (OCPP: a transaction start
+    answered with an id tag status other than Accepted, StopTransactionOnInvalidId): the
+    session stops with reason ``deauthorized``. Given again after a restart until the stop is
+    answered; a session the station no longer holds ignores it."""
+
+    session_id: str
+    status: str
+
+
+class ResetKind(StrEnum):
+    SOFT = "soft"  # OCPP 1.6 Reset Soft
+    HARD = "hard"  # OCPP 1.6 Reset Hard, 2.0.1 Reset Immediate
+    ON_IDLE = "on_idle"  # OCPP 2.0.1 Reset OnIdle: once no session is running
+
+
+@dataclass(frozen=True)
+class ResetRequested:
+    """The backend resets the station (:mod:`agent.reset`): answered through
+    ``Backend.command_result`` under ``command_id`` once the decision is committed."""
+
+    command_id: str
+    kind: ResetKind
+
+
+BackendInput = (
+    LinkUp
+    | LinkDown
+    | AuthAnswer
+    | CdrAcked
+    | CommandIn
+    | CommandUnreadable
+    | Delivered
+    | Deauthorize
+    | ResetRequested
+)
 BackendSink = Callable[[BackendInput], None]
 
 

@@ -23,9 +23,11 @@ and answers commands as it does for MQTT; this adapter translates.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -41,9 +43,12 @@ from agent.backend import (
     BackendSink,
     CdrAcked,
     CommandIn,
+    Deauthorize,
     Delivered,
     LinkDown,
     LinkUp,
+    ResetKind,
+    ResetRequested,
 )
 from agent.backend_mqtt import InboundLimiter
 from agent.clock import Clock
@@ -55,6 +60,7 @@ from agent.messages import (
     AuthResponse,
     Cdr,
     CommandResponse,
+    CommandStatus,
     SessionEvent,
     StatusMessage,
     token_for_record,
@@ -63,6 +69,7 @@ from agent.ocpp16 import Dialect16
 from agent.ocpp_config import OcppSettings
 from agent.ocpp_link import OcppLink, summarise
 from agent.ocpp_meter import MeterValuesTask
+from agent.ocpp_profiles import ChargingProfiles
 from agent.ocpp_state import OcppState, StationView, TxRow
 from agent.ocpp_tx import masked
 from agent.store import DB_NAME
@@ -150,6 +157,10 @@ class OcppBackend:
         self._limiter = InboundLimiter(limits, clock.monotonic)
         self.dialect: Dialect = _dialect(subprotocol, self)
         self._triggered: set[asyncio.Future[Any]] = set()
+        self._limits_task: concurrent.futures.Future[None] | None = None
+        self.profiles = ChargingProfiles(
+            config, self._state, self._view, clock.now, self.run_command
+        )
 
     # ---------------------------------------------------------------- port (loop thread)
     @property
@@ -164,8 +175,11 @@ class OcppBackend:
         self._sink = sink
         self._state.open()
         self._link.start(self._serve)
+        self._limits_task = self._link.submit(self.profiles.run())
 
     def stop(self) -> None:
+        if self._limits_task is not None:
+            self._limits_task.cancel()  # ends before the link's loop does (scheduled first)
         self._link.stop()
         self._state.close()
         self._view.close()
@@ -246,18 +260,32 @@ class OcppBackend:
 
     async def run_command(self, command: AnyCommand, action: str) -> CommandResponse | None:
         """Hand a command to the core and wait for its answer (committed first, as for MQTT)."""
+        body = json.dumps([action, command.model_dump(mode="json")], sort_keys=True)
+        item = CommandIn(command, hashlib.sha256(body.encode()).hexdigest())
+        return await self._ask(command.command_id, item, action)
+
+    async def run_reset(self, kind: ResetKind, call_id: str) -> bool:
+        """Hand a reset to the core (:mod:`agent.reset`); True once it committed the decision."""
+        answer = await self._ask(call_id, ResetRequested(call_id, kind), "Reset")
+        return answer is not None and answer.status is CommandStatus.ACCEPTED
+
+    def transactions_running(self) -> bool:
+        return bool(self._view.charging())
+
+    async def _ask(
+        self, command_id: str, item: CommandIn | ResetRequested, action: str
+    ) -> CommandResponse | None:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[CommandResponse] = loop.create_future()
-        self._waiting[command.command_id] = fut
-        body = json.dumps([action, command.model_dump(mode="json")], sort_keys=True)
-        self._sink(CommandIn(command, hashlib.sha256(body.encode()).hexdigest()))
+        self._waiting[command_id] = fut
+        self._sink(item)
         try:
             return await asyncio.wait_for(fut, COMMAND_WAIT_S)
         except TimeoutError:
-            log.error("%s %s: the station did not answer in time", action, command.command_id)
+            log.error("%s %s: the station did not answer in time", action, command_id)
             return None
         finally:
-            self._waiting.pop(command.command_id, None)
+            self._waiting.pop(command_id, None)
 
     def _resolve(self, result: CommandResponse) -> None:
         fut = self._waiting.pop(result.command_id, None)
@@ -331,6 +359,7 @@ class OcppBackend:
         self.up_since = self._clock.now()
         self._up.set()
         self._sink(LinkUp())
+        self._refused_again()
         self._mark_status()
         await asyncio.gather(
             self._work(cp, self._jobs),
@@ -387,6 +416,24 @@ class OcppBackend:
                 continue
             if isinstance(job, _EventJob) and job.ref is not None:
                 self._ack_event(job.ref)
+
+    def deauthorize(self, session_id: str, status: str) -> None:
+        """The CSMS refused a running transaction's id tag (committed in ``ocpp.sqlite3``
+        before this): the station stops the session, reason DeAuthorized."""
+        log.warning("session %s: the CSMS answered its start with %s: stopping", session_id, status)
+        self._sink(Deauthorize(session_id, status))
+
+    def _refused_again(self) -> None:
+        """Refused transactions whose stop is not answered yet (a restart came between the
+        commit of the refusal and the stop): their deauthorisation goes to the station again;
+        one that stopped meanwhile ignores it."""
+        try:
+            refused = self._state.refused_open()
+        except (StoreError, sqlite3.Error) as err:
+            log.error("OCPP state: %s", err)
+            return
+        for session_id, status in refused:
+            self.deauthorize(session_id, status)
 
     # ---------------------------------------------------------------- authorisation
     async def _authorize(self, request: AuthRequest) -> None:

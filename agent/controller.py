@@ -15,7 +15,7 @@ import logging
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,9 +30,11 @@ from agent.backend import (
     CdrAcked,
     CommandIn,
     CommandUnreadable,
+    Deauthorize,
     Delivered,
     LinkDown,
     LinkUp,
+    ResetRequested,
 )
 from agent.clock import Clock, ClockCheck
 from agent.commands import Commands
@@ -57,10 +59,12 @@ from agent.messages import StatusMessage
 from agent.meter_values import note_reading
 from agent.metering import SignedMetering
 from agent.presentation import Presenter
+from agent.reset import Resets
 from agent.routing import floating_move, holder_of
 from agent.session import (
     AdoptSession,
     ConnectionTimeout,
+    Deauthorized,
     Event,
     Evse,
     FaultKind,
@@ -94,6 +98,8 @@ Item = (
     | CommandIn
     | CommandUnreadable
     | Delivered
+    | Deauthorize
+    | ResetRequested
 )
 ControlHandler = Callable[["Controller", dict[str, Any]], Any]
 PURGE_EVERY_S = 3600.0  # retention purge and running-time checkpoint, hourly
@@ -119,6 +125,13 @@ def _runtimes(config: AgentConfig, drivers: StationDrivers) -> dict[str, EvseRun
         )
         for ec in config.evse
     }
+
+
+def _can_resume(rt: EvseRuntime | None) -> bool:
+    """After a restart: the EVSE exists, has a car plugged, is available and idle."""
+    return (
+        rt is not None and rt.plug.is_plugged() and rt.state.available and rt.state.session is None
+    )
 
 
 class Controller:
@@ -166,6 +179,8 @@ class Controller:
             AuthAnswer: self._on_auth_answer,
             CdrAcked: lambda item: self.delivery.acknowledged(self.backend.acknowledged_cdrs()),
             CommandIn: self._on_command,
+            Deauthorize: lambda item: self._to_holder(item.session_id, Deauthorized),
+            ResetRequested: lambda item: self._all(self.resets.request(item, self.sessions())),
             CommandUnreadable: lambda item: self.commands.reject_unstored(
                 item.command_id, item.reason
             ),
@@ -187,6 +202,10 @@ class Controller:
             config, store, backend, clock, boot_id=self.boot_id, metering=self.metering
         )
         self.authorizer = Authorizer(config=config.auth, store=store, backend=backend, clock=clock)
+        stop, fp = self.loop.stop, self.failpoints
+        self.resets = Resets(
+            store=store, backend=backend, clock=clock, stop_loop=stop, failpoints=fp
+        )
         self.current = CurrentControl(
             config=config, store=store, clock=clock, pool=pool, grid_meter=self.drivers.grid_meter
         )
@@ -271,25 +290,18 @@ class Controller:
         self.refresh_display()
 
     def _recover(self) -> None:
-        def can_resume(evse_id: str) -> bool:
-            rt = self.evses.get(evse_id)
-            return (
-                rt is not None
-                and rt.plug.is_plugged()
-                and rt.state.available
-                and rt.state.session is None
-            )
-
         plan = recovery.plan(
             self.store.open_sessions(),
             boot_id=self.boot_id,
-            can_resume=can_resume,
+            can_resume=lambda evse_id: _can_resume(self.evses.get(evse_id)),
             interrupted=self.interrupted.read(),
+            reset=self.resets.load(),
         )
         for evse_id, session in plan.resume:
             self.dispatch(evse_id, PlugIn())
             self.dispatch(evse_id, ResumeSession(session))
         recovery.close_out(plan, self.store, self.delivery, self.metering)
+        self.resets.restarted()  # after its sessions are settled: a reset never runs twice
         self.interrupted.clear()  # settled and committed
 
     # ------------------------------------------------------------------ main loop
@@ -380,14 +392,14 @@ class Controller:
         move = floating_move([rt.state for rt in self.evses.values()])
         if move is None:
             return
-        log.info(
-            "floating session %s moves from %s to %s",
-            move.session.session_id,
-            move.source,
-            move.target,
-        )
+        sid, source, target = move.session.session_id, move.source, move.target
+        log.info("floating session %s moves from %s to %s", sid, source, target)
         self.dispatch(move.source, ReleaseSession(move.session.session_id))
         self.dispatch(move.target, AdoptSession(move.session))
+
+    def _to_holder(self, session_id: str, event: Callable[[str], Event]) -> None:
+        if (evse_id := self.sessions().get(session_id)) is not None:
+            self.dispatch(evse_id, event(session_id))
 
     def sessions(self) -> dict[str, str]:
         """Session ids the EVSEs hold now, with their EVSE."""
@@ -421,7 +433,8 @@ class Controller:
         self._last_housekeeping = mono
         try:
             self.store.check_file()  # a deleted state directory is a store failure now
-            self._supervise()
+            self._all(self.power.tick(self.evses.values(), self.config.store))
+            self.resets.tick(self.sessions(), self.store.queued_event_count())
             self.current.tick()
             self._update_current()
             self.delivery.forget_acked()
@@ -440,11 +453,10 @@ class Controller:
         self.refresh_display()
 
     def _update_current(self) -> None:
-        for evse_id, event in self.current.update(list(self.evses.values())):
-            self.dispatch(evse_id, event)
+        self._all(self.current.update(list(self.evses.values())))
 
-    def _supervise(self) -> None:
-        for evse_id, event in self.power.tick(self.evses.values(), self.config.store):
+    def _all(self, routed: Iterable[tuple[str, Event]]) -> None:
+        for evse_id, event in routed:
             self.dispatch(evse_id, event)
 
     def _on_meter_sample(self, sample: MeterSample) -> None:

@@ -162,4 +162,4 @@ def run(config: AgentConfig, clock: Clock | None = None) -> int:
         control.stop()
         store.close()
         log.info("station %s stopped", config.station.id)
-    return 0
+    return ctl.resets.exit_status  # 0, or EXIT_RESET after a backend reset: restarted

@@ -26,6 +26,7 @@ class Point(StrEnum):
     START_COMMITTED = "start_committed"  # a remote start is committed, not yet answered
     COMMAND_ANSWERED = "command_answered"  # a command's answer was handed to the backend
     EVENT_PUBLISHED = "event_published"  # a session event was handed to the backend
+    RESET_COMMITTED = "reset_committed"  # a backend reset is committed, not yet answered
 
 
 class Failpoints:

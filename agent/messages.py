@@ -74,6 +74,8 @@ class StopReason(StrEnum):
     POWER_LOSS = "power_loss"
     FAULT = "fault"
     DEAUTHORIZED = "deauthorized"
+    SOFT_RESET = "soft_reset"
+    HARD_RESET = "hard_reset"
     OTHER = "other"
 
 
@@ -87,6 +89,8 @@ class SessionReason(StrEnum):
     POWER_LOSS = "power_loss"  # stopped: the station lost power while charging
     FAULT = "fault"  # stopped: a device fault on the EVSE
     DEAUTHORIZED = "deauthorized"  # stopped: the backend refused a locally accepted token
+    SOFT_RESET = "soft_reset"  # stopped: the backend reset the station (OCPP Reset Soft)
+    HARD_RESET = "hard_reset"  # stopped: the backend reset the station (Hard / Immediate)
     OTHER = "other"  # stopped: none of these
     UNAVAILABLE = "unavailable"  # stopped before charging: set_availability false
     RESTART = "restart"  # stopped before charging: the agent restarted meanwhile

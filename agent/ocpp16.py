@@ -25,7 +25,9 @@ class Dialect16:
 
     def __init__(self, backend: OcppBackend) -> None:
         self._b = backend
-        self._tx = Transactions16(backend.state, backend.view, backend.clock, backend.connector_of)
+        self._tx = Transactions16(
+            backend.state, backend.view, backend.clock, backend.connector_of, backend.deauthorize
+        )
 
     def make_cp(self, ws: Any) -> Any:
         return StationCp16(self._b.station_id, ws, self._b, self._b.ocpp.call_timeout_s)

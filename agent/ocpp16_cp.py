@@ -20,6 +20,7 @@ from ocpp.exceptions import PropertyConstraintViolationError
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call_result
 
+from agent.backend import ResetKind
 from agent.messages import (
     AnyCommand,
     CommandResponse,
@@ -32,6 +33,7 @@ from agent.messages import (
 )
 from agent.ocpp_link import FrameLog
 from agent.ocpp_map import list_entry
+from agent.ocpp_profiles import ChargingProfiles
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,13 @@ class Station(Protocol):
     def trigger(self, message: str, connector: int | None) -> None: ...
 
     def admit(self, raw: str) -> bool: ...
+
+    async def run_reset(self, kind: ResetKind, call_id: str) -> bool: ...
+
+    def transactions_running(self) -> bool: ...
+
+    @property
+    def profiles(self) -> ChargingProfiles: ...
 
 
 def _accepted(answer: CommandResponse | None) -> bool:
@@ -204,10 +213,29 @@ class StationCp16(ChargePoint):  # type: ignore[misc]
         self._station.trigger(requested_message, connector_id)
         return call_result.TriggerMessage(status="Accepted")
 
+    @handles("SetChargingProfile")
+    async def on_set_charging_profile(
+        self, connector_id: int, cs_charging_profiles: dict[str, Any], **_: Any
+    ) -> call_result.SetChargingProfile:
+        """Onto the station's current limits (:mod:`agent.ocpp_profiles`), committed first."""
+        if connector_id != 0:
+            self._evse(connector_id)
+        status = await self._station.profiles.set(connector_id, cs_charging_profiles)
+        return call_result.SetChargingProfile(status=status)
+
+    @handles("ClearChargingProfile")
+    async def on_clear_charging_profile(self, **criteria: Any) -> call_result.ClearChargingProfile:
+        criteria.pop("call_unique_id", None)
+        status = await self._station.profiles.clear(criteria)
+        return call_result.ClearChargingProfile(status=status)
+
     @handles("Reset")
-    def on_reset(self, type: str) -> call_result.Reset:
-        log.warning("Reset (%s) refused: the agent is restarted by its service manager", type)
-        return call_result.Reset(status="Rejected")
+    async def on_reset(self, type: str, call_unique_id: str) -> call_result.Reset:
+        """Accepted once the station committed the reset (:mod:`agent.reset`): its sessions
+        end (SoftReset / HardReset), then the agent exits and systemd restarts it."""
+        kind = ResetKind.SOFT if type == "Soft" else ResetKind.HARD
+        ok = await self._station.run_reset(kind, call_unique_id)
+        return call_result.Reset(status="Accepted" if ok else "Rejected")
 
     @handles("UnlockConnector")
     def on_unlock_connector(self, connector_id: int) -> call_result.UnlockConnector:

@@ -49,6 +49,8 @@ STOP_201: dict[str, tuple[str, str]] = {
     "ev_disconnected": ("EVCommunicationLost", "EVDisconnected"),
     "power_loss": ("AbnormalCondition", "PowerLoss"),
     "deauthorized": ("Deauthorized", "DeAuthorized"),
+    "soft_reset": ("ResetCommand", "ImmediateReset"),
+    "hard_reset": ("ResetCommand", "ImmediateReset"),
     "fault": ("AbnormalCondition", "Other"),
     "other": ("AbnormalCondition", "Other"),
 }
@@ -178,9 +180,12 @@ class Dialect201:
             ),
             suppress=False,
         )
-        state.started(sid, sid, n, self._b.clock.now())
-        status = (res.id_token_info or {}).get("status", "-")
+        status = (res.id_token_info or {}).get("status")  # optional in 2.0.1: none = fine
+        refused = None if status in (None, "Accepted") else str(status)
+        state.started(sid, sid, n, self._b.clock.now(), refused)
         log.info("transaction %s started (idToken %s: %s)", sid, masked(facts.token), status)
+        if refused is not None:  # TxCtrlr.StopTxOnInvalidId (true): the station stops it
+            self._b.deauthorize(sid, refused)
 
     async def _ended(self, cp: Any, event: SessionEvent) -> None:
         state, sid = self._b.state, event.session_id

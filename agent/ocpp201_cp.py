@@ -13,6 +13,7 @@ from ocpp.exceptions import PropertyConstraintViolationError
 from ocpp.v201 import ChargePoint, call_result
 from pydantic import ValidationError
 
+from agent.backend import ResetKind
 from agent.messages import (
     CommandResponse,
     CommandStatus,
@@ -25,6 +26,7 @@ from agent.messages import (
 from agent.ocpp16_cp import TRIGGERS, Station, handles
 from agent.ocpp_link import FrameLog
 from agent.ocpp_map import list_entry
+from agent.ocpp_profiles import PURPOSES_201, from_201
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ VARIABLES: dict[tuple[str, str], str] = {
     ("LocalAuthListCtrlr", "Enabled"): "LocalAuthListEnabled",
     ("TxCtrlr", "StopTxOnEVSideDisconnect"): "StopTransactionOnEVSideDisconnect",
     ("TxCtrlr", "EVConnectionTimeOut"): "ConnectionTimeOut",
+    ("TxCtrlr", "StopTxOnInvalidId"): "StopTransactionOnInvalidId",
 }
 SET_STATUS = {"Accepted": "Accepted", "Rejected": "Rejected", "NotSupported": "UnknownVariable"}
 
@@ -199,10 +202,53 @@ class StationCp201(ChargePoint):  # type: ignore[misc]
         self._station.trigger(requested_message, n)
         return call_result.TriggerMessage(status="Accepted")
 
+    @handles("SetChargingProfile")
+    async def on_set_charging_profile(
+        self, evse_id: int, charging_profile: dict[str, Any], **_: Any
+    ) -> call_result.SetChargingProfile:
+        """Onto the station's current limits, as in 1.6 (:mod:`agent.ocpp_profiles`)."""
+        if evse_id != 0:
+            self._evse(evse_id)
+        raw = from_201(charging_profile)
+        if isinstance(raw, str):
+            log.warning("SetChargingProfile refused: %s", raw)
+            return call_result.SetChargingProfile(status="Rejected")
+        status = await self._station.profiles.set(evse_id, raw)
+        return call_result.SetChargingProfile(status=status)
+
+    @handles("ClearChargingProfile")
+    async def on_clear_charging_profile(
+        self,
+        charging_profile_id: int | None = None,
+        charging_profile_criteria: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> call_result.ClearChargingProfile:
+        crit = charging_profile_criteria or {}
+        purpose = crit.get("charging_profile_purpose")
+        criteria = {
+            "id": charging_profile_id,
+            "connector_id": crit.get("evse_id"),
+            "charging_profile_purpose": PURPOSES_201.get(purpose, purpose) if purpose else None,
+            "stack_level": crit.get("stack_level"),
+        }
+        status = await self._station.profiles.clear(criteria)
+        return call_result.ClearChargingProfile(status=status)
+
     @handles("Reset")
-    def on_reset(self, type: str, **_: Any) -> call_result.Reset:
-        log.warning("Reset (%s) refused: the agent is restarted by its service manager", type)
-        return call_result.Reset(status="Rejected")
+    async def on_reset(
+        self, type: str, call_unique_id: str, evse_id: int | None = None
+    ) -> call_result.Reset:
+        """Immediate: running transactions end (ImmediateReset), then the agent restarts;
+        OnIdle: once they have ended (Scheduled while any runs). Only the whole station."""
+        if evse_id is not None:
+            self._evse(evse_id)
+            log.warning("Reset of EVSE %d refused: only the whole station restarts", evse_id)
+            return call_result.Reset(status="Rejected")
+        kind = ResetKind.ON_IDLE if type == "OnIdle" else ResetKind.HARD
+        busy = kind is ResetKind.ON_IDLE and self._station.transactions_running()
+        if not await self._station.run_reset(kind, call_unique_id):
+            return call_result.Reset(status="Rejected")
+        return call_result.Reset(status="Scheduled" if busy else "Accepted")
 
     @handles("DataTransfer")
     def on_data_transfer(self, vendor_id: str, **_: Any) -> call_result.DataTransfer:

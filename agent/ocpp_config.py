@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.config import AgentConfig
 from agent.ocpp_map import ENERGY
+from agent.ocpp_profiles import MAX_PERIODS, MAX_PROFILES, MAX_STACK_LEVEL
 from agent.ocpp_state import OcppState
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,18 @@ class OcppSettings:
             "AllowOfflineTxForUnknownId": _bool(policy == "accept_all"),
             "LocalPreAuthorize": _bool(config.auth.local_first),
             "StopTransactionOnEVSideDisconnect": "true",
-            "StopTransactionOnInvalidId": "false",
+            "StopTransactionOnInvalidId": "true",
             "ConnectionTimeOut": str(round(config.auth.connection_timeout_s)),
             "MeterValuesSampledData": ENERGY,
             "MeterValuesAlignedData": ENERGY,
             "WebSocketPingInterval": str(round(ocpp.ping_interval_s)),
             "LocalAuthListMaxLength": "10000",
             "SendLocalListMaxLength": "10000",
-            "SupportedFeatureProfiles": "Core,LocalAuthListManagement,RemoteTrigger",
+            "SupportedFeatureProfiles": "Core,LocalAuthListManagement,RemoteTrigger,SmartCharging",
+            "ChargeProfileMaxStackLevel": str(MAX_STACK_LEVEL),
+            "ChargingScheduleAllowedChargingRateUnit": "Current,Power",
+            "ChargingScheduleMaxPeriods": str(MAX_PERIODS),
+            "MaxChargingProfilesInstalled": str(MAX_PROFILES),
         }
         self._state = state
         self._csms_heartbeat: int | None = None

@@ -54,6 +54,8 @@ STOP_REASON_16: dict[StopReason, str] = {
     StopReason.EV_DISCONNECTED: "EVDisconnected",
     StopReason.POWER_LOSS: "PowerLoss",
     StopReason.DEAUTHORIZED: "DeAuthorized",
+    StopReason.SOFT_RESET: "SoftReset",
+    StopReason.HARD_RESET: "HardReset",
     StopReason.FAULT: "Other",
     StopReason.OTHER: "Other",
 }

@@ -34,9 +34,17 @@ CREATE TABLE IF NOT EXISTS tx (
     connector      INTEGER NOT NULL,
     stopped        INTEGER NOT NULL DEFAULT 0,
     started_at     TEXT NOT NULL,
-    seq            INTEGER NOT NULL DEFAULT 1  -- 2.0.1: the next TransactionEvent seqNo
+    seq            INTEGER NOT NULL DEFAULT 1, -- 2.0.1: the next TransactionEvent seqNo
+    refused        TEXT  -- the CSMS's idTag(Token)Info status when not Accepted: stop it
 );
 CREATE INDEX IF NOT EXISTS tx_by_id ON tx(transaction_id);
+CREATE TABLE IF NOT EXISTS profiles (  -- 1.6 charging profiles (agent.ocpp_profiles)
+    id          INTEGER PRIMARY KEY,
+    connector   INTEGER NOT NULL,
+    purpose     TEXT NOT NULL,
+    stack_level INTEGER NOT NULL,
+    body        TEXT NOT NULL  -- the csChargingProfiles as received (snake_case JSON)
+);
 CREATE TABLE IF NOT EXISTS settings (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -70,6 +78,9 @@ class OcppState:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(tx)")}
+            if "refused" not in columns:  # a file from before the column
+                db.execute("ALTER TABLE tx ADD COLUMN refused TEXT")
         except sqlite3.Error as err:
             raise StoreError(f"{self._path}: cannot open: {err}") from err
         self._db = db
@@ -100,12 +111,29 @@ class OcppState:
         ).fetchone()
         return None if row is None else TxRow(**_tx_fields(row))
 
-    def started(self, session_id: str, transaction_id: str, connector: int, at: datetime) -> None:
+    def started(
+        self,
+        session_id: str,
+        transaction_id: str,
+        connector: int,
+        at: datetime,
+        refused: str | None = None,
+    ) -> None:
+        """The CSMS's answer to a transaction start, in one commit: its id and, when the id
+        tag's status was not Accepted, that status (the session is then stopped, DeAuthorized)."""
         self._write(
-            "INSERT OR REPLACE INTO tx (session_id, transaction_id, connector, started_at)"
-            " VALUES (?, ?, ?, ?)",
-            (session_id, transaction_id, connector, rfc3339(at)),
+            "INSERT OR REPLACE INTO tx (session_id, transaction_id, connector, started_at, refused)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (session_id, transaction_id, connector, rfc3339(at), refused),
         )
+
+    def refused_open(self) -> list[tuple[str, str]]:
+        """(session id, status) of the transactions the CSMS refused whose stop is not answered
+        yet: their deauthorisation is handed to the station again after a restart."""
+        rows = self.db.execute(
+            "SELECT session_id, refused FROM tx WHERE stopped=0 AND refused IS NOT NULL"
+        ).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
 
     def stopped(self, session_id: str) -> None:
         self._write("UPDATE tx SET stopped=1 WHERE session_id=?", (session_id,))
@@ -123,6 +151,61 @@ class OcppState:
             "SELECT session_id, transaction_id, connector, stopped FROM tx WHERE stopped=0"
         ).fetchall()
         return [TxRow(**_tx_fields(r)) for r in rows]
+
+    def save_profile(
+        self, profile_id: int, connector: int, purpose: str, stack_level: int, body: str
+    ) -> None:
+        """A profile replaces the one with its id and the one with its connector, purpose and
+        stack level (OCPP 1.6), in one commit."""
+        try:
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.execute(
+                    "DELETE FROM profiles WHERE id=? OR (connector=? AND purpose=? AND"
+                    " stack_level=?)",
+                    (profile_id, connector, purpose, stack_level),
+                )
+                self.db.execute(
+                    "INSERT INTO profiles (id, connector, purpose, stack_level, body)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (profile_id, connector, purpose, stack_level, body),
+                )
+        except sqlite3.Error as err:
+            raise StoreError(f"{self._path}: cannot write: {err}") from err
+
+    def delete_profiles(
+        self,
+        *,
+        profile_id: int | None = None,
+        connector: int | None = None,
+        purpose: str | None = None,
+        stack_level: int | None = None,
+    ) -> int:
+        """ClearChargingProfile: by id, else by the criteria given (none: all); how many."""
+        params: tuple[int | str, ...]
+        if profile_id is not None:
+            where, params = "id=?", (profile_id,)
+        else:
+            conds = [
+                (col, val)
+                for col, val in (
+                    ("connector", connector),
+                    ("purpose", purpose),
+                    ("stack_level", stack_level),
+                )
+                if val is not None
+            ]
+            where = " AND ".join(f"{col}=?" for col, _ in conds) or "1"
+            params = tuple(val for _, val in conds)
+        try:
+            cur = self.db.execute(f"DELETE FROM profiles WHERE {where}", params)
+        except sqlite3.Error as err:
+            raise StoreError(f"{self._path}: cannot write: {err}") from err
+        return int(cur.rowcount)
+
+    def profiles(self) -> list[tuple[int, str]]:
+        rows = self.db.execute("SELECT connector, body FROM profiles ORDER BY id").fetchall()
+        return [(int(r[0]), str(r[1])) for r in rows]
 
     def setting(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()

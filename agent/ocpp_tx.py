@@ -40,11 +40,13 @@ class Transactions16:
         view: StationView,
         clock: Clock,
         connector_of: Callable[[str], int],
+        refuse: Callable[[str, str], None],
     ) -> None:
         self._store = store
         self._view = view
         self._clock = clock
         self._connector_of = connector_of
+        self._refuse = refuse
 
     async def message(self, cp: Any, event: SessionEvent) -> None:
         if event.event is SessionEventKind.STARTED:
@@ -71,8 +73,9 @@ class Transactions16:
             suppress=False,
         )
         txid = str(res.transaction_id)
-        self._store.started(event.session_id, txid, connector, self._clock.now())
-        status = (res.id_tag_info or {}).get("status")
+        status = str((res.id_tag_info or {}).get("status"))
+        refused = None if status == "Accepted" else status
+        self._store.started(event.session_id, txid, connector, self._clock.now(), refused)
         log.info(
             "session %s is OCPP transaction %s (idTag %s: %s)",
             event.session_id,
@@ -80,6 +83,8 @@ class Transactions16:
             masked(facts.token),
             status,
         )
+        if refused is not None:  # StopTransactionOnInvalidId (true): the station stops it
+            self._refuse(event.session_id, refused)
         signed = self._view.signed(event.session_id)
         if signed is not None and signed.start is not None:
             begin = signed_meter_value_16(signed.start, event.ts, "Transaction.Begin")

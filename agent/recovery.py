@@ -57,9 +57,11 @@ def plan(
     boot_id: str | None,
     can_resume: Callable[[str], bool],
     interrupted: frozenset[str] = frozenset(),
+    reset: StopReason | None = None,
 ) -> Plan:
     """``can_resume(evse_id)``: the EVSE exists, is available, idle and has a car plugged;
-    ``interrupted``: sessions the station stopped while it could not write that down."""
+    ``interrupted``: sessions the station stopped while it could not write that down;
+    ``reset``: a backend reset committed before this restart: its sessions end with it."""
     out = Plan()
     for row in rows:
         power_loss = bool(boot_id and row.boot_id and row.boot_id != boot_id)
@@ -67,6 +69,8 @@ def plan(
             out.cancel.append(row)
         elif row.session_id in interrupted:
             out.settle.append(Settle(row=row, reason=StopReason.FAULT))
+        elif reset is not None:
+            out.settle.append(Settle(row=row, reason=reset))
         elif not power_loss and can_resume(row.evse_id):
             out.resume.append((row.evse_id, session_info(row)))
         else:

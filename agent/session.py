@@ -111,6 +111,14 @@ class Deauthorized:
 
 
 @dataclass(frozen=True)
+class StationReset:
+    """The backend reset the station (committed before this): a charging session ends with
+    ``reason`` (``soft_reset`` / ``hard_reset``), one that never charged is dropped."""
+
+    reason: StopReason
+
+
+@dataclass(frozen=True)
 class ResumeSession:
     """After a restart: the car is still plugged, the persisted session goes on charging."""
 
@@ -215,6 +223,7 @@ Event = (
     | AdoptSession
     | ReleaseSession
     | Deauthorized
+    | StationReset
     | ResumeSession
     | PilotSignal
     | OfferChanged
@@ -234,6 +243,7 @@ EVENT_TYPES: tuple[type, ...] = (
     AdoptSession,
     ReleaseSession,
     Deauthorized,
+    StationReset,
     ResumeSession,
     PilotSignal,
     OfferChanged,
@@ -626,6 +636,12 @@ def _deauthorized_charging(policy: Policy, evse: Evse, event: Event) -> Result:
     return nxt, [*acts, Notify("Card refused by the backend - session stopped")]
 
 
+def _reset_charging(policy: Policy, evse: Evse, event: Event) -> Result:
+    assert isinstance(event, StationReset)
+    nxt, acts = _end(event.reason, finishing=True)(policy, evse, event)
+    return nxt, [*acts, Notify("Station restarting - session stopped")]
+
+
 def _resume(policy: Policy, evse: Evse, event: Event) -> Result:
     assert isinstance(event, ResumeSession)
     return replace(evse, phase=EvseState.CHARGING, session=event.session), [
@@ -753,6 +769,7 @@ TABLE: dict[tuple[EvseState, type], Handler] = {
         Timer.AUTH, SessionEventKind.STOPPED, "unavailable"
     ),
     (S.AUTHORIZING, FaultRaised): _cancel_with(Timer.AUTH, SessionEventKind.STOPPED, "fault"),
+    (S.AUTHORIZING, StationReset): _cancel_with(Timer.AUTH, SessionEventKind.STOPPED, "restart"),
     # -- authorized: waiting for the car
     (S.AUTHORIZED, TokenPresented): _authorized_token,
     (S.AUTHORIZED, PlugIn): _authorized_plug_in,
@@ -765,6 +782,9 @@ TABLE: dict[tuple[EvseState, type], Handler] = {
     (S.AUTHORIZED, FaultRaised): _cancel_with(Timer.CONNECTION, SessionEventKind.STOPPED, "fault"),
     (S.AUTHORIZED, ReleaseSession): _release,
     (S.AUTHORIZED, Deauthorized): _deauthorized_waiting,
+    (S.AUTHORIZED, StationReset): _cancel_with(
+        Timer.CONNECTION, SessionEventKind.STOPPED, "restart"
+    ),
     # -- charging: relay closed
     (S.CHARGING, PlugOut): _end(StopReason.EV_DISCONNECTED, finishing=False),
     (S.CHARGING, TokenPresented): _charging_token,
@@ -773,6 +793,7 @@ TABLE: dict[tuple[EvseState, type], Handler] = {
     (S.CHARGING, SetAvailable): _end(StopReason.REMOTE, finishing=False),
     (S.CHARGING, FaultRaised): _end(StopReason.FAULT, finishing=False),
     (S.CHARGING, Deauthorized): _deauthorized_charging,
+    (S.CHARGING, StationReset): _reset_charging,
     # -- finishing: session over, car still plugged
     (S.FINISHING, PlugOut): _idle_plug_out,
     (S.FINISHING, TokenPresented): _start_auth,

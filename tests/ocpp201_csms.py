@@ -31,6 +31,8 @@ def _now() -> str:
 
 
 class CsmsCp(ChargePoint):  # type: ignore[misc]
+    started_status = "Accepted"  # idTokenInfo of the answer to a TransactionEvent Started
+
     @on("BootNotification")
     def boot(self, charging_station: dict[str, Any], reason: str) -> Any:
         return call_result.BootNotification(current_time=_now(), interval=60, status="Accepted")
@@ -50,7 +52,8 @@ class CsmsCp(ChargePoint):  # type: ignore[misc]
     @on("TransactionEvent")
     def transaction_event(self, **kw: Any) -> Any:
         if kw.get("id_token"):
-            return call_result.TransactionEvent(id_token_info={"status": "Accepted"})
+            status = self.started_status if kw.get("event_type") == "Started" else "Accepted"
+            return call_result.TransactionEvent(id_token_info={"status": status})
         return call_result.TransactionEvent()
 
 
@@ -58,6 +61,7 @@ class Csms201:
     def __init__(self, *, key: str | None = KEY, pki: Pki | None = None, mtls: bool = False):
         self.port = free_port()
         self.key, self.pki, self.mtls = key, pki, mtls
+        self.started_status = "Accepted"
         self.frames: list[tuple[str, str, Any]] = []
         self.cps: dict[str, CsmsCp] = {}
         self.peer_cns: list[str] = []
@@ -108,6 +112,7 @@ class Csms201:
                 await ws.close(1008, "certificate CN is not the charging station id")
                 return
         cp = CsmsCp(cp_id, ws, response_timeout=10, logger=self._log)
+        cp.started_status = self.started_status
         self.cps[cp_id] = cp
         with contextlib.suppress(ConnectionClosed):
             await cp.start()

@@ -76,8 +76,10 @@ class Csms:
         key: str | None = KEY,
         heartbeat_interval: int = 60,
         registration: Callable[[Any, Any], Awaitable[RegistrationStatus]] | None = None,
+        authorize: Callable[[Any, str], Awaitable[Any]] | None = None,
     ) -> None:
         self.port = free_port()
+        self.authorize = authorize
         self.key = key
         self.heartbeat_interval = heartbeat_interval
         self.registration = registration
@@ -113,6 +115,7 @@ class Csms:
                 call_timeout=10.0,
                 authenticate=self._auth,
                 registration=self.registration,
+                authorize=self.authorize,
             )
             server.add_listener(self.events.append)
             await server.async_start()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ocpp_csms import CsmsError
+from ocpp_csms import CsmsError, ResetType
 
 from agent.failpoints import ENV
 from drivers.meter.ocmf import parse
@@ -266,7 +266,7 @@ def test_csms_calls_answered_or_refused_with_the_right_callerror(tmp_path, csms,
     assert ask("UnlockConnector", {"connectorId": 9})[2] == "PropertyConstraintViolation"
     assert ask("UnlockConnector", {"connectorId": 2})[2] == {"status": "NotSupported"}
     assert ask("DataTransfer", {"vendorId": "x"})[2] == {"status": "Rejected"}
-    assert ask("Reset", {"type": "Soft"})[2] == {"status": "Rejected"}
+    assert ask("Reset", {"type": "Sideways"})[0] == 4  # not a reset type: no reset
     # without a connector and with two EVSEs the station cannot choose
     assert ask("RemoteStartTransaction", {"idTag": UID_A})[2] == {"status": "Rejected"}
 
@@ -413,3 +413,144 @@ def test_a_silent_csms_is_noticed_by_ping_and_the_station_reconnects(tmp_path, c
         assert len(csms.calls("BootNotification")) > boots
     finally:
         proxy.close()
+
+
+def test_a_start_answered_invalid_stops_the_session_deauthorized(tmp_path, daemons):
+    """StopTransactionOnInvalidId (true): the CSMS accepts the Authorize, then answers the
+    StartTransaction with idTagInfo Invalid: the station stops the session (DeAuthorized)."""
+    from ocpp_csms import AuthorizationStatus
+
+    answers = [AuthorizationStatus.ACCEPTED, AuthorizationStatus.INVALID]
+
+    async def authorize(cp: Any, id_tag: str) -> AuthorizationStatus:
+        return answers.pop(0) if answers else AuthorizationStatus.INVALID
+
+    server = Csms(authorize=authorize).start()
+    try:
+        d = ocpp_daemon(tmp_path, server, daemons).start()
+        d.ctl("sim.plug")
+        d.ctl("sim.tap", uid=UID_A)
+        stop = wait_until(lambda: server.calls("StopTransaction"), 15, "StopTransaction")[0]
+        (txid,) = server.tx_ids()
+        assert stop["transactionId"] == txid and stop["reason"] == "DeAuthorized"
+        assert server.results("StartTransaction")[0]["idTagInfo"]["status"] == "Invalid"
+        d.wait_state("finishing")
+        assert d.ctl("sessions")[0]["stop_reason"] == "deauthorized"
+        assert not d.ctl("status")["evses"][0]["relay_closed"]
+        wait_until(lambda: d.ctl("outbox")["pending"] == 0, 10, "CDR settled")
+        assert "the CSMS answered its start with Invalid: stopping" in d.log()
+        config = server.run(server.cp(ST).async_get_configuration(["StopTransactionOnInvalidId"]))
+        assert config.values["StopTransactionOnInvalidId"].value == "true"
+        assert check_frames(server.frames) > 0
+    finally:
+        server.close()
+
+
+def test_reset_ends_the_session_and_restarts_once_even_after_a_kill(tmp_path, csms, daemons):
+    """Reset Soft killed right after its commit (before the answer): the restart settles the
+    session with SoftReset and does not reset again. Reset Hard: answered Accepted, the
+    session ends (HardReset, StopTransaction answered), the relay opens, the daemon exits with
+    the status systemd restarts (Restart=always; only 78 is spared)."""
+    unit = (Path(__file__).parents[1] / "systemd" / "station-agent.service").read_text()
+    assert "Restart=always" in unit and "RestartPreventExitStatus=78" in unit
+    d = ocpp_daemon(tmp_path, csms, daemons)
+    d.env[ENV] = "reset_committed"
+    d.start()
+    d.ctl("sim.plug")
+    d.ctl("sim.tap", uid=UID_A)
+    d.wait_state("charging")
+    wait_until(csms.tx_ids, 10, "StartTransaction")
+    with pytest.raises(CsmsError):  # the socket drops: killed before the answer
+        csms.run(csms.cp(ST).async_reset(ResetType.SOFT))
+    proc = d.proc
+    assert proc is not None
+    wait_until(lambda: proc.poll() is not None, 10, "kill -9 at reset_committed")
+    d.proc = None
+    d.env.pop(ENV)
+    d.start()
+    stop = wait_until(lambda: csms.calls("StopTransaction"), 15, "StopTransaction")[0]
+    assert stop["reason"] == "SoftReset" and stop["transactionId"] == csms.tx_ids()[0]
+    assert d.log().count("restarted for the soft reset") == 1
+    assert d.evse()["state"] == "preparing"  # the car is still in: not resumed
+    assert d.ctl("sessions")[0]["stop_reason"] == "soft_reset"
+    wait_until(lambda: d.ctl("outbox")["pending"] == 0, 10, "CDR settled")
+    assert d.proc is not None and d.proc.poll() is None  # the restart was the reset: no other
+
+    d.ctl("sim.tap", uid=UID_B)
+    d.wait_state("charging")
+    wait_until(lambda: len(csms.tx_ids()) == 2, 10, "second StartTransaction")
+    assert csms.run(csms.cp(ST).async_reset(ResetType.HARD)) == "Accepted"
+    proc = d.proc
+    assert proc is not None
+    wait_until(lambda: proc.poll() is not None, 15, "exit after the reset")
+    assert proc.returncode == 75
+    stops = csms.calls("StopTransaction")
+    assert len(stops) == 2 and stops[1]["reason"] == "HardReset"
+    assert stops[1]["transactionId"] == csms.tx_ids()[1]
+    assert d.relay_log()[-1] == "open"
+    assert "reset: sessions ended, 0 event(s) still queued: exiting with status 75" in d.log()
+
+
+def _profile(pid: int, purpose: str, stack: int, periods: list[tuple[int, float]], **kw: Any):
+    unit = kw.pop("unit", "A")
+    return {
+        "chargingProfileId": pid,
+        "stackLevel": stack,
+        "chargingProfilePurpose": purpose,
+        "chargingProfileKind": kw.pop("kind", "Absolute"),
+        **kw,
+        "chargingSchedule": {
+            "chargingRateUnit": unit,
+            "chargingSchedulePeriod": [{"startPeriod": s, "limit": v} for s, v in periods],
+        },
+    }
+
+
+def test_charging_profiles_become_the_current_limits(tmp_path, csms, daemons):
+    """SetChargingProfile onto the current control: TxDefault -> the EVSE limit, TxProfile (in
+    W, two periods) -> the running transaction's limit, period by period, dropped with it;
+    ChargePointMax -> the station limit; ClearChargingProfile; refusals."""
+    d = ocpp_daemon(tmp_path, csms, daemons, evses=2)
+    d.config["evse"][0].update(pilot={"driver": "sim", "car_max_a": 32.0}, max_current_a=16)
+    d.start()
+    n = iter(range(100))
+
+    def ask(action: str, payload: dict[str, Any]) -> Any:
+        return csms.raw_call(ST, [2, f"sc{next(n)}", action, payload])[2]
+
+    def limit() -> tuple[Any, Any, Any]:
+        e = d.evse()
+        return e["limit_a"], e["limit_source"], e["offered_a"]
+
+    def set_profile(connector: int, profile: dict[str, Any]) -> Any:
+        return ask("SetChargingProfile", {"connectorId": connector, "csChargingProfiles": profile})
+
+    default = _profile(1, "TxDefaultProfile", 0, [(0, 10)])
+    assert set_profile(1, default) == {"status": "Accepted"}
+    assert limit()[:2] == (10, "evse")  # committed before the answer
+    assert set_profile(2, _profile(2, "TxDefaultProfile", 0, [(0, 10)])) == {
+        "status": "Rejected"  # no control pilot on connector 2
+    }
+    recurring = _profile(3, "TxDefaultProfile", 1, [(0, 8)], kind="Recurring")
+    assert set_profile(1, {**recurring, "recurrencyKind": "Daily"}) == {"status": "Rejected"}
+    tx = _profile(4, "TxProfile", 1, [(0, 4140), (1, 5520)], unit="W")  # 6 A, then 8 A (3 ph.)
+    assert set_profile(1, tx) == {"status": "Rejected"}  # no transaction runs
+
+    d.ctl("sim.plug", evse_id=d.evse()["evse_id"])
+    d.ctl("sim.tap", uid=UID_A)
+    d.wait_state("charging")
+    wait_until(lambda: limit() == (10, "evse", 10), 10, "10 A offered (TxDefault)")
+    wait_until(csms.tx_ids, 10, "StartTransaction")
+    assert set_profile(1, tx) == {"status": "Accepted"}
+    assert limit()[:2] == (6, "evse")
+    wait_until(lambda: limit()[0] == 8, 10, "the second period (8 A) sent when the first ended")
+    cp_max = _profile(5, "ChargePointMaxProfile", 0, [(0, 7)])
+    assert set_profile(0, cp_max) == {"status": "Accepted"}
+    assert limit()[:2] == (7, "station")
+    assert ask("ClearChargingProfile", {"id": 5}) == {"status": "Accepted"}
+    assert limit()[:2] == (8, "evse")
+    assert ask("ClearChargingProfile", {"id": 99}) == {"status": "Unknown"}
+
+    d.ctl("sim.tap", uid=UID_A)  # the transaction ends: its TxProfile goes with it
+    wait_until(lambda: limit()[:2] == (10, "evse"), 10, "back to the TxDefault limit")
+    assert "TxProfile 4 dropped: its transaction ended" in d.log()

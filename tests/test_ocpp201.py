@@ -153,9 +153,8 @@ def test_mutual_tls_charge_by_card_and_remote_start_stop(tmp_path, pki, daemons)
         assert csms.raw_call(ST, [2, "x3", "DataTransfer", {"vendorId": "v"}])[2] == {
             "status": "Rejected"
         }
-        assert csms.raw_call(ST, [2, "x4", "Reset", {"type": "Immediate"}])[2] == {
-            "status": "Rejected"
-        }
+        reset_one = [2, "x4", "Reset", {"type": "Immediate", "evseId": 1}]
+        assert csms.raw_call(ST, reset_one)[2] == {"status": "Rejected"}  # only the station
         res = csms.call(ST, call.ChangeAvailability(operational_status="Inoperative"))
         assert res.status == "Accepted"
         wait_until(
@@ -242,5 +241,95 @@ def test_signing_meter_records_ride_on_started_and_ended(tmp_path, daemons):
         for update in events(csms, "Updated"):  # periodic samples are plain
             assert "signedMeterValue" not in update["meterValue"][0]["sampledValue"][0]
         assert check_frames(csms.frames, "2.0.1") > 5  # signedMeterValue within its limits
+    finally:
+        csms.close()
+
+
+def _profile201(pid: int, purpose: str, limit: float) -> dict[str, Any]:
+    period = {"startPeriod": 0, "limit": limit}
+    schedule = {"id": pid, "chargingRateUnit": "A", "chargingSchedulePeriod": [period]}
+    return {
+        "id": pid,
+        "stackLevel": 0,
+        "chargingProfilePurpose": purpose,
+        "chargingProfileKind": "Absolute",
+        "chargingSchedule": [schedule],
+    }
+
+
+def _charging_profiles_201(csms: Csms201, d: Daemon) -> None:
+    """2.0.1 SetChargingProfile onto the current limits, as in 1.6 (committed first)."""
+
+    def ask(action: str, payload: dict[str, Any]) -> Any:
+        return csms.raw_call(ST, [2, f"p{action}{len(csms.frames)}", action, payload])[2]
+
+    def limit() -> tuple[Any, Any]:
+        return d.evse()["limit_a"], d.evse()["limit_source"]
+
+    default = _profile201(1, "TxDefaultProfile", 10)
+    assert ask("SetChargingProfile", {"evseId": 1, "chargingProfile": default}) == {
+        "status": "Accepted"
+    }
+    assert limit() == (10, "evse")
+    station = _profile201(2, "ChargingStationMaxProfile", 7)
+    assert ask("SetChargingProfile", {"evseId": 0, "chargingProfile": station}) == {
+        "status": "Accepted"
+    }
+    assert limit() == (7, "station")
+    tx = _profile201(3, "TxProfile", 8)
+    assert ask("SetChargingProfile", {"evseId": 1, "chargingProfile": tx}) == {
+        "status": "Rejected"  # no transaction runs
+    }
+    criteria = {"chargingProfilePurpose": "ChargingStationMaxProfile"}
+    assert ask("ClearChargingProfile", {"chargingProfileCriteria": criteria}) == {
+        "status": "Accepted"
+    }
+    assert ask("ClearChargingProfile", {"chargingProfileId": 1}) == {"status": "Accepted"}
+    assert limit() == (16, "evse")  # the configured limit again
+    assert ask("ClearChargingProfile", {"chargingProfileId": 1}) == {"status": "Unknown"}
+
+
+def test_started_refused_is_deauthorized_and_reset_on_idle_waits(tmp_path, daemons):
+    """TxCtrlr.StopTxOnInvalidId: a TransactionEvent Started answered with idTokenInfo Invalid
+    ends the transaction (stoppedReason DeAuthorized, triggerReason Deauthorized). Then Reset
+    OnIdle with a transaction running: Scheduled, committed; the session goes on until the
+    card stops it, then the agent exits for its restart (status 75)."""
+    csms = Csms201()
+    csms.started_status = "Invalid"
+    csms.start()
+    try:
+        d = daemon201(tmp_path, csms, daemons)
+        d.config["evse"][0].update(pilot={"driver": "sim", "car_max_a": 32.0}, max_current_a=16)
+        d.start()
+        _charging_profiles_201(csms, d)
+        d.ctl("sim.plug")
+        d.ctl("sim.tap", uid=UID_A)
+        sid = wait_until(lambda: events(csms, "Started"), 10, "Started")[0]
+        ended = wait_until(lambda: events(csms, "Ended"), 15, "Ended")[0]
+        info = ended["transactionInfo"]
+        assert info["transactionId"] == sid["transactionInfo"]["transactionId"]
+        assert info["stoppedReason"] == "DeAuthorized"
+        assert ended["triggerReason"] == "Deauthorized"
+        d.wait_state("finishing")
+        assert d.ctl("sessions")[0]["stop_reason"] == "deauthorized"
+        variable = {"component": {"name": "TxCtrlr"}, "variable": {"name": "StopTxOnInvalidId"}}
+        answer = csms.call(ST, call.GetVariables(get_variable_data=[variable]))
+        assert answer.get_variable_result[0]["attribute_value"] == "true"
+
+        csms.cps[ST].started_status = "Accepted"
+        d.ctl("sim.tap", uid=UID_A)
+        d.wait_state("charging")
+        wait_until(lambda: len(events(csms, "Started")) == 2, 10, "second Started")
+        assert csms.call(ST, call.Reset(type="OnIdle")).status == "Scheduled"
+        assert "reset (on_idle) accepted: 1 session(s) to end" in d.log()
+        assert d.evse()["state"] == "charging"  # OnIdle: the session goes on
+        d.ctl("sim.tap", uid=UID_A)
+        wait_until(lambda: len(events(csms, "Ended")) == 2, 10, "second Ended")
+        assert events(csms, "Ended")[1]["transactionInfo"]["stoppedReason"] == "Local"
+        proc = d.proc
+        assert proc is not None
+        wait_until(lambda: proc.poll() is not None, 15, "exit for the restart")
+        assert proc.returncode == 75
+        assert check_frames(csms.frames, "2.0.1") > 0
     finally:
         csms.close()

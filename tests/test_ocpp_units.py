@@ -103,6 +103,8 @@ def test_status_and_stop_reason_mapping():
         StopReason.EV_DISCONNECTED: "EVDisconnected",
         StopReason.POWER_LOSS: "PowerLoss",
         StopReason.DEAUTHORIZED: "DeAuthorized",
+        StopReason.SOFT_RESET: "SoftReset",
+        StopReason.HARD_RESET: "HardReset",
         StopReason.FAULT: "Other",
         StopReason.OTHER: "Other",
     }
@@ -176,7 +178,7 @@ def test_a_repeated_event_never_repeats_the_ocpp_message(stores):
         meter_kwh=12.3456,
     )
     clock = type("C", (), {"now": staticmethod(lambda: NOW)})()
-    tx = Transactions16(state, view, clock, lambda evse_id: 1)  # type: ignore[arg-type]
+    tx = Transactions16(state, view, clock, lambda evse_id: 1, lambda sid, status: None)  # type: ignore[arg-type]
     cp = FakeCp()
     for _ in range(2):  # the acknowledgement was lost: the core sends the event again
         asyncio.run(tx.message(cp, event(SessionEventKind.STARTED)))
@@ -210,7 +212,7 @@ def test_a_stop_without_a_start_sends_the_start_first(stores):
     )
     store.end_session(SID, end=NOW, reason="remote", meter_stop_kwh=2.5)
     clock = type("C", (), {"now": staticmethod(lambda: NOW)})()
-    tx = Transactions16(state, view, clock, lambda evse_id: 1)  # type: ignore[arg-type]
+    tx = Transactions16(state, view, clock, lambda evse_id: 1, lambda sid, status: None)  # type: ignore[arg-type]
     cp = FakeCp()
     asyncio.run(tx.message(cp, event(SessionEventKind.STOPPED, "remote")))
     start, stop = cp.calls
@@ -268,7 +270,7 @@ def test_stop_transaction_carries_the_stored_records(stores, start, stop, error,
     )
     _signed_row(store, start, stop, error)
     clock = type("C", (), {"now": staticmethod(lambda: NOW)})()
-    tx = Transactions16(state, view, clock, lambda evse_id: 1)  # type: ignore[arg-type]
+    tx = Transactions16(state, view, clock, lambda evse_id: 1, lambda sid, status: None)  # type: ignore[arg-type]
     cp = FakeCp()
     asyncio.run(tx.message(cp, event(SessionEventKind.STARTED)))
     store.end_session(SID, end=NOW, reason="local", meter_stop_kwh=2.0)
@@ -302,3 +304,86 @@ def test_configuration_keys(tmp_path, stores):
     assert settings.change("HeartbeatInterval", "abc") == "Rejected"
     assert settings.change("HeartbeatInterval", "30") == "Accepted"
     assert OcppSettings(cfg, state).heartbeat_interval() == 30  # kept across restarts
+
+
+def test_a_refused_start_is_kept_until_its_stop_is_answered(tmp_path):
+    """The refusal is committed with the transaction id: a restart between the commit and the
+    stop hands the deauthorisation to the station again; a file from before the column opens."""
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "ocpp.sqlite3")
+    old.execute(
+        "CREATE TABLE tx (session_id TEXT PRIMARY KEY, transaction_id TEXT NOT NULL,"
+        " connector INTEGER NOT NULL, stopped INTEGER NOT NULL DEFAULT 0,"
+        " started_at TEXT NOT NULL, seq INTEGER NOT NULL DEFAULT 1)"
+    )
+    old.close()
+    state = OcppState(tmp_path)
+    state.open()
+    state.started("s-ok", "1", 1, NOW)
+    state.started("s-bad", "2", 1, NOW, "Invalid")
+    state.close()
+    state.open()  # after a restart
+    assert state.refused_open() == [("s-bad", "Invalid")]
+    state.stopped("s-bad")
+    assert state.refused_open() == []
+    state.close()
+
+
+def _raw(periods: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
+    sched = {"charging_rate_unit": kw.pop("unit", "A"), "charging_schedule_period": periods}
+    sched.update(kw.pop("schedule", {}))
+    return {
+        "charging_profile_id": 1,
+        "stack_level": 0,
+        "charging_profile_purpose": kw.pop("purpose", "TxDefaultProfile"),
+        "charging_profile_kind": kw.pop("kind", "Absolute"),
+        "charging_schedule": sched,
+        **kw,
+    }
+
+
+def test_the_period_in_force_and_its_end():
+    from datetime import timedelta
+
+    from agent.ocpp_profiles import Profile, in_force, parse
+
+    t0 = NOW
+    sec = lambda s: t0 + timedelta(seconds=s)  # noqa: E731
+    periods = [
+        {"start_period": 0, "limit": 11040},
+        {"start_period": 60, "limit": 4600, "number_phases": 1},
+    ]
+    p = parse(
+        _raw(periods, unit="W", schedule={"start_schedule": t0.isoformat(), "duration": 100}), 1
+    )
+    assert isinstance(p, Profile)
+    assert in_force(p, sec(-1), None, 3) is None  # not started yet
+    assert in_force(p, sec(10), None, 3) == (16.0, sec(60))  # 11040 W / (230 V x 3)
+    assert in_force(p, sec(70), None, 3) == (20.0, sec(100))  # 4600 W / 230 V, 1 phase; duration
+    assert in_force(p, sec(100), None, 3) is None
+    rel = parse(
+        _raw([{"start_period": 0, "limit": 8}], kind="Relative", valid_to=sec(30).isoformat()), 1
+    )
+    assert isinstance(rel, Profile)
+    assert in_force(rel, sec(5), None, 3) is None  # Relative without a transaction start
+    assert in_force(rel, sec(5), t0, 3) == (8.0, sec(30))  # validTo ends it
+    assert in_force(rel, sec(30), t0, 3) is None
+    refused = [
+        parse(_raw(periods, kind="Recurring"), 1),
+        parse(_raw([{"start_period": 5, "limit": 8}]), 1),
+        parse(_raw(periods, unit="VA"), 1),
+        parse(_raw(periods, purpose="ChargePointMaxProfile"), 1),
+        parse(_raw(periods, purpose="TxProfile"), 0),
+        parse(_raw(periods, stack_level=11), 1),
+        parse(_raw([{"start_period": i, "limit": 8} for i in range(25)]), 1),
+    ]
+    assert all(isinstance(r, str) for r in refused), refused
+
+
+def test_every_stop_reason_has_a_201_ended_reason():
+    """A reset's stop goes out as ImmediateReset (triggerReason ResetCommand) in 2.0.1."""
+    from agent.ocpp201 import STOP_201
+
+    assert {r.value for r in StopReason} <= set(STOP_201)
+    assert STOP_201["soft_reset"] == STOP_201["hard_reset"] == ("ResetCommand", "ImmediateReset")

@@ -65,6 +65,7 @@ from agent.session import (
     SessionInfo,
     SetAvailable,
     StartTimer,
+    StationReset,
     Timer,
     TokenPresented,
     step,
@@ -173,6 +174,7 @@ RELEASE = ReleaseSession(SID)
 RELEASE_OTHER = ReleaseSession(OTHER_SID)
 DEAUTH = Deauthorized(SID)
 DEAUTH_OTHER = Deauthorized(OTHER_SID)
+RESET = StationReset(StopReason.SOFT_RESET)
 RESUMED = SessionInfo(session_id=SID, token=TOK_A, token_key=KEY_A, contract_id=CONTRACT)
 RESUME = ResumeSession(RESUMED)
 
@@ -296,6 +298,7 @@ EXPECTED: list[Case] = [
     ig("available/adopt", AV, ADOPT),
     ig("available/release", AV, RELEASE),
     ig("available/deauthorized", AV, DEAUTH),
+    ig("available/reset", AV, RESET),
     ig("available/resume", AV, RESUME),  # the car is gone: nothing to resume here
     # ---------------------------------------------------------------- PREPARING (car plugged)
     c(
@@ -351,6 +354,7 @@ EXPECTED: list[Case] = [
     ),
     ig("preparing/release", PR, RELEASE),
     ig("preparing/deauthorized", PR, DEAUTH),
+    ig("preparing/reset", PR, RESET),
     # after a restart with the car still plugged: charging goes on, no new 'started'
     c(
         "preparing/resume",
@@ -504,6 +508,14 @@ EXPECTED: list[Case] = [
     ig("authorizing/adopt", AZP, ADOPT),
     ig("authorizing/release", AZ, RELEASE),
     ig("authorizing/deauthorized", AZ, DEAUTH),
+    c(
+        "authorizing/reset",
+        AZ,
+        RESET,
+        replace(AZ, phase=S.AVAILABLE, session=None),
+        CancelTimer(Timer.AUTH),
+        DropSession(session=PENDING, event=SessionEventKind.STOPPED, reason="restart"),
+    ),
     ig("authorizing/resume", AZP, RESUME),
     # ---------------------------------------------------------------- AUTHORIZED (no car yet)
     c(
@@ -590,6 +602,14 @@ EXPECTED: list[Case] = [
         NOTE,
     ),
     ig("authorized/deauthorized-other", AD, DEAUTH_OTHER),
+    c(
+        "authorized/reset",
+        AD,
+        RESET,
+        replace(AD, phase=S.AVAILABLE, session=None),
+        CancelTimer(Timer.CONNECTION),
+        DropSession(session=AUTHED, event=SessionEventKind.STOPPED, reason="restart"),
+    ),
     ig("authorized/resume", AD, RESUME),
     # ---------------------------------------------------------------- CHARGING
     c(
@@ -652,6 +672,14 @@ EXPECTED: list[Case] = [
         NOTE,
     ),
     ig("charging/deauthorized-other", CH, DEAUTH_OTHER),
+    c(
+        "charging/reset",
+        CH,
+        RESET,
+        replace(CH, phase=S.FINISHING, session=None),
+        EndSession(SID, StopReason.SOFT_RESET),
+        NOTE,
+    ),
     ig("charging/resume", CH, RESUME),
     # ---------------------------------------------------------------- FINISHING (car still in)
     c(
@@ -690,6 +718,7 @@ EXPECTED: list[Case] = [
     ig("finishing/adopt", FI, ADOPT),
     ig("finishing/release", FI, RELEASE),
     ig("finishing/deauthorized", FI, DEAUTH),
+    ig("finishing/reset", FI, RESET),
     ig("finishing/resume", FI, RESUME),
     # ---------------------------------------------------------------- UNAVAILABLE
     ig("unavailable/tap", UN, TAP_A),
@@ -727,6 +756,7 @@ EXPECTED: list[Case] = [
     ig("unavailable/adopt", UNP, ADOPT),
     ig("unavailable/release", UN, RELEASE),
     ig("unavailable/deauthorized", UN, DEAUTH),
+    ig("unavailable/reset", UN, RESET),
     ig("unavailable/resume", UNP, RESUME),
     # ---------------------------------------------------------------- FAULTED
     ig("faulted/tap", FA, TAP_A),
@@ -752,6 +782,7 @@ EXPECTED: list[Case] = [
     ig("faulted/adopt", FAP, ADOPT),
     ig("faulted/release", FA, RELEASE),
     ig("faulted/deauthorized", FA, DEAUTH),
+    ig("faulted/reset", FA, RESET),
     ig("faulted/resume", FAP, RESUME),
 ]
 
