@@ -36,6 +36,9 @@ STATIONS = 3  # one per node; the benchmark's quick form (CI) runs 30, the full 
 RECONNECT = {"reconnect_min_s": 0.2, "reconnect_max_s": 2.0, "keepalive_s": 30}
 KILLED = 0  # node n1
 
+# not in the default run: the cluster's own recovery decides how long this takes (pyproject)
+pytestmark = pytest.mark.cluster
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
