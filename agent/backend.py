@@ -13,6 +13,7 @@ as :class:`CommandUnreadable`, so that its refusal is answered in order.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -160,3 +161,36 @@ class Backend(Protocol):
         """Inbound messages dropped by the adapter's rate limit since start, per topic (or
         message kind); empty while nothing was dropped. Shown in the station's status."""
         ...
+
+
+class AckBatches:
+    """Acknowledgements that arrive on an adapter's network thread, taken by the main loop in
+    batches: only the first of a batch is announced (one ``Delivered`` / ``CdrAcked`` input),
+    the loop then takes all that have come in by the time it looks."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: list[int] = []  # refs of acknowledged session events, not yet taken
+        self._cdrs: list[str] = []  # session ids of acknowledged CDRs, not yet taken
+
+    def event_acked(self, ref: int) -> bool:
+        """Note an acknowledged event; True when it starts a batch (announce it)."""
+        with self._lock:
+            self._events.append(ref)
+            return len(self._events) == 1
+
+    def cdr_acked(self, session_id: str) -> bool:
+        """Note an acknowledged CDR; True when it starts a batch (announce it)."""
+        with self._lock:
+            self._cdrs.append(session_id)
+            return len(self._cdrs) == 1
+
+    def take_events(self) -> list[int]:
+        with self._lock:
+            refs, self._events = self._events, []
+        return refs
+
+    def take_cdrs(self) -> list[str]:
+        with self._lock:
+            ids, self._cdrs = self._cdrs, []
+        return ids

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.backend import (
+    AckBatches,
     AuthAnswer,
     BackendSink,
     CdrAcked,
@@ -205,9 +206,7 @@ class MqttBackend:
         self._connected_at: float | None = None
         self._echo_seen = True
         self._acl_reported = False
-        self._ack_lock = threading.Lock()
-        self._delivered: list[int] = []  # refs of acknowledged session events, not yet taken
-        self._cdr_acks: list[str] = []  # session ids of acknowledged CDRs, not yet taken
+        self._acks = AckBatches()  # acknowledged events and CDRs, taken in batches
         self._limiter = InboundLimiter(config.mqtt.inbound_limits(), clock.monotonic)
         self._watch = BackendWatch(  # backend answering? our station id used twice?
             station_id=config.station.id,
@@ -248,29 +247,19 @@ class MqttBackend:
         return self._link.publish("session", dump(event), on_ack=lambda: self._acked(ref))
 
     def delivered(self) -> list[int]:
-        with self._ack_lock:
-            refs, self._delivered = self._delivered, []
-        return refs
+        return self._acks.take_events()
 
     def acknowledged_cdrs(self) -> list[str]:
-        with self._ack_lock:
-            ids, self._cdr_acks = self._cdr_acks, []
-        return ids
+        return self._acks.take_cdrs()
 
     def _cdr_acked(self, session_id: str) -> None:
         """A CDR acknowledgement (network thread): one CdrAcked input announces a batch."""
-        with self._ack_lock:
-            self._cdr_acks.append(session_id)
-            first = len(self._cdr_acks) == 1
-        if first:
+        if self._acks.cdr_acked(session_id):
             self._sink(CdrAcked())
 
     def _acked(self, ref: int) -> None:
         """A PUBACK (network thread): one Delivered input announces a batch of them."""
-        with self._ack_lock:
-            self._delivered.append(ref)
-            first = len(self._delivered) == 1
-        if first:
+        if self._acks.event_acked(ref):
             self._sink(Delivered())
 
     def cdr(self, cdr: Cdr) -> bool:

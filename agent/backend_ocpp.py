@@ -39,6 +39,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from agent.backend import (
+    AckBatches,
     AuthAnswer,
     BackendSink,
     CdrAcked,
@@ -141,9 +142,7 @@ class OcppBackend:
         self._sink: BackendSink = lambda item: None
         self._up = threading.Event()
         self.up_since: datetime | None = None  # wall clock of the current connection's boot
-        self._ack_lock = threading.Lock()
-        self._delivered: list[int] = []
-        self._cdr_acks: list[str] = []
+        self._acks = AckBatches()  # acknowledged events and CDRs, taken in batches
         self._boot_rejected = False
         # asyncio thread only
         self._cp: Any = None
@@ -196,14 +195,10 @@ class OcppBackend:
         return self.connected and self._link.call_soon(self._enqueue, _CdrJob(cdr))
 
     def delivered(self) -> list[int]:
-        with self._ack_lock:
-            refs, self._delivered = self._delivered, []
-        return refs
+        return self._acks.take_events()
 
     def acknowledged_cdrs(self) -> list[str]:
-        with self._ack_lock:
-            ids, self._cdr_acks = self._cdr_acks, []
-        return ids
+        return self._acks.take_cdrs()
 
     def command_result(self, result: CommandResponse) -> bool:
         return self._link.call_soon(self._resolve, result)
@@ -232,17 +227,11 @@ class OcppBackend:
 
     # ---------------------------------------------------------------- acks (asyncio thread)
     def _ack_event(self, ref: int) -> None:
-        with self._ack_lock:
-            self._delivered.append(ref)
-            first = len(self._delivered) == 1
-        if first:
+        if self._acks.event_acked(ref):
             self._sink(Delivered())
 
     def _ack_cdr(self, session_id: str) -> None:
-        with self._ack_lock:
-            self._cdr_acks.append(session_id)
-            first = len(self._cdr_acks) == 1
-        if first:
+        if self._acks.cdr_acked(session_id):
             self._sink(CdrAcked())
 
     # ---------------------------------------------------------------- for the CSMS calls

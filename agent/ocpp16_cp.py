@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from ocpp.charge_point import ChargePoint as BaseChargePoint
 from ocpp.exceptions import PropertyConstraintViolationError
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call_result
@@ -79,7 +80,10 @@ def _accepted(answer: CommandResponse | None) -> bool:
     return answer is not None and answer.status is CommandStatus.ACCEPTED
 
 
-class StationCp16(ChargePoint):  # type: ignore[misc]
+class StationSide(BaseChargePoint):  # type: ignore[misc]
+    """What the charge point of either version shares: the station behind it, the frame log,
+    the inbound rate limit (``class StationCp16(StationSide, ChargePoint)``)."""
+
     def __init__(self, cp_id: str, connection: Any, station: Station, timeout: float) -> None:
         super().__init__(
             cp_id,
@@ -94,6 +98,8 @@ class StationCp16(ChargePoint):  # type: ignore[misc]
         if self._station.admit(raw_msg):
             await super().route_message(raw_msg)
 
+
+class StationCp16(StationSide, ChargePoint):  # type: ignore[misc]
     def _evse(self, connector: int) -> str:
         evse = self._station.evse_of(connector)
         if evse is None:

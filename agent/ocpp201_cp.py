@@ -23,8 +23,7 @@ from agent.messages import (
     SetAvailability,
     UpdateLocalList,
 )
-from agent.ocpp16_cp import TRIGGERS, Station, handles
-from agent.ocpp_link import FrameLog
+from agent.ocpp16_cp import TRIGGERS, StationSide, handles
 from agent.ocpp_map import list_entry
 from agent.ocpp_profiles import PURPOSES_201, from_201
 
@@ -56,21 +55,7 @@ def _key(item: dict[str, Any]) -> tuple[str, str]:
     return (item["component"]["name"], item["variable"]["name"])
 
 
-class StationCp201(ChargePoint):  # type: ignore[misc]
-    def __init__(self, cp_id: str, connection: Any, station: Station, timeout: float) -> None:
-        super().__init__(
-            cp_id,
-            connection,
-            response_timeout=timeout,
-            logger=FrameLog(logging.getLogger("agent.ocpp.frames"), cp_id),
-        )
-        self._station = station
-
-    async def route_message(self, raw_msg: str) -> None:
-        """A CSMS call over the inbound rate limit is dropped before it is parsed."""
-        if self._station.admit(raw_msg):
-            await super().route_message(raw_msg)
-
+class StationCp201(StationSide, ChargePoint):  # type: ignore[misc]
     def _evse(self, n: int) -> str:
         evse = self._station.evse_of(n)
         if evse is None:
